@@ -4,3 +4,5 @@
 
 pub mod protocol;
 pub mod config;
+pub mod sim;
+pub mod board;

@@ -344,6 +344,11 @@ impl Decoder for CmdCodec {
     }
 }
 
+/// Renders bytes for a log line: printable ASCII as is, the rest as `\xNN`.
+pub fn escape_for_log(bytes: &[u8]) -> String {
+    bytes.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+}
+
 /// Convenience for tests and tools: decodes everything in `bytes` at once.
 pub fn decode_all(width: IntWidth, bytes: &[u8]) -> Vec<Inbound> {
     let mut codec = CmdCodec::new(width);

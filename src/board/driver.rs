@@ -1,0 +1,731 @@
+//! The task that owns one board's serial port for the life of the daemon.
+//!
+//! Life of a connection: open the port (which resets an AVR board), wait out
+//! the reset window while throwing away bootloader noise, drain until the line
+//! is quiet, send a lone `;` to clear the board's parser, read the counters and
+//! reconcile them with what was known before (a board that reset has zeros
+//! where its motors stood elsewhere), then poll at the configured interval and
+//! serve requests one at a time.
+//!
+//! Rules this module keeps:
+//! - one request in flight; nothing is sent before the previous move's
+//!   expected end, so nothing queues in the board's 63-byte buffer behind a
+//!   blocking move;
+//! - every write (move, counter) is confirmed by the next positions reply;
+//! - timeouts never reopen the port (that would reset the board): the board
+//!   is reported unresponsive and polling goes on; only an I/O failure of the
+//!   device (unplug) closes it, and reopening follows a capped backoff;
+//! - after any error or timeout a lone `;` clears the board's parser;
+//! - indices and values are checked before anything is sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{sleep_until, timeout_at, Instant, MissedTickBehavior};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::error::BoardError;
+use super::link::{Backoff, Connector, Link};
+use super::spec::BoardSpec;
+use super::status::{BoardEvent, BoardStatus, LinkState};
+use crate::protocol::frame::{DiscardReason, EXCERPT_LEN};
+use crate::protocol::{CmdCodec, Inbound, Op, Outbound, Reply, Request as Wire};
+
+/// A command for the driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Relative move of one stepper.
+    Rmove {
+        /// Stepper index on this board.
+        stepper: usize,
+        /// Steps, signed.
+        delta: i32,
+    },
+    /// Absolute move of one stepper.
+    Amove {
+        /// Stepper index on this board.
+        stepper: usize,
+        /// Target counter.
+        target: i32,
+    },
+    /// Set one counter without motion (`set_stepper`).
+    SetStepper {
+        /// Stepper index on this board.
+        stepper: usize,
+        /// New counter.
+        value: i32,
+    },
+    /// Zero **every** counter (`reset_all`). Only sent when asked for by this name.
+    ResetAll,
+    /// Ask for free RAM.
+    CheckMemory,
+    /// Poll positions now.
+    Poll,
+}
+
+/// What a successful command yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// Counters read back after the command.
+    Positions(Vec<i32>),
+    /// Free RAM in bytes.
+    FreeMemory(i32),
+}
+
+/// A command with the place to put its answer.
+pub(super) struct Request {
+    pub(super) command: Command,
+    pub(super) reply: oneshot::Sender<Result<Response, BoardError>>,
+}
+
+/// What the board knew before this driver started (persisted state).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownCounters {
+    /// Counters last read from the board.
+    pub positions: Vec<i32>,
+    /// Whether each was trusted then.
+    pub trusted: Vec<bool>,
+}
+
+/// How an exchange failed.
+enum Fail {
+    /// The device is gone or the link broke: close and reconnect.
+    Link(String),
+    /// The board misbehaved (timeout, garbage): keep the port open.
+    Device(BoardError),
+}
+
+/// How a connection ended.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+type Io = Framed<Box<dyn Link>, CmdCodec>;
+
+pub(super) struct Driver {
+    spec: BoardSpec,
+    connector: Arc<dyn Connector>,
+    status: watch::Sender<BoardStatus>,
+    events: broadcast::Sender<BoardEvent>,
+    requests: mpsc::Receiver<Request>,
+    shutdown: CancellationToken,
+    /// Counters last read (or known from before start).
+    known: Option<Vec<i32>>,
+    /// No request is sent before this instant (a move is still running).
+    busy_until: Instant,
+    /// Extra time the next reply may take: a move can outlast its estimate.
+    grace: Duration,
+    /// Consecutive failed polls.
+    missed: u32,
+    /// Counters the last write may have changed (not evidence of a reset).
+    exempt: Exempt,
+}
+
+/// Which counters a write just sent may have changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Exempt {
+    None,
+    One(usize),
+    All,
+}
+
+impl Driver {
+    pub(super) fn new(
+        spec: BoardSpec,
+        connector: Arc<dyn Connector>,
+        status: watch::Sender<BoardStatus>,
+        events: broadcast::Sender<BoardEvent>,
+        requests: mpsc::Receiver<Request>,
+        shutdown: CancellationToken,
+        initial: Option<KnownCounters>,
+    ) -> Driver {
+        let n = spec.steppers();
+        let known = initial.as_ref().map(|k| k.positions.clone()).filter(|p| p.len() == n);
+        if let Some(k) = initial.filter(|k| k.trusted.len() == n && k.positions.len() == n) {
+            status.send_modify(|s| s.trusted = k.trusted);
+        }
+        Driver {
+            spec,
+            connector,
+            status,
+            events,
+            requests,
+            shutdown,
+            known,
+            busy_until: Instant::now(),
+            grace: Duration::ZERO,
+            missed: 0,
+            exempt: Exempt::None,
+        }
+    }
+
+    fn set_link(&self, link: LinkState) {
+        self.status.send_if_modified(|s| {
+            if s.link == link {
+                return false;
+            }
+            tracing::info!(board = %self.spec.name, state = %link, "board link state");
+            s.link = link;
+            true
+        });
+    }
+
+    fn note_error(&self, e: &str) {
+        self.status.send_modify(|s| s.last_error = Some(e.to_string()));
+    }
+
+    fn emit(&self, e: BoardEvent) {
+        // No subscriber is fine: events are a courtesy, status is the truth.
+        let _ = self.events.send(e);
+    }
+
+    fn not_ready(&self) -> BoardError {
+        BoardError::NotReady {
+            board: self.spec.name.clone(),
+            state: self.status.borrow().link.to_string(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut backoff = Backoff::new(self.spec.reconnect_initial, self.spec.reconnect_max);
+        tracing::info!(board = %self.spec.name, port = %self.connector.describe(), "board driver started");
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let error = match self.connector.open().await {
+                Ok(link) => {
+                    backoff.reset();
+                    self.status.send_modify(|s| s.connects += 1);
+                    match self.connection(link).await {
+                        End::Shutdown => break,
+                        End::Lost(e) => e,
+                    }
+                }
+                Err(e) => format!("cannot open {}: {e}", self.connector.describe()),
+            };
+            let delay = backoff.next_delay();
+            tracing::warn!(board = %self.spec.name, error = %error, retry_in = ?delay, "board link down");
+            self.note_error(&error);
+            let was_up = !matches!(self.status.borrow().link, LinkState::Disconnected { .. } | LinkState::Starting);
+            self.set_link(LinkState::Disconnected { error: error.clone(), retry_in: delay });
+            if was_up {
+                self.emit(BoardEvent::Disconnected { board: self.spec.name.clone(), error });
+            }
+            if !self.idle(Instant::now() + delay).await {
+                break;
+            }
+        }
+        self.set_link(LinkState::Stopped);
+        self.requests.close();
+        while let Ok(r) = self.requests.try_recv() {
+            let _ = r.reply.send(Err(BoardError::Stopped { board: self.spec.name.clone() }));
+        }
+        tracing::info!(board = %self.spec.name, "board driver stopped");
+    }
+
+    /// Waits until `until`, refusing requests meanwhile. False on shutdown.
+    async fn idle(&mut self, until: Instant) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                _ = sleep_until(until) => return true,
+                r = self.requests.recv() => match r {
+                    Some(r) => { let _ = r.reply.send(Err(self.not_ready())); }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    async fn connection(&mut self, link: Box<dyn Link>) -> End {
+        let mut io = Framed::new(link, CmdCodec::new(self.spec.width));
+        self.set_link(LinkState::WaitingForReset);
+        if let Err(end) = self.wait_for_reset(&mut io).await {
+            return end;
+        }
+        if let Err(e) = io.send(Outbound::ClearParser).await {
+            return End::Lost(format!("write failed: {e}"));
+        }
+        self.busy_until = Instant::now();
+        self.grace = Duration::ZERO;
+        self.missed = 0;
+
+        // The first poll decides whether the counters can be believed.
+        let first = loop {
+            match self.read_positions(&mut io).await {
+                Ok(p) => break p,
+                Err(Fail::Link(e)) => return End::Lost(e),
+                Err(Fail::Device(_)) => {
+                    if !self.idle(Instant::now() + self.spec.poll_interval).await {
+                        return End::Shutdown;
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.reconcile(&mut io, first).await {
+            return End::Lost(e);
+        }
+        self.emit(BoardEvent::Connected { board: self.spec.name.clone() });
+
+        let mut tick = tokio::time::interval(self.spec.poll_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.reset();
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return End::Shutdown,
+                r = self.requests.recv() => match r {
+                    None => return End::Shutdown,
+                    Some(r) => {
+                        let (answer, fail) = self.serve(&mut io, r.command).await;
+                        let _ = r.reply.send(answer);
+                        tick.reset();
+                        fail
+                    }
+                },
+                _ = tick.tick() => self.poll(&mut io).await.err(),
+            };
+            if let Some(Fail::Link(e)) = result {
+                return End::Lost(e);
+            }
+        }
+    }
+
+    /// Sleeps through the bootloader, then reads until the line is quiet.
+    async fn wait_for_reset(&mut self, io: &mut Io) -> Result<(), End> {
+        let until = Instant::now() + self.spec.reset_wait;
+        let quiet = self.spec.drain_quiet;
+        // Bounded: a board that streams noise forever cannot hold us here.
+        let drain_limit = until + quiet * 20 + Duration::from_millis(500);
+        let mut quiet_until = until;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                r = self.requests.recv() => match r {
+                    Some(r) => { let _ = r.reply.send(Err(self.not_ready())); }
+                    None => return Err(End::Shutdown),
+                },
+                _ = sleep_until(quiet_until.max(until)) => {
+                    if Instant::now() >= until { return Ok(()); }
+                }
+                item = io.next() => {
+                    self.absorb(item).map_err(End::Lost)?;
+                    if Instant::now() >= until {
+                        quiet_until = (Instant::now() + quiet).min(drain_limit);
+                    }
+                }
+            }
+            if Instant::now() >= drain_limit {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Accounts for an item nobody asked for (noise, a stale reply).
+    fn absorb(&self, item: Option<Result<Inbound, crate::protocol::FrameError>>) -> Result<(), String> {
+        match item {
+            None => Err("the device closed the link".into()),
+            Some(Err(e)) => Err(format!("read failed: {e}")),
+            Some(Ok(Inbound::Discarded { reason, len, excerpt })) => {
+                self.log_noise(reason, len, &excerpt);
+                Ok(())
+            }
+            Some(Ok(Inbound::Message(r))) => {
+                tracing::debug!(board = %self.spec.name, id = r.id, "unsolicited message ignored");
+                Ok(())
+            }
+        }
+    }
+
+    fn log_noise(&self, reason: DiscardReason, len: usize, excerpt: &[u8]) {
+        self.status.send_modify(|s| s.noise_bytes += len as u64);
+        tracing::debug!(
+            board = %self.spec.name,
+            %reason,
+            len,
+            excerpt = %crate::protocol::frame::escape_for_log(&excerpt[..excerpt.len().min(EXCERPT_LEN)]),
+            "discarded bytes from the board"
+        );
+    }
+
+    /// One request-reply exchange, respecting the end of any running move.
+    async fn exchange(&mut self, io: &mut Io, op: Op, args: Vec<i32>) -> Result<Option<Reply>, Fail> {
+        let id = self.spec.firmware.id(op).ok_or_else(|| {
+            Fail::Device(BoardError::Unsupported {
+                board: self.spec.name.clone(),
+                firmware: self.spec.firmware,
+                op,
+            })
+        })?;
+        // The board reads nothing while it moves: wait for the move to end.
+        sleep_until(self.busy_until).await;
+        // Whatever arrived unasked (noise, a late reply) is not our answer.
+        while let Some(item) = io.next().now_or_never() {
+            self.absorb(item).map_err(Fail::Link)?;
+        }
+        io.send(Outbound::Command(Wire { id, args }))
+            .await
+            .map_err(|e| match e {
+                crate::protocol::FrameError::Io(e) => Fail::Link(format!("write failed: {e}")),
+                other => Fail::Device(BoardError::Malformed {
+                    board: self.spec.name.clone(),
+                    op,
+                    detail: other.to_string(),
+                }),
+            })?;
+        if !op.has_reply() {
+            return Ok(None);
+        }
+        // A reply can be late because a move outlasted its estimate; that is
+        // a slow board, not a dead one.
+        let waited = self.spec.reply_timeout + self.grace;
+        self.grace = Duration::ZERO;
+        let deadline = Instant::now() + waited;
+        loop {
+            match timeout_at(deadline, io.next()).await {
+                Err(_) => {
+                    return Err(Fail::Device(BoardError::Timeout {
+                        board: self.spec.name.clone(),
+                        op,
+                        waited,
+                    }))
+                }
+                Ok(Some(Ok(Inbound::Message(r)))) if r.id == id => return Ok(Some(r)),
+                Ok(other) => self.absorb(other).map_err(Fail::Link)?,
+            }
+        }
+    }
+
+    /// After a device failure: clear the board's parser so the next request parses.
+    async fn recover(&mut self, io: &mut Io) -> Result<(), Fail> {
+        io.send(Outbound::ClearParser)
+            .await
+            .map_err(|e| Fail::Link(format!("write failed: {e}")))
+    }
+
+    /// Reads the counters and accounts for the result in the status; failed
+    /// polls are counted and followed by a parser clear.
+    async fn read_positions(&mut self, io: &mut Io) -> Result<Vec<i32>, Fail> {
+        let result = match self.exchange(io, Op::Positions, vec![]).await {
+            Ok(Some(reply)) => self.parse_positions(&reply).map_err(Fail::Device),
+            Ok(None) => Err(Fail::Device(BoardError::Malformed {
+                board: self.spec.name.clone(),
+                op: Op::Positions,
+                detail: "no reply".into(),
+            })),
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(positions) => {
+                self.missed = 0;
+                self.status.send_modify(|s| {
+                    s.positions = Some(positions.clone());
+                    s.last_good_poll = Some(Utc::now());
+                    s.polls_ok += 1;
+                });
+                Ok(positions)
+            }
+            Err(Fail::Link(e)) => Err(Fail::Link(e)),
+            Err(Fail::Device(e)) => {
+                self.missed += 1;
+                let missed = self.missed;
+                tracing::warn!(board = %self.spec.name, error = %e, missed, "poll failed");
+                self.status.send_modify(|s| {
+                    s.polls_failed += 1;
+                    s.last_error = Some(e.to_string());
+                });
+                if missed >= self.spec.max_missed_polls {
+                    self.set_link(LinkState::Unresponsive { missed });
+                }
+                self.recover(io).await?;
+                Err(Fail::Device(e))
+            }
+        }
+    }
+
+    /// [`Self::read_positions`] retried up to the missed-poll limit.
+    async fn read_retrying(&mut self, io: &mut Io) -> Result<Vec<i32>, Fail> {
+        let mut last = None;
+        for _ in 0..self.spec.max_missed_polls.max(1) {
+            match self.read_positions(io).await {
+                Ok(p) => return Ok(p),
+                Err(Fail::Link(e)) => return Err(Fail::Link(e)),
+                Err(Fail::Device(e)) => last = Some(e),
+            }
+        }
+        Err(Fail::Device(last.unwrap_or_else(|| self.not_ready())))
+    }
+
+    /// A poll while connected: reads the counters and catches a board that
+    /// reset under us (all zeros where the last known counters were not).
+    async fn poll(&mut self, io: &mut Io) -> Result<Vec<i32>, Fail> {
+        let positions = self.read_positions(io).await?;
+        self.after_read(io, positions).await
+    }
+
+    /// Like [`Self::poll`], retried up to the missed-poll limit.
+    async fn poll_retrying(&mut self, io: &mut Io) -> Result<Vec<i32>, Fail> {
+        let positions = self.read_retrying(io).await?;
+        self.after_read(io, positions).await
+    }
+
+    async fn after_read(&mut self, io: &mut Io, positions: Vec<i32>) -> Result<Vec<i32>, Fail> {
+        let exempt = std::mem::replace(&mut self.exempt, Exempt::None);
+        let reset = positions.iter().all(|p| *p == 0)
+            && self.known.as_ref().is_some_and(|k| {
+                k.iter().enumerate().any(|(i, p)| {
+                    *p != 0
+                        && match exempt {
+                            Exempt::None => true,
+                            Exempt::One(s) => s != i,
+                            Exempt::All => false,
+                        }
+                })
+            });
+        if reset {
+            self.reconcile(io, positions).await.map_err(Fail::Link)?;
+            return Ok(self.known.clone().unwrap_or_default());
+        }
+        self.known = Some(positions.clone());
+        self.set_link(LinkState::Connected);
+        Ok(positions)
+    }
+
+    fn parse_positions(&self, reply: &Reply) -> Result<Vec<i32>, BoardError> {
+        let n = self.spec.steppers();
+        let malformed = |detail: String| BoardError::Malformed {
+            board: self.spec.name.clone(),
+            op: Op::Positions,
+            detail,
+        };
+        if reply.args.len() != n {
+            return Err(malformed(format!("{} values for {n} steppers", reply.args.len())));
+        }
+        reply.ints(self.spec.width).ok_or_else(|| {
+            malformed(format!("a value is not {} bytes long", self.spec.width.bytes()))
+        })
+    }
+
+    /// Compares fresh counters with what was known and restores or distrusts.
+    async fn reconcile(&mut self, io: &mut Io, fresh: Vec<i32>) -> Result<(), String> {
+        let name = self.spec.name.clone();
+        let Some(prev) = self.known.clone() else {
+            // First contact and nothing persisted: zeros are not knowledge.
+            tracing::warn!(board = %name, "no earlier counters known: positions untrusted until calibrated or set");
+            self.status.send_modify(|s| s.trusted.iter_mut().for_each(|t| *t = false));
+            self.known = Some(fresh);
+            self.set_link(LinkState::Connected);
+            return Ok(());
+        };
+        if prev == fresh {
+            self.set_link(LinkState::Connected);
+            return Ok(());
+        }
+        let was_reset = fresh.iter().all(|p| *p == 0);
+        if !was_reset {
+            tracing::warn!(board = %name, ?prev, ?fresh, "counters changed while the board was away: marked untrusted");
+            self.status.send_modify(|s| {
+                for (i, t) in s.trusted.iter_mut().enumerate() {
+                    if prev.get(i) != fresh.get(i) {
+                        *t = false;
+                    }
+                }
+            });
+            self.known = Some(fresh);
+            self.set_link(LinkState::Connected);
+            return Ok(());
+        }
+        let mut restored = false;
+        if self.spec.restore_counters_after_reset {
+            tracing::warn!(board = %name, ?prev, "board reset detected: writing the last known counters back");
+            restored = true;
+            for (i, &v) in prev.iter().enumerate().filter(|(_, v)| **v != 0) {
+                match self.exchange(io, Op::SetStepper, vec![i as i32, v]).await {
+                    Ok(_) => {}
+                    Err(Fail::Link(e)) => return Err(e),
+                    Err(Fail::Device(e)) => {
+                        tracing::error!(board = %name, error = %e, "restoring a counter failed");
+                        restored = false;
+                    }
+                }
+            }
+            let check = match self.read_retrying(io).await {
+                Ok(p) => p,
+                Err(Fail::Link(e)) => return Err(e),
+                Err(Fail::Device(_)) => fresh.clone(),
+            };
+            restored &= check == prev;
+            self.status.send_modify(|s| {
+                for (i, t) in s.trusted.iter_mut().enumerate() {
+                    if check.get(i) != prev.get(i) {
+                        *t = false;
+                    }
+                }
+            });
+            self.known = Some(check);
+        } else {
+            tracing::warn!(board = %name, ?prev, "board reset detected: counters untrusted until calibration");
+            self.status.send_modify(|s| {
+                for (i, t) in s.trusted.iter_mut().enumerate() {
+                    if prev.get(i).is_some_and(|p| *p != 0) {
+                        *t = false;
+                    }
+                }
+            });
+            self.known = Some(fresh);
+        }
+        if !restored && self.spec.restore_counters_after_reset {
+            tracing::error!(board = %name, "counters could not be restored after a reset: untrusted");
+        }
+        // Counted only now, so that whoever sees the count also sees the outcome.
+        self.status.send_modify(|s| s.resets_detected += 1);
+        self.set_link(LinkState::Connected);
+        self.emit(BoardEvent::ResetDetected { board: name, previous: prev, restored });
+        Ok(())
+    }
+
+    fn check_stepper(&self, stepper: usize) -> Result<(), BoardError> {
+        if stepper >= self.spec.steppers() {
+            return Err(BoardError::StepperOutOfRange {
+                board: self.spec.name.clone(),
+                stepper: stepper as i64,
+                count: self.spec.steppers(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: i64) -> Result<i32, BoardError> {
+        i32::try_from(value)
+            .ok()
+            .filter(|v| self.spec.width.fits(*v))
+            .ok_or(BoardError::ValueOutOfRange {
+                board: self.spec.name.clone(),
+                value,
+                bytes: self.spec.width.bytes(),
+            })
+    }
+
+    /// Serves one request; returns its answer and any failure the loop must act on.
+    async fn serve(&mut self, io: &mut Io, command: Command) -> (Result<Response, BoardError>, Option<Fail>) {
+        match self.serve_inner(io, command).await {
+            Ok(r) => (Ok(r), None),
+            Err(Fail::Device(e)) => (Err(e), None),
+            Err(Fail::Link(e)) => (
+                Err(BoardError::Link { board: self.spec.name.clone(), detail: e.clone() }),
+                Some(Fail::Link(e)),
+            ),
+        }
+    }
+
+    async fn serve_inner(&mut self, io: &mut Io, command: Command) -> Result<Response, Fail> {
+        let refuse = Fail::Device;
+        if command != Command::Poll && self.status.borrow().link != LinkState::Connected {
+            return Err(refuse(self.not_ready()));
+        }
+        match command {
+            Command::Poll => self.poll_retrying(io).await.map(Response::Positions),
+            Command::CheckMemory => {
+                let reply = self.exchange(io, Op::CheckMemory, vec![]).await?;
+                let mem = reply
+                    .and_then(|r| r.ints(self.spec.width))
+                    .and_then(|v| v.first().copied())
+                    .ok_or_else(|| {
+                        refuse(BoardError::Malformed {
+                            board: self.spec.name.clone(),
+                            op: Op::CheckMemory,
+                            detail: "no free-memory value".into(),
+                        })
+                    })?;
+                self.status.send_modify(|s| s.free_memory = Some(mem));
+                Ok(Response::FreeMemory(mem))
+            }
+            Command::Rmove { stepper, delta } => {
+                self.check_stepper(stepper).map_err(refuse)?;
+                let current = self.current(stepper)?;
+                let target = self.check_value(current as i64 + delta as i64).map_err(refuse)?;
+                let delta = self.check_value(delta as i64).map_err(refuse)?;
+                self.write_and_confirm(io, Op::Rmove, stepper, delta, target, current).await
+            }
+            Command::Amove { stepper, target } => {
+                self.check_stepper(stepper).map_err(refuse)?;
+                let current = self.current(stepper)?;
+                let target = self.check_value(target as i64).map_err(refuse)?;
+                self.write_and_confirm(io, Op::Amove, stepper, target, target, current).await
+            }
+            Command::SetStepper { stepper, value } => {
+                self.check_stepper(stepper).map_err(refuse)?;
+                let value = self.check_value(value as i64).map_err(refuse)?;
+                let current = self.current(stepper)?;
+                self.write_and_confirm(io, Op::SetStepper, stepper, value, value, current).await
+            }
+            Command::ResetAll => {
+                tracing::warn!(board = %self.spec.name, "reset_all requested by name: zeroing every counter");
+                self.exchange(io, Op::ResetAll, vec![]).await?;
+                self.exempt = Exempt::All;
+                let p = self.poll_retrying(io).await?;
+                if let Some(i) = p.iter().position(|v| *v != 0) {
+                    return Err(refuse(self.not_confirmed(Op::ResetAll, i, 0, p[i])));
+                }
+                self.status.send_modify(|s| s.trusted.iter_mut().for_each(|t| *t = true));
+                self.emit(BoardEvent::PositionsChanged { board: self.spec.name.clone(), positions: p.clone() });
+                Ok(Response::Positions(p))
+            }
+        }
+    }
+
+    fn current(&self, stepper: usize) -> Result<i32, Fail> {
+        self.known
+            .as_ref()
+            .and_then(|k| k.get(stepper).copied())
+            .ok_or_else(|| Fail::Device(self.not_ready()))
+    }
+
+    fn not_confirmed(&self, op: Op, stepper: usize, expected: i32, actual: i32) -> BoardError {
+        BoardError::NotConfirmed { board: self.spec.name.clone(), op, stepper, expected, actual }
+    }
+
+    /// Sends a move or counter write, waits its expected duration, and checks
+    /// the next positions reply shows `target` on `stepper`.
+    async fn write_and_confirm(
+        &mut self,
+        io: &mut Io,
+        op: Op,
+        stepper: usize,
+        arg: i32,
+        target: i32,
+        current: i32,
+    ) -> Result<Response, Fail> {
+        self.exchange(io, op, vec![stepper as i32, arg]).await?;
+        // This counter may legitimately change: the confirming poll must not
+        // take a write that leaves every counter at 0 for a board reset.
+        self.exempt = Exempt::One(stepper);
+        if matches!(op, Op::Rmove | Op::Amove) {
+            let steps = (target as i64 - current as i64).unsigned_abs();
+            let expected = self.spec.move_duration(stepper, steps);
+            tracing::debug!(board = %self.spec.name, stepper, %op, arg, ?expected, "move sent");
+            self.busy_until = Instant::now() + expected;
+            self.grace = expected;
+        }
+        let p = self.poll_retrying(io).await?;
+        let actual = p.get(stepper).copied().unwrap_or_default();
+        if actual != target {
+            return Err(Fail::Device(self.not_confirmed(op, stepper, target, actual)));
+        }
+        if op == Op::SetStepper {
+            self.status.send_modify(|s| {
+                if let Some(t) = s.trusted.get_mut(stepper) {
+                    *t = true;
+                }
+            });
+        }
+        self.emit(BoardEvent::PositionsChanged { board: self.spec.name.clone(), positions: p.clone() });
+        Ok(Response::Positions(p))
+    }
+}

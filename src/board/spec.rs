@@ -1,0 +1,78 @@
+//! What a driver needs to know about its board.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::{Firmware, IntWidth};
+
+/// Everything the driver of one board needs, resolved from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardSpec {
+    /// Board name, for logs and status.
+    pub name: String,
+    /// Device path.
+    pub port: PathBuf,
+    /// Baud rate.
+    pub baud: u32,
+    /// Width of the firmware's `int`.
+    pub width: IntWidth,
+    /// Firmware command table.
+    pub firmware: Firmware,
+    /// Speed of each stepper, steps/s, for a move's expected duration. Use the
+    /// slowest speed the firmware may run at: waiting too long is harmless,
+    /// polling during a move is not.
+    pub speeds: Vec<f64>,
+    /// How long the board is deaf after the port is opened.
+    pub reset_wait: Duration,
+    /// Quiet time that ends the drain of bootloader noise after the reset wait.
+    pub drain_quiet: Duration,
+    /// Time between positions polls.
+    pub poll_interval: Duration,
+    /// How long a reply may take once the board is listening.
+    pub reply_timeout: Duration,
+    /// Added to every move's expected duration.
+    pub move_margin: Duration,
+    /// Write the last known counters back after a board reset.
+    pub restore_counters_after_reset: bool,
+    /// Consecutive failed polls before the board is reported unresponsive.
+    pub max_missed_polls: u32,
+    /// First delay before reopening a vanished port.
+    pub reconnect_initial: Duration,
+    /// Longest delay between attempts to reopen.
+    pub reconnect_max: Duration,
+}
+
+impl BoardSpec {
+    /// Number of steppers on the board.
+    pub fn steppers(&self) -> usize {
+        self.speeds.len()
+    }
+
+    /// A spec with the defaults for everything but the identity of the board.
+    pub fn new(name: &str, port: PathBuf, firmware: Firmware, width: IntWidth, speeds: Vec<f64>) -> BoardSpec {
+        BoardSpec {
+            name: name.to_string(),
+            port,
+            baud: 115_200,
+            width,
+            firmware,
+            speeds,
+            reset_wait: Duration::from_secs(2),
+            drain_quiet: Duration::from_millis(50),
+            poll_interval: Duration::from_millis(500),
+            reply_timeout: Duration::from_secs(1),
+            move_margin: Duration::from_millis(250),
+            restore_counters_after_reset: true,
+            max_missed_polls: 3,
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+
+    /// How long a move of `steps` on `stepper` is expected to take, margin included.
+    pub fn move_duration(&self, stepper: usize, steps: u64) -> Duration {
+        let speed = self.speeds.get(stepper).copied().filter(|s| *s > 0.0).unwrap_or(1.0);
+        // 10 % on top of the nominal time covers acceleration ramps.
+        Duration::from_secs_f64(steps as f64 / speed * 1.1) + self.move_margin
+    }
+}

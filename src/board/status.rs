@@ -1,0 +1,150 @@
+//! What a board driver reports about its board.
+
+use chrono::{DateTime, Utc};
+use std::fmt;
+use std::time::Duration;
+
+/// State of the link to one board.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkState {
+    /// The driver has not opened the port yet.
+    Starting,
+    /// The port could not be opened or failed; the driver retries.
+    Disconnected {
+        /// The last error.
+        error: String,
+        /// When the next attempt is due.
+        retry_in: Duration,
+    },
+    /// The port is open and the board is running its bootloader.
+    WaitingForReset,
+    /// Polls succeed.
+    Connected,
+    /// The port is open but the board stopped answering polls. The driver
+    /// keeps polling and never reopens the port for this, because opening it
+    /// again would reset the board.
+    Unresponsive {
+        /// Consecutive polls without a valid reply.
+        missed: u32,
+    },
+    /// The driver stopped (shutdown).
+    Stopped,
+}
+
+impl LinkState {
+    /// Short name for logs and status lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LinkState::Starting => "starting",
+            LinkState::Disconnected { .. } => "disconnected",
+            LinkState::WaitingForReset => "waiting-for-reset",
+            LinkState::Connected => "connected",
+            LinkState::Unresponsive { .. } => "unresponsive",
+            LinkState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkState::Disconnected { error, retry_in } => {
+                write!(f, "disconnected ({error}; retry in {retry_in:?})")
+            }
+            LinkState::Unresponsive { missed } => write!(f, "unresponsive ({missed} polls missed)"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Everything known about one board, published on every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardStatus {
+    /// Board name from the configuration.
+    pub name: String,
+    /// Link state.
+    pub link: LinkState,
+    /// Counters from the latest successful poll (`None` before the first one).
+    /// They stay at their last value while the board is away, see `trusted`.
+    pub positions: Option<Vec<i32>>,
+    /// Per stepper: whether its counter is known to match the machine. False
+    /// after a reset that was not restored, until the counter is set again
+    /// (set_stepper, as calibration does).
+    pub trusted: Vec<bool>,
+    /// When the latest successful poll was read.
+    pub last_good_poll: Option<DateTime<Utc>>,
+    /// Successful polls since start.
+    pub polls_ok: u64,
+    /// Failed polls (timeout or malformed reply) since start.
+    pub polls_failed: u64,
+    /// Board resets detected since start.
+    pub resets_detected: u64,
+    /// Times the port was opened since start.
+    pub connects: u64,
+    /// Bytes the decoder threw away as noise since start.
+    pub noise_bytes: u64,
+    /// The last error of any kind, for the operator.
+    pub last_error: Option<String>,
+    /// Free RAM the board reported, if asked.
+    pub free_memory: Option<i32>,
+}
+
+impl BoardStatus {
+    /// Initial status of a board with `steppers` steppers.
+    pub fn new(name: &str, steppers: usize) -> BoardStatus {
+        BoardStatus {
+            name: name.to_string(),
+            link: LinkState::Starting,
+            positions: None,
+            trusted: vec![false; steppers],
+            last_good_poll: None,
+            polls_ok: 0,
+            polls_failed: 0,
+            resets_detected: 0,
+            connects: 0,
+            noise_bytes: 0,
+            last_error: None,
+            free_memory: None,
+        }
+    }
+
+    /// Whether positions are current and every counter is trusted.
+    pub fn fully_trusted(&self) -> bool {
+        self.link == LinkState::Connected
+            && self.positions.is_some()
+            && self.trusted.iter().all(|t| *t)
+    }
+}
+
+/// Events other parts react to (snapshots on reconnect or reset, logs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BoardEvent {
+    /// The port was opened and the first poll succeeded.
+    Connected {
+        /// Board name.
+        board: String,
+    },
+    /// The link was lost.
+    Disconnected {
+        /// Board name.
+        board: String,
+        /// Why.
+        error: String,
+    },
+    /// The board restarted its counters at 0 while its motors stood still.
+    ResetDetected {
+        /// Board name.
+        board: String,
+        /// The counters before the reset.
+        previous: Vec<i32>,
+        /// Whether they were written back (otherwise they are untrusted).
+        restored: bool,
+    },
+    /// Counters changed by a move or a counter write the driver confirmed.
+    PositionsChanged {
+        /// Board name.
+        board: String,
+        /// New counters.
+        positions: Vec<i32>,
+    },
+}

@@ -1,0 +1,298 @@
+//! The firmware simulator: a pseudo-terminal that speaks the board protocol.
+//!
+//! [`firmware`] is the byte-exact model of the firmware; this module gives it
+//! a real serial device. [`Simulator::spawn`] creates a pseudo-terminal, puts
+//! a symlink to its slave device at the requested path (as udev does with
+//! `/dev/serial/by-id/...`) and serves it from a dedicated OS thread, because
+//! the firmware is blocking by nature: while it "moves" it reads nothing.
+//!
+//! Behaviour a host must live with, reproduced here:
+//! - opening the device resets the board: counters return to 0 and the board
+//!   is deaf for the reset window, during which it emits bootloader noise;
+//! - while a move or a paced reply runs, input is not read; bytes that arrive
+//!   meanwhile beyond the 63-byte receive buffer are lost;
+//! - unplugging ([`Fault::Vanish`]) removes the device node and hangs up the
+//!   open descriptor; [`Fault::Reappear`] brings a new device at the same path.
+//!
+//! Every message received is kept in a timestamped [`TraceEntry`] list, and
+//! every safety violation in a separate list, both readable through
+//! [`SimHandle`] while the simulator runs.
+
+pub mod firmware;
+mod pty;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use firmware::{Board, Outcome, Profile, SafetyViolation};
+
+use crate::protocol::Op;
+
+/// How a simulator is set up.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The board it plays.
+    pub profile: Profile,
+    /// Multiplies every firmware timing's speed: 10.0 makes moves, reply
+    /// pacing and the reset window ten times shorter. 1.0 is the real board.
+    pub speed_scale: f64,
+    /// How long the board is deaf after the port is opened, at scale 1.
+    pub reset_window: Duration,
+    /// Noise bytes the bootloader emits after a reset (no terminator).
+    pub boot_noise: Vec<u8>,
+}
+
+impl SimOptions {
+    /// Options for `profile` at real speed with the AVR's 2 s reset window.
+    pub fn new(profile: Profile) -> SimOptions {
+        SimOptions {
+            profile,
+            speed_scale: 1.0,
+            reset_window: Duration::from_secs(2),
+            boot_noise: b"\x00\xf0\x1e\x95junk\r\n".to_vec(),
+        }
+    }
+
+    /// Scales a firmware duration by the speed scale.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        if self.speed_scale > 0.0 && self.speed_scale.is_finite() {
+            d.div_f64(self.speed_scale)
+        } else {
+            d
+        }
+    }
+}
+
+/// Faults a test can inject while the simulator runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Do not send the next reply at all.
+    DropNextReply,
+    /// Flip bytes in the middle of the next reply.
+    CorruptNextReply,
+    /// Write these bytes to the host now (noise, a half message).
+    Noise(Vec<u8>),
+    /// Stop answering anything until unmuted (a board that hangs).
+    Mute(bool),
+    /// Unplug: remove the device node and hang up whoever has it open.
+    Vanish,
+    /// Plug back in: a new device node at the same path.
+    Reappear,
+    /// Brown-out: the board resets (counters to 0, deaf window) while the port stays open.
+    Reset,
+}
+
+/// One entry of the simulator's trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceEntry {
+    /// When the message was complete (its `;` was read).
+    pub at: Instant,
+    /// What happened.
+    pub event: TraceEvent,
+}
+
+/// What a trace entry records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceEvent {
+    /// A complete message and what the firmware did with it.
+    Message {
+        /// Raw bytes without the `;`.
+        raw: Vec<u8>,
+        /// Command number as the firmware read it.
+        id: i32,
+        /// Its meaning on this firmware.
+        op: Option<Op>,
+        /// Arguments as read.
+        args: Vec<i32>,
+        /// The outcome.
+        outcome: Outcome,
+    },
+    /// A message too long for the buffer, dropped whole.
+    DroppedOverlong {
+        /// Its length.
+        len: usize,
+    },
+    /// Bytes that arrived while the firmware was busy and did not fit the
+    /// receive buffer. A host that respects move durations never causes this.
+    RxOverflow {
+        /// How many bytes were lost.
+        lost: usize,
+    },
+    /// Bytes that arrived while the firmware was busy (moving, replying) at all.
+    ReceivedWhileBusy {
+        /// How many.
+        len: usize,
+    },
+    /// The port was opened (which resets the board).
+    Opened,
+    /// The board reset (port opened, or an injected brown-out).
+    Reset,
+    /// Input arriving during the reset window, lost in the bootloader.
+    LostInBootloader {
+        /// How many bytes.
+        len: usize,
+    },
+    /// A fault was injected.
+    Fault(Fault),
+}
+
+/// State shared between the simulator thread and its handle.
+#[derive(Debug)]
+struct Shared {
+    board: Board,
+    trace: Vec<TraceEntry>,
+    violations: Vec<SafetyViolation>,
+    device: Option<PathBuf>,
+}
+
+/// A running simulator. Dropping it stops the thread and removes the link.
+pub struct SimHandle {
+    shared: Arc<Mutex<Shared>>,
+    faults: mpsc::Sender<Control>,
+    link: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum Control {
+    Fault(Fault),
+    Stop,
+}
+
+/// Errors starting a simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The pseudo-terminal could not be created or configured.
+    #[error("cannot create a pseudo-terminal: {0}")]
+    Pty(#[source] nix::Error),
+    /// The link could not be created.
+    #[error("cannot create the link {path}: {source}")]
+    Link {
+        /// The requested link path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thread could not be started.
+    #[error("cannot start the simulator thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Entry point.
+pub struct Simulator;
+
+impl Simulator {
+    /// Creates the pseudo-terminal, links it at `link` and starts serving it.
+    /// An existing symlink at `link` is replaced; any other file there is an error.
+    pub fn spawn(options: SimOptions, link: &Path) -> Result<SimHandle, SimError> {
+        let port = pty::Port::create(link)?;
+        let shared = Arc::new(Mutex::new(Shared {
+            board: Board::new(options.profile.clone()),
+            trace: Vec::new(),
+            violations: Vec::new(),
+            device: Some(port.device().to_path_buf()),
+        }));
+        let (tx, rx) = mpsc::channel();
+        let runner = pty::Runner::new(options, port, link.to_path_buf(), shared.clone(), rx);
+        let thread = std::thread::Builder::new()
+            .name(format!("sim {}", link.display()))
+            .spawn(move || runner.run())
+            .map_err(SimError::Thread)?;
+        Ok(SimHandle {
+            shared,
+            faults: tx,
+            link: link.to_path_buf(),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl SimHandle {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A poisoned lock only means a test thread panicked; the data is still usable.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Injects a fault; it takes effect when the firmware next looks (never mid-move).
+    pub fn inject(&self, fault: Fault) {
+        let _ = self.faults.send(Control::Fault(fault));
+    }
+
+    /// The symlink path hosts open.
+    pub fn link(&self) -> &Path {
+        &self.link
+    }
+
+    /// The pseudo-terminal device currently behind the link (`None` while unplugged).
+    pub fn device(&self) -> Option<PathBuf> {
+        self.lock().device.clone()
+    }
+
+    /// The firmware's counters now.
+    pub fn counters(&self) -> Vec<i32> {
+        self.lock().board.counters().to_vec()
+    }
+
+    /// Sets the firmware's counters directly (as if the steppers had been moved).
+    pub fn set_counters(&self, values: &[i32]) {
+        self.lock().board.set_counters(values);
+    }
+
+    /// A copy of the trace so far.
+    pub fn trace(&self) -> Vec<TraceEntry> {
+        self.lock().trace.clone()
+    }
+
+    /// Messages received so far whose command means `op`.
+    pub fn received(&self, op: Op) -> Vec<TraceEntry> {
+        self.lock()
+            .trace
+            .iter()
+            .filter(|e| matches!(&e.event, TraceEvent::Message { op: Some(o), .. } if *o == op))
+            .cloned()
+            .collect()
+    }
+
+    /// Safety violations recorded so far (a correct host causes none).
+    pub fn violations(&self) -> Vec<SafetyViolation> {
+        self.lock().violations.clone()
+    }
+
+    /// Waits (polling every 5 ms) until `pred` holds for the trace, or `timeout`.
+    pub fn wait_for_trace(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[TraceEntry]) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.lock().trace) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the simulator and removes its link.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.faults.send(Control::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,83 @@
+//! Shared set-up for the integration tests: simulators on real
+//! pseudo-terminals in a per-test temporary directory, and drivers for them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stringdriverd::board::{self, BoardHandle, BoardSpec, KnownCounters, SerialConnector};
+use stringdriverd::protocol::Firmware;
+use stringdriverd::sim::{Profile, SimHandle, SimOptions, Simulator};
+use tokio_util::sync::CancellationToken;
+
+/// Speed scale of test simulators: moves, pacing and the reset window run 20 times faster.
+pub const SCALE: f64 = 20.0;
+
+/// A simulator and a driver connected to it.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub sim: SimHandle,
+    pub board: BoardHandle,
+    pub task: tokio::task::JoinHandle<()>,
+    pub shutdown: CancellationToken,
+    pub spec: BoardSpec,
+}
+
+pub fn sim_options(firmware: Firmware) -> SimOptions {
+    let mut o = SimOptions::new(Profile::for_firmware(firmware, None));
+    o.speed_scale = SCALE;
+    o
+}
+
+/// A driver spec matched to a simulator at `SCALE`: the driver's own
+/// timings are shortened in its configuration, never its rules.
+pub fn spec_for(opts: &SimOptions, port: PathBuf) -> BoardSpec {
+    let p = &opts.profile;
+    let speeds = p
+        .group_of
+        .iter()
+        .map(|g| p.groups[*g].speed * opts.speed_scale)
+        .collect();
+    let mut spec = BoardSpec::new("test-board", port, p.firmware, p.width, speeds);
+    spec.reset_wait = opts.scaled(opts.reset_window) + Duration::from_millis(20);
+    spec.drain_quiet = Duration::from_millis(20);
+    spec.poll_interval = Duration::from_millis(50);
+    spec.reply_timeout = Duration::from_millis(300);
+    spec.move_margin = Duration::from_millis(30);
+    spec.reconnect_initial = Duration::from_millis(50);
+    spec.reconnect_max = Duration::from_millis(400);
+    spec
+}
+
+pub fn start_sim(opts: SimOptions) -> (tempfile::TempDir, SimHandle) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("board");
+    let sim = Simulator::spawn(opts, &link).expect("simulator starts");
+    (dir, sim)
+}
+
+pub async fn rig_with(opts: SimOptions, tweak: impl FnOnce(&mut BoardSpec), initial: Option<KnownCounters>) -> Rig {
+    let (dir, sim) = start_sim(opts.clone());
+    let mut spec = spec_for(&opts, sim.link().to_path_buf());
+    tweak(&mut spec);
+    let shutdown = CancellationToken::new();
+    let connector = Arc::new(SerialConnector { path: spec.port.clone(), baud: spec.baud });
+    let (board, task) = board::spawn(spec.clone(), connector, initial, shutdown.clone());
+    Rig { dir, sim, board, task, shutdown, spec }
+}
+
+pub async fn rig(firmware: Firmware) -> Rig {
+    rig_with(sim_options(firmware), |_| {}, None).await
+}
+
+/// Waits until the board is connected with positions, or panics after 10 s.
+pub async fn connected(board: &BoardHandle) -> Vec<i32> {
+    let s = board
+        .wait_for(Duration::from_secs(10), |s| {
+            s.link == board::LinkState::Connected && s.positions.is_some()
+        })
+        .await
+        .unwrap_or_else(|| panic!("board never connected: {:?}", board.status()));
+    s.positions.unwrap_or_default()
+}
