@@ -2,7 +2,10 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of modules.
 
-pub mod protocol;
-pub mod config;
-pub mod sim;
 pub mod board;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod probe;
+pub mod protocol;
+pub mod sim;

@@ -50,7 +50,10 @@ async fn a_lone_semicolon_clears_the_parser_after_opening() {
             _ => None,
         })
         .expect("a message after the reset");
-    assert!(first.is_empty(), "first message after reset was {first:?}, not a lone ';'");
+    assert!(
+        first.is_empty(),
+        "first message after reset was {first:?}, not a lone ';'"
+    );
 }
 
 #[tokio::test]
@@ -65,7 +68,11 @@ async fn move_and_read_back() {
     assert_eq!(p[0], 1200);
     assert_eq!(r.sim.counters(), p);
     assert_eq!(r.board.status().positions, Some(p));
-    assert_eq!(bytes_received_while_busy(&r.sim), 0, "nothing may be sent during a move");
+    assert_eq!(
+        bytes_received_while_busy(&r.sim),
+        0,
+        "nothing may be sent during a move"
+    );
     assert!(r.sim.violations().is_empty());
 }
 
@@ -84,9 +91,14 @@ async fn set_stepper_on_one_stepper_leaves_the_others_untouched() {
     // Command 6 on v2, never 4.
     let sets = r.sim.received(Op::SetStepper);
     assert_eq!(sets.len(), 1);
-    assert!(matches!(&sets[0].event, TraceEvent::Message { id: 6, args, .. } if args == &vec![3, 42]));
+    assert!(
+        matches!(&sets[0].event, TraceEvent::Message { id: 6, args, .. } if args == &vec![3, 42])
+    );
     assert!(r.sim.received(Op::ResetAll).is_empty());
-    assert!(r.board.status().trusted[3], "a counter that was set is trusted");
+    assert!(
+        r.board.status().trusted[3],
+        "a counter that was set is trusted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +112,17 @@ async fn a_poll_during_a_long_move_waits_and_succeeds() {
         tokio::spawn(async move { b.rmove(0, 2000).await })
     };
     r.sim
-        .wait_for_trace(WAIT, |t| t.iter().any(|e| matches!(&e.event, TraceEvent::Message { op: Some(Op::Rmove), .. })))
+        .wait_for_trace(WAIT, |t| {
+            t.iter().any(|e| {
+                matches!(
+                    &e.event,
+                    TraceEvent::Message {
+                        op: Some(Op::Rmove),
+                        ..
+                    }
+                )
+            })
+        })
         .then_some(())
         .expect("move reached the board");
     let p = r.board.poll().await.expect("poll during the move");
@@ -127,10 +149,17 @@ async fn a_move_slower_than_estimated_is_not_a_dead_board() {
     )
     .await;
     connected(&r.board).await;
-    let p = r.board.rmove(0, 2000).await.expect("move confirmed despite the late reply");
+    let p = r
+        .board
+        .rmove(0, 2000)
+        .await
+        .expect("move confirmed despite the late reply");
     assert_eq!(p[0], 2000);
     assert_eq!(r.board.status().polls_failed, 0);
-    assert!(bytes_received_while_busy(&r.sim) > 0, "the poll did arrive mid-move");
+    assert!(
+        bytes_received_while_busy(&r.sim) > 0,
+        "the poll did arrive mid-move"
+    );
 }
 
 #[tokio::test]
@@ -166,9 +195,15 @@ async fn a_dropped_reply_is_a_failed_poll_then_polling_goes_on() {
     let r = rig(Firmware::V2).await;
     connected(&r.board).await;
     r.sim.inject(Fault::DropNextReply);
-    r.board.wait_for(WAIT, |s| s.polls_failed >= 1).await.expect("counted");
+    r.board
+        .wait_for(WAIT, |s| s.polls_failed >= 1)
+        .await
+        .expect("counted");
     let ok = r.board.status().polls_ok;
-    r.board.wait_for(WAIT, |s| s.polls_ok > ok + 1).await.expect("recovers");
+    r.board
+        .wait_for(WAIT, |s| s.polls_ok > ok + 1)
+        .await
+        .expect("recovers");
     assert_eq!(r.board.status().link, LinkState::Connected);
 }
 
@@ -186,22 +221,36 @@ async fn the_simulator_vanishing_and_returning_is_survived_and_counters_restored
         .wait_for(WAIT, |s| matches!(s.link, LinkState::Disconnected { .. }))
         .await
         .expect("the unplug is noticed");
-    let LinkState::Disconnected { error, .. } = s.link else { unreachable!() };
+    let LinkState::Disconnected { error, .. } = s.link else {
+        unreachable!()
+    };
     assert!(!error.is_empty());
     // A request while it is away is refused, not queued for later.
-    assert!(matches!(r.board.rmove(1, 1).await, Err(BoardError::NotReady { .. })));
+    assert!(matches!(
+        r.board.rmove(1, 1).await,
+        Err(BoardError::NotReady { .. })
+    ));
     r.sim.inject(Fault::Reappear);
     let connects = s.connects;
     let s = r
         .board
-        .wait_for(WAIT, |s| s.connects > connects && s.link == LinkState::Connected && s.resets_detected == 1)
+        .wait_for(WAIT, |s| {
+            s.connects > connects && s.link == LinkState::Connected && s.resets_detected == 1
+        })
         .await
         .expect("reconnected");
-    assert_eq!(s.positions.as_ref(), Some(&before), "counters written back after the reset");
+    assert_eq!(
+        s.positions.as_ref(),
+        Some(&before),
+        "counters written back after the reset"
+    );
     assert_eq!(r.sim.counters(), before);
     let mut saw_reset = false;
     while let Ok(e) = events.try_recv() {
-        if let BoardEvent::ResetDetected { restored, previous, .. } = e {
+        if let BoardEvent::ResetDetected {
+            restored, previous, ..
+        } = e
+        {
             assert!(restored);
             assert_eq!(previous, before);
             saw_reset = true;
@@ -220,7 +269,9 @@ async fn a_brown_out_reset_is_detected_and_restored_before_any_move() {
     r.sim.inject(Fault::Reset);
     let s = r
         .board
-        .wait_for(WAIT, |s| s.resets_detected == 1 && s.link == LinkState::Connected)
+        .wait_for(WAIT, |s| {
+            s.resets_detected == 1 && s.link == LinkState::Connected
+        })
         .await
         .expect("reset detected");
     assert_eq!(s.positions.as_ref().map(|p| p[6]), Some(-40));
@@ -229,16 +280,29 @@ async fn a_brown_out_reset_is_detected_and_restored_before_any_move() {
 
 #[tokio::test]
 async fn without_restore_a_reset_leaves_the_counters_untrusted() {
-    let initial = KnownCounters { positions: vec![5; 13], trusted: vec![true; 13] };
-    let r = rig_with(sim_options(Firmware::V2), |s| s.restore_counters_after_reset = false, Some(initial)).await;
+    let initial = KnownCounters {
+        positions: vec![5; 13],
+        trusted: vec![true; 13],
+    };
+    let r = rig_with(
+        sim_options(Firmware::V2),
+        |s| s.restore_counters_after_reset = false,
+        Some(initial),
+    )
+    .await;
     // Opening the port reset the board: zeros where 5 was known.
     let s = r
         .board
-        .wait_for(WAIT, |s| s.link == LinkState::Connected && s.resets_detected == 1)
+        .wait_for(WAIT, |s| {
+            s.link == LinkState::Connected && s.resets_detected == 1
+        })
         .await
         .expect("reset detected at start");
     assert_eq!(s.positions, Some(vec![0; 13]));
-    assert!(s.trusted.iter().all(|t| !t), "zeros are never silently trusted");
+    assert!(
+        s.trusted.iter().all(|t| !t),
+        "zeros are never silently trusted"
+    );
     assert!(r.sim.received(Op::SetStepper).is_empty());
 }
 
@@ -256,13 +320,33 @@ async fn out_of_range_steppers_are_refused_before_anything_is_sent() {
     let r = rig(Firmware::V2).await;
     connected(&r.board).await;
     let err = r.board.set_stepper(13, 1).await.expect_err("refused");
-    assert!(matches!(err, BoardError::StepperOutOfRange { stepper: 13, count: 13, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            BoardError::StepperOutOfRange {
+                stepper: 13,
+                count: 13,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!err.is_device_fault());
     let err = r.board.rmove(200, 1).await.expect_err("refused");
     assert!(matches!(err, BoardError::StepperOutOfRange { .. }));
     // 2-byte ints: 40000 does not fit.
     let err = r.board.set_stepper(1, 40_000).await.expect_err("refused");
-    assert!(matches!(err, BoardError::ValueOutOfRange { value: 40_000, bytes: 2, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            BoardError::ValueOutOfRange {
+                value: 40_000,
+                bytes: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(r.sim.received(Op::SetStepper).is_empty());
     assert!(r.sim.received(Op::Rmove).is_empty());
     assert!(r.sim.violations().is_empty());
@@ -272,9 +356,21 @@ async fn out_of_range_steppers_are_refused_before_anything_is_sent() {
 async fn a_target_outside_the_firmware_limits_is_reported_not_confirmed() {
     let r = rig(Firmware::V2).await;
     connected(&r.board).await;
-    let err = r.board.rmove(1, 150).await.expect_err("the firmware ignores it");
+    let err = r
+        .board
+        .rmove(1, 150)
+        .await
+        .expect_err("the firmware ignores it");
     assert!(
-        matches!(err, BoardError::NotConfirmed { stepper: 1, expected: 150, actual: 0, .. }),
+        matches!(
+            err,
+            BoardError::NotConfirmed {
+                stepper: 1,
+                expected: 150,
+                actual: 0,
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(r.board.status().link, LinkState::Connected);
@@ -284,7 +380,11 @@ async fn a_target_outside_the_firmware_limits_is_reported_not_confirmed() {
 async fn a_four_byte_tuner_board_works() {
     let r = rig(Firmware::Tuner).await;
     assert_eq!(connected(&r.board).await, vec![0; 6]);
-    let p = r.board.set_stepper(5, 70_000).await.expect("set beyond i16");
+    let p = r
+        .board
+        .set_stepper(5, 70_000)
+        .await
+        .expect("set beyond i16");
     assert_eq!(p[5], 70_000);
     let p = r.board.rmove(5, -300).await.expect("rmove");
     assert_eq!(p[5], 69_700);
@@ -300,7 +400,10 @@ async fn a_v1_board_works() {
     assert_eq!(p[3], 12);
     r.board.set_stepper(2, 100).await.expect("set");
     let sets = r.sim.received(Op::SetStepper);
-    assert!(matches!(&sets[0].event, TraceEvent::Message { id: 7, .. }), "v1 set_stepper is 7");
+    assert!(
+        matches!(&sets[0].event, TraceEvent::Message { id: 7, .. }),
+        "v1 set_stepper is 7"
+    );
     assert!(r.sim.received(Op::ResetAll).is_empty());
     assert!(r.sim.violations().is_empty());
 }
@@ -315,8 +418,15 @@ async fn reset_all_is_sent_only_when_asked_by_name() {
     let p = r.board.reset_all_counters().await.expect("reset_all");
     assert_eq!(p, vec![0; 13]);
     assert_eq!(r.sim.received(Op::ResetAll).len(), 1);
-    assert_eq!(r.board.status().resets_detected, 0, "an asked-for zeroing is not a board reset");
-    assert!(r.sim.received(Op::SetStepper).is_empty(), "and nothing is restored");
+    assert_eq!(
+        r.board.status().resets_detected,
+        0,
+        "an asked-for zeroing is not a board reset"
+    );
+    assert!(
+        r.sim.received(Op::SetStepper).is_empty(),
+        "and nothing is restored"
+    );
 }
 
 #[tokio::test]
@@ -335,18 +445,40 @@ async fn a_board_that_never_answers_is_unresponsive_and_the_port_stays_open() {
     sim.inject(Fault::Mute(true));
     let spec = spec_for(&opts, sim.link().to_path_buf());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: spec.port.clone(), baud: spec.baud });
+    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector {
+        path: spec.port.clone(),
+        baud: spec.baud,
+    });
     let (board, _task) = stringdriverd::board::spawn(spec, connector, None, shutdown.clone());
     let s = board
-        .wait_for(WAIT, |s| matches!(s.link, LinkState::Unresponsive { missed } if missed >= 3))
+        .wait_for(
+            WAIT,
+            |s| matches!(s.link, LinkState::Unresponsive { missed } if missed >= 3),
+        )
         .await
         .expect("reported unresponsive");
     assert_eq!(s.connects, 1);
-    assert!(s.last_error.as_deref().is_some_and(|e| e.contains("no reply")), "{:?}", s.last_error);
-    let opened = sim.trace().iter().filter(|e| e.event == TraceEvent::Opened).count();
-    assert_eq!(opened, 1, "a silent board is never reopened (that would reset it)");
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no reply")),
+        "{:?}",
+        s.last_error
+    );
+    let opened = sim
+        .trace()
+        .iter()
+        .filter(|e| e.event == TraceEvent::Opened)
+        .count();
+    assert_eq!(
+        opened, 1,
+        "a silent board is never reopened (that would reset it)"
+    );
     sim.inject(Fault::Mute(false));
-    board.wait_for(WAIT, |s| s.link == LinkState::Connected).await.expect("recovers when it answers");
+    board
+        .wait_for(WAIT, |s| s.link == LinkState::Connected)
+        .await
+        .expect("recovers when it answers");
     shutdown.cancel();
 }
 
@@ -357,7 +489,10 @@ async fn a_missing_port_is_reported_with_its_path_and_retried() {
     let path = dir.path().join("not-plugged-in");
     let spec = spec_for(&opts, path.clone());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: path.clone(), baud: 115_200 });
+    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector {
+        path: path.clone(),
+        baud: 115_200,
+    });
     let (board, _task) = stringdriverd::board::spawn(spec, connector, None, shutdown.clone());
     let s = board
         .wait_for(WAIT, |s| matches!(&s.link, LinkState::Disconnected { error, .. } if error.contains("not-plugged-in")))
@@ -375,7 +510,13 @@ async fn shutdown_stops_the_driver_and_refuses_later_requests() {
     let r = rig(Firmware::V2).await;
     connected(&r.board).await;
     r.shutdown.cancel();
-    tokio::time::timeout(WAIT, r.task).await.expect("stops in time").expect("no panic");
+    tokio::time::timeout(WAIT, r.task)
+        .await
+        .expect("stops in time")
+        .expect("no panic");
     assert_eq!(r.board.status().link, LinkState::Stopped);
-    assert!(matches!(r.board.poll().await, Err(BoardError::Stopped { .. })));
+    assert!(matches!(
+        r.board.poll().await,
+        Err(BoardError::Stopped { .. })
+    ));
 }

@@ -1,1 +1,233 @@
-fn main() {}
+//! `stringdriverd`: the daemon and its maintenance subcommands. Thin: it
+//! parses arguments, sets up logging and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use stringdriverd::protocol::{Firmware, IntWidth};
+
+#[derive(Parser)]
+#[command(
+    name = "stringdriverd",
+    version,
+    about = "The stringdriver machine daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a configuration file and print it fully resolved.
+    CheckConfig {
+        /// The TOML file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run simulated boards for every board of a configuration and drive them
+    /// as the daemon does, logging their state (no hardware needed).
+    Demo {
+        /// The TOML file (config/demo.toml).
+        #[arg(long, default_value = "config/demo.toml")]
+        config: PathBuf,
+        /// Stop after this long (e.g. `30s`); default: until Ctrl-C or SIGTERM.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Speed scale of the simulated firmware (1 = real time).
+        #[arg(long, default_value_t = 1.0)]
+        speed_scale: f64,
+    },
+    /// Serve a simulated board on a pseudo-terminal linked at PATH.
+    SimController {
+        /// Where to put the symlink to the pseudo-terminal.
+        #[arg(long)]
+        link: PathBuf,
+        /// Firmware to imitate.
+        #[arg(long, value_parser = parse_firmware)]
+        profile: Firmware,
+        /// Number of steppers (default: the board in service for the profile).
+        #[arg(long)]
+        steppers: Option<usize>,
+        /// Multiplies the firmware's speeds (moves, reply pacing, reset window).
+        #[arg(long, default_value_t = 1.0)]
+        speed_scale: f64,
+        /// Width of the firmware's int (default: 2 for v1/v2, 4 for tuner).
+        #[arg(long, value_parser = parse_width)]
+        int_bytes: Option<IntWidth>,
+        /// How long the board is deaf after the port is opened, before scaling.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        reset_window: Duration,
+    },
+    /// Open a board, wait for its reset and print its counters.
+    Probe {
+        /// The serial device.
+        #[arg(long)]
+        port: PathBuf,
+        /// Firmware command table.
+        #[arg(long, value_parser = parse_firmware, default_value = "v2")]
+        profile: Firmware,
+        /// Width of the firmware's int (default: 2 for v1/v2, 4 for tuner).
+        #[arg(long, value_parser = parse_width)]
+        int_bytes: Option<IntWidth>,
+        /// Baud rate.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// How long the board is deaf after opening.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        reset_wait: Duration,
+        /// How long to wait for each reply.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_firmware(s: &str) -> Result<Firmware, String> {
+    s.parse()
+}
+
+fn parse_width(s: &str) -> Result<IntWidth, String> {
+    let n: u8 = s.parse().map_err(|_| format!("`{s}` is not 2 or 4"))?;
+    IntWidth::try_from(n)
+}
+
+fn default_width(f: Firmware) -> IntWidth {
+    match f {
+        Firmware::Tuner => IntWidth::Four,
+        Firmware::V1 | Firmware::V2 => IntWidth::Two,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stringdriverd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::CheckConfig { config } => {
+            let cfg = stringdriverd::config::load(&config)?;
+            print!("{}", cfg.to_toml_string());
+            eprintln!("{}: configuration is valid", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo {
+            config,
+            duration,
+            speed_scale,
+        } => {
+            let cfg = stringdriverd::config::load(&config)?;
+            stringdriverd::logging::init(&cfg.log.level);
+            let rt = runtime()?;
+            rt.block_on(stringdriverd::demo::run(
+                cfg,
+                speed_scale,
+                stop_signal(duration),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SimController {
+            link,
+            profile,
+            steppers,
+            speed_scale,
+            int_bytes,
+            reset_window,
+        } => {
+            stringdriverd::logging::init("info");
+            let mut p = stringdriverd::sim::Profile::for_firmware(profile, steppers);
+            if let Some(w) = int_bytes {
+                p.width = w;
+            }
+            let mut opts = stringdriverd::sim::SimOptions::new(p);
+            opts.speed_scale = speed_scale;
+            opts.reset_window = reset_window;
+            let sim = stringdriverd::sim::Simulator::spawn(opts, &link)?;
+            eprintln!(
+                "simulated {profile} board at {} -> {}; Ctrl-C to stop",
+                link.display(),
+                sim.device()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            );
+            runtime()?.block_on(stop_signal(None));
+            let violations = sim.violations();
+            sim.stop();
+            if !violations.is_empty() {
+                eprintln!("{} safety violation(s) recorded:", violations.len());
+                for v in &violations {
+                    eprintln!("  {}", v.detail);
+                }
+                return Ok(ExitCode::from(3));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe {
+            port,
+            profile,
+            int_bytes,
+            baud,
+            reset_wait,
+            timeout,
+        } => {
+            let opts = stringdriverd::probe::ProbeOptions {
+                port,
+                baud,
+                firmware: profile,
+                width: int_bytes.unwrap_or(default_width(profile)),
+                reset_wait,
+                reply_timeout: timeout,
+            };
+            let report = runtime()?.block_on(stringdriverd::probe::probe(&opts))?;
+            println!("steppers: {}", report.positions.len());
+            println!("positions: {:?}", report.positions);
+            match report.free_memory {
+                Some(m) => println!("free memory: {m} bytes"),
+                None => println!("free memory: not reported"),
+            }
+            if report.noise_bytes > 0 {
+                println!("noise bytes before the first reply: {}", report.noise_bytes);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM, or after `limit`.
+async fn stop_signal(limit: Option<Duration>) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let limit = async {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = limit => {}
+    }
+}

@@ -145,7 +145,10 @@ impl Driver {
         initial: Option<KnownCounters>,
     ) -> Driver {
         let n = spec.steppers();
-        let known = initial.as_ref().map(|k| k.positions.clone()).filter(|p| p.len() == n);
+        let known = initial
+            .as_ref()
+            .map(|k| k.positions.clone())
+            .filter(|p| p.len() == n);
         if let Some(k) = initial.filter(|k| k.trusted.len() == n && k.positions.len() == n) {
             status.send_modify(|s| s.trusted = k.trusted);
         }
@@ -176,7 +179,8 @@ impl Driver {
     }
 
     fn note_error(&self, e: &str) {
-        self.status.send_modify(|s| s.last_error = Some(e.to_string()));
+        self.status
+            .send_modify(|s| s.last_error = Some(e.to_string()));
     }
 
     fn emit(&self, e: BoardEvent) {
@@ -212,10 +216,19 @@ impl Driver {
             let delay = backoff.next_delay();
             tracing::warn!(board = %self.spec.name, error = %error, retry_in = ?delay, "board link down");
             self.note_error(&error);
-            let was_up = !matches!(self.status.borrow().link, LinkState::Disconnected { .. } | LinkState::Starting);
-            self.set_link(LinkState::Disconnected { error: error.clone(), retry_in: delay });
+            let was_up = !matches!(
+                self.status.borrow().link,
+                LinkState::Disconnected { .. } | LinkState::Starting
+            );
+            self.set_link(LinkState::Disconnected {
+                error: error.clone(),
+                retry_in: delay,
+            });
             if was_up {
-                self.emit(BoardEvent::Disconnected { board: self.spec.name.clone(), error });
+                self.emit(BoardEvent::Disconnected {
+                    board: self.spec.name.clone(),
+                    error,
+                });
             }
             if !self.idle(Instant::now() + delay).await {
                 break;
@@ -224,7 +237,9 @@ impl Driver {
         self.set_link(LinkState::Stopped);
         self.requests.close();
         while let Ok(r) = self.requests.try_recv() {
-            let _ = r.reply.send(Err(BoardError::Stopped { board: self.spec.name.clone() }));
+            let _ = r.reply.send(Err(BoardError::Stopped {
+                board: self.spec.name.clone(),
+            }));
         }
         tracing::info!(board = %self.spec.name, "board driver stopped");
     }
@@ -271,7 +286,9 @@ impl Driver {
         if let Err(e) = self.reconcile(&mut io, first).await {
             return End::Lost(e);
         }
-        self.emit(BoardEvent::Connected { board: self.spec.name.clone() });
+        self.emit(BoardEvent::Connected {
+            board: self.spec.name.clone(),
+        });
 
         let mut tick = tokio::time::interval(self.spec.poll_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -328,11 +345,18 @@ impl Driver {
     }
 
     /// Accounts for an item nobody asked for (noise, a stale reply).
-    fn absorb(&self, item: Option<Result<Inbound, crate::protocol::FrameError>>) -> Result<(), String> {
+    fn absorb(
+        &self,
+        item: Option<Result<Inbound, crate::protocol::FrameError>>,
+    ) -> Result<(), String> {
         match item {
             None => Err("the device closed the link".into()),
             Some(Err(e)) => Err(format!("read failed: {e}")),
-            Some(Ok(Inbound::Discarded { reason, len, excerpt })) => {
+            Some(Ok(Inbound::Discarded {
+                reason,
+                len,
+                excerpt,
+            })) => {
                 self.log_noise(reason, len, &excerpt);
                 Ok(())
             }
@@ -355,7 +379,12 @@ impl Driver {
     }
 
     /// One request-reply exchange, respecting the end of any running move.
-    async fn exchange(&mut self, io: &mut Io, op: Op, args: Vec<i32>) -> Result<Option<Reply>, Fail> {
+    async fn exchange(
+        &mut self,
+        io: &mut Io,
+        op: Op,
+        args: Vec<i32>,
+    ) -> Result<Option<Reply>, Fail> {
         let id = self.spec.firmware.id(op).ok_or_else(|| {
             Fail::Device(BoardError::Unsupported {
                 board: self.spec.name.clone(),
@@ -505,10 +534,16 @@ impl Driver {
             detail,
         };
         if reply.args.len() != n {
-            return Err(malformed(format!("{} values for {n} steppers", reply.args.len())));
+            return Err(malformed(format!(
+                "{} values for {n} steppers",
+                reply.args.len()
+            )));
         }
         reply.ints(self.spec.width).ok_or_else(|| {
-            malformed(format!("a value is not {} bytes long", self.spec.width.bytes()))
+            malformed(format!(
+                "a value is not {} bytes long",
+                self.spec.width.bytes()
+            ))
         })
     }
 
@@ -518,7 +553,8 @@ impl Driver {
         let Some(prev) = self.known.clone() else {
             // First contact and nothing persisted: zeros are not knowledge.
             tracing::warn!(board = %name, "no earlier counters known: positions untrusted until calibrated or set");
-            self.status.send_modify(|s| s.trusted.iter_mut().for_each(|t| *t = false));
+            self.status
+                .send_modify(|s| s.trusted.iter_mut().for_each(|t| *t = false));
             self.known = Some(fresh);
             self.set_link(LinkState::Connected);
             return Ok(());
@@ -586,7 +622,11 @@ impl Driver {
         // Counted only now, so that whoever sees the count also sees the outcome.
         self.status.send_modify(|s| s.resets_detected += 1);
         self.set_link(LinkState::Connected);
-        self.emit(BoardEvent::ResetDetected { board: name, previous: prev, restored });
+        self.emit(BoardEvent::ResetDetected {
+            board: name,
+            previous: prev,
+            restored,
+        });
         Ok(())
     }
 
@@ -613,12 +653,19 @@ impl Driver {
     }
 
     /// Serves one request; returns its answer and any failure the loop must act on.
-    async fn serve(&mut self, io: &mut Io, command: Command) -> (Result<Response, BoardError>, Option<Fail>) {
+    async fn serve(
+        &mut self,
+        io: &mut Io,
+        command: Command,
+    ) -> (Result<Response, BoardError>, Option<Fail>) {
         match self.serve_inner(io, command).await {
             Ok(r) => (Ok(r), None),
             Err(Fail::Device(e)) => (Err(e), None),
             Err(Fail::Link(e)) => (
-                Err(BoardError::Link { board: self.spec.name.clone(), detail: e.clone() }),
+                Err(BoardError::Link {
+                    board: self.spec.name.clone(),
+                    detail: e.clone(),
+                }),
                 Some(Fail::Link(e)),
             ),
         }
@@ -649,21 +696,26 @@ impl Driver {
             Command::Rmove { stepper, delta } => {
                 self.check_stepper(stepper).map_err(refuse)?;
                 let current = self.current(stepper)?;
-                let target = self.check_value(current as i64 + delta as i64).map_err(refuse)?;
+                let target = self
+                    .check_value(current as i64 + delta as i64)
+                    .map_err(refuse)?;
                 let delta = self.check_value(delta as i64).map_err(refuse)?;
-                self.write_and_confirm(io, Op::Rmove, stepper, delta, target, current).await
+                self.write_and_confirm(io, Op::Rmove, stepper, delta, target, current)
+                    .await
             }
             Command::Amove { stepper, target } => {
                 self.check_stepper(stepper).map_err(refuse)?;
                 let current = self.current(stepper)?;
                 let target = self.check_value(target as i64).map_err(refuse)?;
-                self.write_and_confirm(io, Op::Amove, stepper, target, target, current).await
+                self.write_and_confirm(io, Op::Amove, stepper, target, target, current)
+                    .await
             }
             Command::SetStepper { stepper, value } => {
                 self.check_stepper(stepper).map_err(refuse)?;
                 let value = self.check_value(value as i64).map_err(refuse)?;
                 let current = self.current(stepper)?;
-                self.write_and_confirm(io, Op::SetStepper, stepper, value, value, current).await
+                self.write_and_confirm(io, Op::SetStepper, stepper, value, value, current)
+                    .await
             }
             Command::ResetAll => {
                 tracing::warn!(board = %self.spec.name, "reset_all requested by name: zeroing every counter");
@@ -673,8 +725,12 @@ impl Driver {
                 if let Some(i) = p.iter().position(|v| *v != 0) {
                     return Err(refuse(self.not_confirmed(Op::ResetAll, i, 0, p[i])));
                 }
-                self.status.send_modify(|s| s.trusted.iter_mut().for_each(|t| *t = true));
-                self.emit(BoardEvent::PositionsChanged { board: self.spec.name.clone(), positions: p.clone() });
+                self.status
+                    .send_modify(|s| s.trusted.iter_mut().for_each(|t| *t = true));
+                self.emit(BoardEvent::PositionsChanged {
+                    board: self.spec.name.clone(),
+                    positions: p.clone(),
+                });
                 Ok(Response::Positions(p))
             }
         }
@@ -688,7 +744,13 @@ impl Driver {
     }
 
     fn not_confirmed(&self, op: Op, stepper: usize, expected: i32, actual: i32) -> BoardError {
-        BoardError::NotConfirmed { board: self.spec.name.clone(), op, stepper, expected, actual }
+        BoardError::NotConfirmed {
+            board: self.spec.name.clone(),
+            op,
+            stepper,
+            expected,
+            actual,
+        }
     }
 
     /// Sends a move or counter write, waits its expected duration, and checks
@@ -716,7 +778,9 @@ impl Driver {
         let p = self.poll_retrying(io).await?;
         let actual = p.get(stepper).copied().unwrap_or_default();
         if actual != target {
-            return Err(Fail::Device(self.not_confirmed(op, stepper, target, actual)));
+            return Err(Fail::Device(
+                self.not_confirmed(op, stepper, target, actual),
+            ));
         }
         if op == Op::SetStepper {
             self.status.send_modify(|s| {
@@ -725,7 +789,10 @@ impl Driver {
                 }
             });
         }
-        self.emit(BoardEvent::PositionsChanged { board: self.spec.name.clone(), positions: p.clone() });
+        self.emit(BoardEvent::PositionsChanged {
+            board: self.spec.name.clone(),
+            positions: p.clone(),
+        });
         Ok(Response::Positions(p))
     }
 }

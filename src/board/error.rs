@@ -10,7 +10,9 @@ use crate::protocol::{Firmware, Op};
 pub enum BoardError {
     /// Refused before sending: the stepper index is outside the board. The
     /// firmware does not check indices and would corrupt its memory.
-    #[error("board {board}: stepper {stepper} does not exist (the board has {count}); nothing was sent")]
+    #[error(
+        "board {board}: stepper {stepper} does not exist (the board has {count}); nothing was sent"
+    )]
     StepperOutOfRange {
         /// Board name.
         board: String,
@@ -20,7 +22,9 @@ pub enum BoardError {
         count: usize,
     },
     /// Refused before sending: an argument does not fit the board's int width.
-    #[error("board {board}: value {value} does not fit the board's {bytes}-byte int; nothing was sent")]
+    #[error(
+        "board {board}: value {value} does not fit the board's {bytes}-byte int; nothing was sent"
+    )]
     ValueOutOfRange {
         /// Board name.
         board: String,

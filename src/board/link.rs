@@ -43,12 +43,11 @@ impl Connector for SerialConnector {
                 .stop_bits(tokio_serial::StopBits::One)
                 .flow_control(tokio_serial::FlowControl::None);
             // Opening can block briefly in the kernel (USB); keep it off the workers.
-            let port = tokio::task::spawn_blocking(move || {
-                tokio_serial::SerialStream::open(&builder)
-            })
-            .await
-            .map_err(io::Error::other)?
-            .map_err(serial_to_io)?;
+            let port =
+                tokio::task::spawn_blocking(move || tokio_serial::SerialStream::open(&builder))
+                    .await
+                    .map_err(io::Error::other)?
+                    .map_err(serial_to_io)?;
             Ok(Box::new(port) as Box<dyn Link>)
         })
     }
@@ -85,7 +84,12 @@ impl Backoff {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9E37_79B9_7F4A_7C15)
             | 1;
-        Backoff { initial, max: max.max(initial), current: initial, seed }
+        Backoff {
+            initial,
+            max: max.max(initial),
+            current: initial,
+            seed,
+        }
     }
 
     /// The next delay: the current step with up to ±10 % jitter, never above the cap.
@@ -117,7 +121,10 @@ mod tests {
         let nominal = [100u64, 200, 400, 800, 1600, 2000, 2000, 2000];
         for (d, n) in delays.iter().zip(nominal) {
             let n = Duration::from_millis(n);
-            assert!(*d >= n.mul_f64(0.9) && *d <= n.mul_f64(1.1).min(Duration::from_secs(2)), "{d:?} vs {n:?}");
+            assert!(
+                *d >= n.mul_f64(0.9) && *d <= n.mul_f64(1.1).min(Duration::from_secs(2)),
+                "{d:?} vs {n:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(110));

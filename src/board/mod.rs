@@ -80,7 +80,9 @@ impl BoardHandle {
     /// Runs one command and waits for its answer.
     pub async fn execute(&self, command: Command) -> Result<Response, BoardError> {
         let (reply, rx) = oneshot::channel();
-        let stopped = || BoardError::Stopped { board: self.name.clone() };
+        let stopped = || BoardError::Stopped {
+            board: self.name.clone(),
+        };
         self.requests
             .send(driver::Request { command, reply })
             .await
@@ -91,7 +93,9 @@ impl BoardHandle {
     async fn positions(&self, command: Command) -> Result<Vec<i32>, BoardError> {
         match self.execute(command).await? {
             Response::Positions(p) => Ok(p),
-            Response::FreeMemory(_) => Err(BoardError::Stopped { board: self.name.clone() }),
+            Response::FreeMemory(_) => Err(BoardError::Stopped {
+                board: self.name.clone(),
+            }),
         }
     }
 
@@ -124,7 +128,9 @@ impl BoardHandle {
     pub async fn check_memory(&self) -> Result<i32, BoardError> {
         match self.execute(Command::CheckMemory).await? {
             Response::FreeMemory(m) => Ok(m),
-            Response::Positions(_) => Err(BoardError::Stopped { board: self.name.clone() }),
+            Response::Positions(_) => Err(BoardError::Stopped {
+                board: self.name.clone(),
+            }),
         }
     }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::{BoardConfig, Config};
 use crate::protocol::{Firmware, IntWidth};
 
 /// Everything the driver of one board needs, resolved from the configuration.
@@ -49,7 +50,13 @@ impl BoardSpec {
     }
 
     /// A spec with the defaults for everything but the identity of the board.
-    pub fn new(name: &str, port: PathBuf, firmware: Firmware, width: IntWidth, speeds: Vec<f64>) -> BoardSpec {
+    pub fn new(
+        name: &str,
+        port: PathBuf,
+        firmware: Firmware,
+        width: IntWidth,
+        speeds: Vec<f64>,
+    ) -> BoardSpec {
         BoardSpec {
             name: name.to_string(),
             port,
@@ -69,9 +76,30 @@ impl BoardSpec {
         }
     }
 
+    /// The spec of board `index` of `config`.
+    pub fn from_config(config: &Config, index: usize) -> Option<BoardSpec> {
+        let b: &BoardConfig = config.boards.get(index)?;
+        let speeds = (0..b.steppers)
+            .map(|local| config.layout.speed(config.layout.global(index, local)))
+            .collect();
+        let mut spec = BoardSpec::new(&b.name, b.port.clone(), b.firmware, b.int_bytes, speeds);
+        spec.baud = b.baud;
+        spec.reset_wait = b.reset_wait;
+        spec.poll_interval = b.poll_interval;
+        spec.reply_timeout = b.reply_timeout;
+        spec.move_margin = b.move_margin;
+        spec.restore_counters_after_reset = b.restore_counters_after_reset;
+        Some(spec)
+    }
+
     /// How long a move of `steps` on `stepper` is expected to take, margin included.
     pub fn move_duration(&self, stepper: usize, steps: u64) -> Duration {
-        let speed = self.speeds.get(stepper).copied().filter(|s| *s > 0.0).unwrap_or(1.0);
+        let speed = self
+            .speeds
+            .get(stepper)
+            .copied()
+            .filter(|s| *s > 0.0)
+            .unwrap_or(1.0);
         // 10 % on top of the nominal time covers acceleration ramps.
         Duration::from_secs_f64(steps as f64 / speed * 1.1) + self.move_margin
     }

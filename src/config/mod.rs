@@ -1,1 +1,251 @@
-//! Configuration (being written).
+//! The daemon's configuration: TOML schema, defaults and validation.
+//!
+//! [`load`] / [`parse`] turn a file into a [`Config`] in which every default is
+//! filled in and every value has been checked, so that the rest of the daemon
+//! never re-validates. In particular the [`Layout`] never maps a stepper index
+//! past the boards (the firmware does not check indices and corrupts its own
+//! memory when given a wrong one), and the configuration never holds a
+//! database password, only the path of the file that does.
+//!
+//! Errors name the key (`boards[0].int_bytes`) and, when the value is written
+//! in the file, its line and column. `config/stringdriver.example.toml`
+//! documents every key.
+
+mod error;
+mod layout;
+mod resolve;
+mod schema;
+mod sections;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+pub use error::{ConfigError, Position};
+pub use layout::{
+    Layout, Role, StepperOverride, StepperRange, MAX_STRINGS, MIN_SPEED, UNUSED_LIMITS,
+};
+pub use resolve::defaults;
+pub use sections::{
+    BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, LogConfig,
+    OperationSettings, SnapshotConfig, SnapshotLink, SpoolConfig, Thresholds,
+};
+
+/// A checked configuration with every default resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Host name written with every record (`machine_state.host`); the
+    /// system host name when the file sets none.
+    pub host: String,
+    /// Boards in stepper order: carriage board first, then the tuner board.
+    pub boards: Vec<BoardConfig>,
+    /// Role, limits and speed of every stepper.
+    pub layout: Layout,
+    /// Settings of bump_check, z_calibrate and z_adjust.
+    pub operations: OperationSettings,
+    /// Per-channel thresholds, one entry per string.
+    pub thresholds: Thresholds,
+    /// Periodic machine_state capture.
+    pub snapshot: SnapshotConfig,
+    /// audmon shared-memory feed.
+    pub feed: FeedConfig,
+    /// Central PostgreSQL server.
+    pub database: DatabaseConfig,
+    /// Local spool of records not yet shipped.
+    pub spool: SpoolConfig,
+    /// Local control socket.
+    pub control: ControlConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Checks configuration `text`; `origin` names it in error messages only.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    parse_with_host(text, origin, system_host_name)
+}
+
+/// `parse` with the system host name supplied by the caller (tests).
+fn parse_with_host(
+    text: &str,
+    origin: &Path,
+    host: impl FnOnce() -> Result<String, String>,
+) -> Result<Config, ConfigError> {
+    let raw = deserialize(text, origin)?;
+    resolve::resolve(raw, host).map_err(|e| match e {
+        resolve::Resolve::Invalid(invalid) => invalid.locate(text, origin),
+        resolve::Resolve::Hostname(reason) => ConfigError::Hostname {
+            origin: origin.to_path_buf(),
+            reason,
+        },
+    })
+}
+
+fn system_host_name() -> Result<String, String> {
+    nix::unistd::gethostname()
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|h| format!("{h:?} is not UTF-8"))
+}
+
+fn deserialize(text: &str, origin: &Path) -> Result<schema::RawConfig, ConfigError> {
+    let parse_error = |position, key, message| ConfigError::Parse {
+        origin: origin.to_path_buf(),
+        position,
+        key,
+        message,
+    };
+    let position = |e: &toml::de::Error| e.span().map(|s| Position::at(text, s.start));
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| parse_error(position(&e), None, e.message().trim_end().to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim_end();
+        let parent = (path != ".").then_some(path);
+        // serde reports a missing key at its table; name the key itself, and
+        // give no position since the key is not written anywhere.
+        if let Some(name) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+        {
+            let key = match parent {
+                Some(p) => format!("{p}.{name}"),
+                None => name.to_string(),
+            };
+            return parse_error(None, Some(key), "required, but not set".to_string());
+        }
+        parse_error(position(&inner), parent, message.to_string())
+    })
+}
+
+impl Config {
+    /// The fully resolved configuration as TOML, every default written out
+    /// and durations in humantime form, followed by a commented stepper map.
+    /// It parses back to an equal `Config`. It holds no password: there is
+    /// none in a `Config`, only `database.password_file`.
+    pub fn to_toml_string(&self) -> String {
+        let mut out = format!(
+            "# stringdriverd configuration for host {}, fully resolved: every default is \
+             written out.\n\n",
+            self.host
+        );
+        match toml::to_string(&resolve::to_raw(self)) {
+            Ok(body) => out.push_str(&body),
+            // Unreachable with the types in `schema`; still, a broken print
+            // must not take the daemon down, and the round-trip test guards it.
+            Err(e) => {
+                let _ = writeln!(out, "# the configuration could not be written as TOML: {e}");
+            }
+        }
+        out.push_str("\n# Stepper map: global index, board:local index, role, limits, speed\n");
+        let l = &self.layout;
+        for g in 0..l.total_steppers() {
+            let (board, local) = match l.locate(g) {
+                Some((b, i)) => (self.boards.get(b).map_or("?", |b| b.name.as_str()), i),
+                None => ("?", 0),
+            };
+            let (min, max) = l.limits(g);
+            let _ = writeln!(
+                out,
+                "# {g:>3}: {:<14} {:<17} {:<18} {} steps/s",
+                format!("{board}:{local}"),
+                l.role(g).to_string(),
+                format!("{min}..={max}"),
+                l.speed(g)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[boards]]
+name = "carriage"
+port = "/dev/ttyACM0"
+int_bytes = 2
+firmware = "v2"
+steppers = 13
+
+[layout]
+strings = 6
+x_index = 0
+z_first_index = 1
+"#;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse_with_host(text, Path::new("t.toml"), || Ok("testhost".into()))
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let c = p(MINIMAL).unwrap();
+        assert_eq!(c.host, "testhost");
+        let b = &c.boards[0];
+        assert_eq!(b.baud, 115_200);
+        assert_eq!(b.reset_wait, std::time::Duration::from_secs(2));
+        assert_eq!(b.poll_interval, std::time::Duration::from_millis(500));
+        assert_eq!(b.reply_timeout, std::time::Duration::from_secs(1));
+        assert_eq!(b.move_margin, std::time::Duration::from_millis(250));
+        assert!(b.restore_counters_after_reset);
+        assert_eq!(c.operations, OperationSettings::default());
+        assert_eq!(c.thresholds.amp_sum_min, vec![20; 6]);
+        assert_eq!(c.thresholds.voice_count_max, vec![12; 6]);
+        assert_eq!(c.snapshot.link, SnapshotLink::None);
+        assert_eq!(c.feed.dir, Path::new("/dev/shm"));
+        assert_eq!(
+            c.database.target,
+            DatabaseTarget::Parts {
+                host: "localhost".into(),
+                port: 5432,
+                user: "stringdriver".into(),
+                dbname: "audmon".into()
+            }
+        );
+        assert_eq!(c.spool.max_bytes, 1 << 30);
+        assert_eq!(c.control.mode, 0o660);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.layout.limits(0), (0, 2600));
+        assert_eq!(c.layout.limits(1), (-100, 100));
+        assert_eq!(c.layout.speed(0), 500.0);
+        assert_eq!(c.layout.speed(12), 100.0);
+    }
+
+    #[test]
+    fn hostname_failure_is_its_own_error() {
+        let e = parse_with_host(MINIMAL, Path::new("t.toml"), || Err("EPERM".into())).unwrap_err();
+        assert!(matches!(e, ConfigError::Hostname { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("t.toml: host: "), "{e}");
+        assert!(e.to_string().contains("EPERM"), "{e}");
+        let e = parse_with_host(MINIMAL, Path::new("t.toml"), || Ok(String::new())).unwrap_err();
+        assert!(matches!(e, ConfigError::Hostname { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn system_host_name_is_used_when_host_is_absent() {
+        let c = parse(MINIMAL, Path::new("t.toml")).unwrap();
+        let expected = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        assert_eq!(c.host, expected);
+    }
+
+    #[test]
+    fn resolved_text_round_trips() {
+        let c = p(MINIMAL).unwrap();
+        let text = c.to_toml_string();
+        assert_eq!(p(&text).unwrap(), c, "{text}");
+        assert!(text.contains("reset_wait = \"2s\""), "{text}");
+        assert!(text.contains("mode = \"0660\""), "{text}");
+        assert!(text.contains("max_bytes = \"1GiB\""), "{text}");
+    }
+}

@@ -346,7 +346,11 @@ impl Decoder for CmdCodec {
 
 /// Renders bytes for a log line: printable ASCII as is, the rest as `\xNN`.
 pub fn escape_for_log(bytes: &[u8]) -> String {
-    bytes.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+    bytes
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect()
 }
 
 /// Convenience for tests and tools: decodes everything in `bytes` at once.
@@ -365,9 +369,15 @@ mod tests {
     use super::*;
 
     fn enc(width: IntWidth, id: u16, args: &[i32]) -> Vec<u8> {
-        CmdCodec::encode_request(width, &Request { id, args: args.to_vec() })
-            .expect("encodes")
-            .to_vec()
+        CmdCodec::encode_request(
+            width,
+            &Request {
+                id,
+                args: args.to_vec(),
+            },
+        )
+        .expect("encodes")
+        .to_vec()
     }
 
     #[test]
@@ -382,7 +392,14 @@ mod tests {
             enc(IntWidth::Two, 6, &[2, 0x3B2C]),
             b"6,\x02/\x00,/,/;;".to_vec()
         );
-        assert_eq!(enc(IntWidth::Two, 3, &[1, -2]), b"3,\x01/\x00,\xfe\xff".iter().chain(b";").copied().collect::<Vec<_>>());
+        assert_eq!(
+            enc(IntWidth::Two, 3, &[1, -2]),
+            b"3,\x01/\x00,\xfe\xff"
+                .iter()
+                .chain(b";")
+                .copied()
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -408,7 +425,9 @@ mod tests {
         let bytes = enc(IntWidth::Two, 1, &[0x3B3B]);
         let items = decode_all(IntWidth::Two, &bytes);
         assert_eq!(items.len(), 1);
-        let Inbound::Message(r) = &items[0] else { panic!("{items:?}") };
+        let Inbound::Message(r) = &items[0] else {
+            panic!("{items:?}")
+        };
         assert_eq!(r.ints(IntWidth::Two), Some(vec![0x3B3B]));
     }
 
@@ -417,8 +436,20 @@ mod tests {
         let mut bytes = b"\r\n\xfejunk".to_vec();
         bytes.extend(enc(IntWidth::Two, 1, &[5, 7]));
         let items = decode_all(IntWidth::Two, &bytes);
-        assert!(matches!(items[0], Inbound::Discarded { reason: DiscardReason::LeadingNoise, len: 5, .. }), "{items:?}");
-        let Inbound::Message(r) = &items[1] else { panic!("{items:?}") };
+        assert!(
+            matches!(
+                items[0],
+                Inbound::Discarded {
+                    reason: DiscardReason::LeadingNoise,
+                    len: 5,
+                    ..
+                }
+            ),
+            "{items:?}"
+        );
+        let Inbound::Message(r) = &items[1] else {
+            panic!("{items:?}")
+        };
         assert_eq!((r.id, r.ints(IntWidth::Two)), (1, Some(vec![5, 7])));
     }
 
@@ -433,17 +464,41 @@ mod tests {
         let mut codec = CmdCodec::with_max_frame(IntWidth::Two, 16);
         let mut buf = BytesMut::from(&[0xAAu8; 40][..]);
         let first = codec.decode(&mut buf).expect("decodes");
-        assert!(matches!(first, Some(Inbound::Discarded { reason: DiscardReason::Overlong, len: 40, .. })));
+        assert!(matches!(
+            first,
+            Some(Inbound::Discarded {
+                reason: DiscardReason::Overlong,
+                len: 40,
+                ..
+            })
+        ));
         buf.extend_from_slice(b"1,\x01\x00;");
-        let Some(Inbound::Message(r)) = codec.decode(&mut buf).expect("decodes") else { panic!() };
+        let Some(Inbound::Message(r)) = codec.decode(&mut buf).expect("decodes") else {
+            panic!()
+        };
         assert_eq!(r.ints(IntWidth::Two), Some(vec![1]));
     }
 
     #[test]
     fn oversize_request_is_refused() {
-        let err = CmdCodec::encode_request(IntWidth::Four, &Request { id: 1, args: vec![0; 8] });
+        let err = CmdCodec::encode_request(
+            IntWidth::Four,
+            &Request {
+                id: 1,
+                args: vec![0; 8],
+            },
+        );
         assert!(matches!(err, Err(FrameError::TooLong { .. })));
-        let err = CmdCodec::encode_request(IntWidth::Two, &Request { id: 3, args: vec![0, 40_000] });
-        assert!(matches!(err, Err(FrameError::ArgumentOutOfRange { value: 40_000, .. })));
+        let err = CmdCodec::encode_request(
+            IntWidth::Two,
+            &Request {
+                id: 3,
+                args: vec![0, 40_000],
+            },
+        );
+        assert!(matches!(
+            err,
+            Err(FrameError::ArgumentOutOfRange { value: 40_000, .. })
+        ));
     }
 }

@@ -62,9 +62,21 @@ impl Profile {
     /// every stepper a tuner. Tuner limits and speed are not documented for the
     /// firmware; the model uses -100000..100000 at 100 steps/s.
     pub fn for_firmware(firmware: Firmware, steppers: Option<usize>) -> Profile {
-        let x = AxisGroup { min: 0, max: 2600, speed: 500.0 };
-        let z = AxisGroup { min: -100, max: 100, speed: 100.0 };
-        let t = AxisGroup { min: -100_000, max: 100_000, speed: 100.0 };
+        let x = AxisGroup {
+            min: 0,
+            max: 2600,
+            speed: 500.0,
+        };
+        let z = AxisGroup {
+            min: -100,
+            max: 100,
+            speed: 100.0,
+        };
+        let t = AxisGroup {
+            min: -100_000,
+            max: 100_000,
+            speed: 100.0,
+        };
         match firmware {
             Firmware::V2 => {
                 let n = steppers.unwrap_or(13).max(1);
@@ -270,7 +282,9 @@ impl Board {
     fn execute(&mut self, raw: Vec<u8>) -> Executed {
         let fields = split_fields(&raw);
         let id = atoi(fields.first().map(Vec::as_slice).unwrap_or(&[]));
-        let op = u16::try_from(id).ok().and_then(|id| self.profile.firmware.op(id));
+        let op = u16::try_from(id)
+            .ok()
+            .and_then(|id| self.profile.firmware.op(id));
         let width = self.profile.width;
         let args: Vec<i32> = (0..op.map_or(0, Op::arg_count))
             .map(|i| read_bin_arg(width, fields.get(i + 1).map(Vec::as_slice)))
@@ -311,7 +325,11 @@ impl Board {
                 let mut first = head.to_string().into_bytes();
                 let mut pieces = Vec::with_capacity(n + 1);
                 for (i, c) in self.counters.iter().enumerate() {
-                    let mut piece = if i == 0 { std::mem::take(&mut first) } else { Vec::new() };
+                    let mut piece = if i == 0 {
+                        std::mem::take(&mut first)
+                    } else {
+                        Vec::new()
+                    };
                     piece.push(FIELD_SEP);
                     push_escaped_int(&mut piece, width, *c);
                     pieces.push(piece);
@@ -384,7 +402,10 @@ fn split_fields(raw: &[u8]) -> Vec<Vec<u8>> {
 /// C `atoi`: skips leading white space, reads an optional sign and digits,
 /// stops at anything else; garbage first means 0.
 pub fn atoi(bytes: &[u8]) -> i32 {
-    let mut it = bytes.iter().skip_while(|b| b.is_ascii_whitespace()).peekable();
+    let mut it = bytes
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .peekable();
     let mut neg = false;
     if let Some(&&s) = it.peek() {
         if s == b'-' || s == b'+' {
@@ -439,9 +460,15 @@ mod tests {
     fn request(board: &Board, op: Op, args: &[i32]) -> Vec<u8> {
         let fw = board.profile().firmware;
         let id = fw.id(op).expect("op exists");
-        CmdCodec::encode_request(board.profile().width, &Request { id, args: args.to_vec() })
-            .expect("encodes")
-            .to_vec()
+        CmdCodec::encode_request(
+            board.profile().width,
+            &Request {
+                id,
+                args: args.to_vec(),
+            },
+        )
+        .expect("encodes")
+        .to_vec()
     }
 
     fn executed(events: Vec<ParseEvent>) -> Executed {
@@ -464,7 +491,7 @@ mod tests {
         let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
         let req = request(&b, Op::SetStepper, &[3, 59]);
         executed(send(&mut b, &req));
-        let mut want = vec![0; 13];
+        let mut want = [0; 13];
         want[3] = 59;
         assert_eq!(b.counters(), &want[..]);
     }
@@ -515,7 +542,10 @@ mod tests {
         let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
         let mut long = vec![b'7'; 70];
         long.push(b';');
-        assert_eq!(send(&mut b, &long), vec![ParseEvent::DroppedOverlong { len: 70 }]);
+        assert_eq!(
+            send(&mut b, &long),
+            vec![ParseEvent::DroppedOverlong { len: 70 }]
+        );
         let e = executed(send(&mut b, b"1;"));
         assert_eq!(e.op, Some(Op::Positions));
     }

@@ -15,7 +15,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 
 use super::firmware::{ParseEvent, RX_BUFFER};
-use super::{Control, Fault, SafetyViolation, Shared, SimError, SimOptions, TraceEntry, TraceEvent};
+use super::{
+    Control, Fault, SafetyViolation, Shared, SimError, SimOptions, TraceEntry, TraceEvent,
+};
 use crate::sim::firmware::Outcome;
 
 /// How often the loop looks for hang-ups and injected faults when idle.
@@ -48,7 +50,10 @@ impl Port {
         .map_err(SimError::Pty)?;
         // Our own slave descriptor goes: the board sees "opened" only when a host opens it.
         drop(pair.slave);
-        let link_err = |source| SimError::Link { path: link.to_path_buf(), source };
+        let link_err = |source| SimError::Link {
+            path: link.to_path_buf(),
+            source,
+        };
         if let Some(dir) = link.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(link_err)?;
         }
@@ -64,7 +69,10 @@ impl Port {
             Err(e) => return Err(link_err(e)),
         }
         std::os::unix::fs::symlink(&device, link).map_err(link_err)?;
-        Ok(Port { master: pair.master, device })
+        Ok(Port {
+            master: pair.master,
+            device,
+        })
     }
 
     pub(super) fn device(&self) -> &Path {
@@ -121,7 +129,10 @@ impl Runner {
     }
 
     fn trace(&self, event: TraceEvent) {
-        self.lock().trace.push(TraceEntry { at: Instant::now(), event });
+        self.lock().trace.push(TraceEntry {
+            at: Instant::now(),
+            event,
+        });
     }
 
     pub(super) fn run(mut self) {
@@ -228,7 +239,9 @@ impl Runner {
 
     /// Reads everything the host has written so far, without waiting.
     fn read_available(&mut self) -> Seen {
-        let Some(port) = self.port.as_ref() else { return Seen::Closed };
+        let Some(port) = self.port.as_ref() else {
+            return Seen::Closed;
+        };
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -246,7 +259,9 @@ impl Runner {
     fn write_all(&mut self, mut bytes: &[u8]) {
         let deadline = Instant::now() + WRITE_PATIENCE;
         while !bytes.is_empty() {
-            let Some(port) = self.port.as_ref() else { return };
+            let Some(port) = self.port.as_ref() else {
+                return;
+            };
             match nix::unistd::write(port.master.as_fd(), bytes) {
                 Ok(n) => bytes = &bytes[n..],
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) if Instant::now() < deadline => {

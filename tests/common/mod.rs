@@ -57,14 +57,28 @@ pub fn start_sim(opts: SimOptions) -> (tempfile::TempDir, SimHandle) {
     (dir, sim)
 }
 
-pub async fn rig_with(opts: SimOptions, tweak: impl FnOnce(&mut BoardSpec), initial: Option<KnownCounters>) -> Rig {
+pub async fn rig_with(
+    opts: SimOptions,
+    tweak: impl FnOnce(&mut BoardSpec),
+    initial: Option<KnownCounters>,
+) -> Rig {
     let (dir, sim) = start_sim(opts.clone());
     let mut spec = spec_for(&opts, sim.link().to_path_buf());
     tweak(&mut spec);
     let shutdown = CancellationToken::new();
-    let connector = Arc::new(SerialConnector { path: spec.port.clone(), baud: spec.baud });
+    let connector = Arc::new(SerialConnector {
+        path: spec.port.clone(),
+        baud: spec.baud,
+    });
     let (board, task) = board::spawn(spec.clone(), connector, initial, shutdown.clone());
-    Rig { dir, sim, board, task, shutdown, spec }
+    Rig {
+        dir,
+        sim,
+        board,
+        task,
+        shutdown,
+        spec,
+    }
 }
 
 pub async fn rig(firmware: Firmware) -> Rig {

@@ -1,0 +1,725 @@
+//! From the file as written to the checked configuration, and back.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::Invalid;
+use super::layout;
+use super::schema::{
+    ByteSize, HumanDuration, OctalMode, PerChannel, RawBoard, RawConfig, RawControl, RawDatabase,
+    RawFeed, RawLog, RawOperations, RawSnapshot, RawSpool, RawThresholds,
+};
+use super::sections::{
+    BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, LogConfig,
+    OperationSettings, SnapshotConfig, SnapshotLink, SpoolConfig, Thresholds,
+};
+use super::Config;
+
+/// Defaults that are not plain literals at their single point of use.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Line speed of every board in service.
+    pub const BAUD: u32 = 115_200;
+    /// AVR bootloader time after the port is opened (about 2 s).
+    pub const RESET_WAIT: Duration = Duration::from_secs(2);
+    /// Positions poll period.
+    pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+    /// Reply deadline.
+    pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Slack on a move's expected duration.
+    pub const MOVE_MARGIN: Duration = Duration::from_millis(250);
+    /// Shortest poll and snapshot period: faster is "hammering" the board
+    /// or the spool for no information.
+    pub const MIN_PERIOD: Duration = Duration::from_millis(10);
+    /// Most steppers one board may declare.
+    pub const MAX_STEPPERS: usize = 64;
+    /// Longest rest accepted, seconds: longer is almost surely milliseconds
+    /// written as seconds, and would hang an operation for hours.
+    pub const MAX_REST: f64 = 3600.0;
+    /// Spool size: 7 days of 1 Hz snapshots on a 19-stepper host are ~0.4 GB.
+    pub const SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+    /// Smallest spool worth having.
+    pub const SPOOL_MIN_BYTES: u64 = 1024 * 1024;
+    /// Spool file.
+    pub const SPOOL_PATH: &str = "/var/lib/stringdriverd/spool.sqlite";
+    /// Control socket.
+    pub const CONTROL_SOCKET: &str = "/run/stringdriver/control.sock";
+    /// Control socket permissions: owner and group.
+    pub const CONTROL_MODE: u32 = 0o660;
+    /// audmon's shared-memory directory on Linux.
+    pub const FEED_DIR: &str = "/dev/shm";
+    /// Database server when `[database]` names none.
+    pub const DB_HOST: &str = "localhost";
+    /// PostgreSQL's port.
+    pub const DB_PORT: u16 = 5432;
+    /// Role the daemon connects as.
+    pub const DB_USER: &str = "stringdriver";
+    /// The audmon database that machine_state extends.
+    pub const DB_NAME: &str = "audmon";
+    /// Log level.
+    pub const LOG_LEVEL: &str = "info";
+}
+
+type R<T> = Result<T, Invalid>;
+
+fn dur(v: Option<HumanDuration>, default: Duration) -> Duration {
+    v.map_or(default, |d| d.0)
+}
+
+fn positive(key: &str, d: Duration) -> R<Duration> {
+    if d.is_zero() {
+        Err(Invalid::new(key, "must be longer than 0"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn at_least(key: &str, d: Duration, min: Duration) -> R<Duration> {
+    if d < min {
+        Err(Invalid::new(
+            key,
+            format!(
+                "must be at least {}, not {}",
+                humantime::format_duration(min),
+                humantime::format_duration(d)
+            ),
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+fn int(key: &str, v: i64, lo: i64, what: &str) -> R<i32> {
+    if v < lo {
+        return Err(Invalid::new(key, format!("must be {what}, not {v}")));
+    }
+    i32::try_from(v).map_err(|_| Invalid::new(key, format!("{v} does not fit a 32-bit INTEGER")))
+}
+
+fn text(key: &str, v: String) -> R<String> {
+    if v.trim().is_empty() {
+        Err(Invalid::new(key, "must not be empty"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn path(key: &str, v: PathBuf) -> R<PathBuf> {
+    if v.as_os_str().is_empty() {
+        Err(Invalid::new(key, "must not be an empty path"))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Checks everything and fills in every default. `host` is called only when
+/// the file sets no host (it asks the OS).
+pub(crate) fn resolve(
+    raw: RawConfig,
+    host: impl FnOnce() -> Result<String, String>,
+) -> Result<Config, Resolve> {
+    let boards = boards(raw.boards).map_err(Resolve::Invalid)?;
+    let layout = layout::build(&raw.layout, &boards).map_err(Resolve::Invalid)?;
+    let strings = layout.strings();
+    let config = Config {
+        host: String::new(),
+        operations: operations(raw.operations).map_err(Resolve::Invalid)?,
+        thresholds: thresholds(raw.thresholds, strings).map_err(Resolve::Invalid)?,
+        snapshot: snapshot(raw.snapshot).map_err(Resolve::Invalid)?,
+        feed: feed(raw.feed).map_err(Resolve::Invalid)?,
+        database: database(raw.database).map_err(Resolve::Invalid)?,
+        spool: spool(raw.spool).map_err(Resolve::Invalid)?,
+        control: control(raw.control).map_err(Resolve::Invalid)?,
+        log: log(raw.log).map_err(Resolve::Invalid)?,
+        boards,
+        layout,
+    };
+    // The OS is asked last, so that a file with real mistakes reports those.
+    let host = match raw.host {
+        Some(h) => check_host("host", h).map_err(Resolve::Invalid)?,
+        None => {
+            let h = host().map_err(Resolve::Hostname)?;
+            check_host("host", h).map_err(|e| Resolve::Hostname(e.message))?
+        }
+    };
+    Ok(Config { host, ..config })
+}
+
+/// What `resolve` can fail with.
+pub(crate) enum Resolve {
+    /// A value is not acceptable.
+    Invalid(Invalid),
+    /// The system host name is needed and unusable.
+    Hostname(String),
+}
+
+fn check_host(key: &str, h: String) -> R<String> {
+    let h = text(key, h)?;
+    if h.len() > 255 {
+        // machine_state.host is VARCHAR(255).
+        return Err(Invalid::new(key, "must be at most 255 bytes long"));
+    }
+    if h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Invalid::new(key, format!("{h:?} contains whitespace")));
+    }
+    Ok(h)
+}
+
+fn boards(raw: Vec<RawBoard>) -> R<Vec<BoardConfig>> {
+    if raw.is_empty() {
+        return Err(Invalid::new(
+            "boards",
+            "at least one [[boards]] entry is required (the carriage board)",
+        ));
+    }
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("boards[{i}].{k}");
+        let name = text(&key("name"), b.name)?;
+        if let Some(first) = names.insert(name.clone(), i) {
+            return Err(Invalid::new(
+                key("name"),
+                format!("board name `{name}` is already used by boards[{first}]"),
+            ));
+        }
+        let baud = match b.baud {
+            None => defaults::BAUD,
+            Some(v) => u32::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| {
+                Invalid::new(
+                    key("baud"),
+                    format!("must be a positive line speed, not {v}"),
+                )
+            })?,
+        };
+        let steppers = usize::try_from(b.steppers)
+            .ok()
+            .filter(|s| (1..=defaults::MAX_STEPPERS).contains(s))
+            .ok_or_else(|| {
+                Invalid::new(
+                    key("steppers"),
+                    format!(
+                        "must be 1 to {}, not {}",
+                        defaults::MAX_STEPPERS,
+                        b.steppers
+                    ),
+                )
+            })?;
+        out.push(BoardConfig {
+            port: path(&key("port"), b.port)?,
+            baud,
+            int_bytes: b.int_bytes,
+            firmware: b.firmware,
+            steppers,
+            // Zero is legitimate: a board that does not reset on open.
+            reset_wait: dur(b.reset_wait, defaults::RESET_WAIT),
+            restore_counters_after_reset: b.restore_counters_after_reset.unwrap_or(true),
+            poll_interval: at_least(
+                &key("poll_interval"),
+                dur(b.poll_interval, defaults::POLL_INTERVAL),
+                defaults::MIN_PERIOD,
+            )?,
+            reply_timeout: positive(
+                &key("reply_timeout"),
+                dur(b.reply_timeout, defaults::REPLY_TIMEOUT),
+            )?,
+            move_margin: dur(b.move_margin, defaults::MOVE_MARGIN),
+            name,
+        });
+    }
+    Ok(out)
+}
+
+fn rest(key: &str, v: Option<f64>, default: f64) -> R<f64> {
+    let v = v.unwrap_or(default);
+    // machine_state stores rests as REAL: a value that is finite as f64 but
+    // not as f32 would be written as infinity.
+    if !v.is_finite() || !(v as f32).is_finite() {
+        return Err(Invalid::new(
+            key,
+            format!("must be a finite number of seconds, not {v}"),
+        ));
+    }
+    if v < 0.0 {
+        return Err(Invalid::new(
+            key,
+            format!("a rest cannot be negative ({v} s)"),
+        ));
+    }
+    if v > defaults::MAX_REST {
+        return Err(Invalid::new(
+            key,
+            format!(
+                "{v} s is longer than {} s; rests are in seconds",
+                defaults::MAX_REST
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+fn operations(raw: RawOperations) -> R<OperationSettings> {
+    let d = OperationSettings::default();
+    let k = |n: &str| format!("operations.{n}");
+    let opt_int = |n: &str, v: Option<i64>, def: i32, lo: i64, what: &str| match v {
+        None => Ok(def),
+        Some(v) => int(&k(n), v, lo, what),
+    };
+    let z_down_step = match raw.z_down_step {
+        None => d.z_down_step,
+        Some(v) if v >= 0 => {
+            return Err(Invalid::new(
+                k("z_down_step"),
+                format!("must be < 0 (a move toward the string), not {v}"),
+            ))
+        }
+        Some(v) => int(&k("z_down_step"), v, i64::MIN, "")?,
+    };
+    Ok(OperationSettings {
+        bump_check_enable: raw.bump_check_enable.unwrap_or(d.bump_check_enable),
+        z_up_step: opt_int(
+            "z_up_step",
+            raw.z_up_step,
+            d.z_up_step,
+            1,
+            "> 0 (a move away from the string)",
+        )?,
+        z_down_step,
+        tune_rest: rest(&k("tune_rest"), raw.tune_rest, d.tune_rest)?,
+        x_rest: rest(&k("x_rest"), raw.x_rest, d.x_rest)?,
+        z_rest: rest(&k("z_rest"), raw.z_rest, d.z_rest)?,
+        lap_rest: rest(&k("lap_rest"), raw.lap_rest, d.lap_rest)?,
+        adjustment_level: opt_int(
+            "adjustment_level",
+            raw.adjustment_level,
+            d.adjustment_level,
+            1,
+            ">= 1",
+        )?,
+        retry_threshold: opt_int(
+            "retry_threshold",
+            raw.retry_threshold,
+            d.retry_threshold,
+            1,
+            ">= 1",
+        )?,
+        delta_threshold: opt_int(
+            "delta_threshold",
+            raw.delta_threshold,
+            d.delta_threshold,
+            0,
+            ">= 0",
+        )?,
+        z_variance_threshold: opt_int(
+            "z_variance_threshold",
+            raw.z_variance_threshold,
+            d.z_variance_threshold,
+            0,
+            ">= 0",
+        )?,
+    })
+}
+
+fn per_channel(name: &str, v: Option<PerChannel>, default: i32, strings: usize) -> R<Vec<i32>> {
+    let key = format!("thresholds.{name}");
+    match v {
+        None => Ok(vec![default; strings]),
+        Some(PerChannel::All(n)) => Ok(vec![int(&key, n, i64::MIN, "")?; strings]),
+        Some(PerChannel::Each(values)) => {
+            if values.len() != strings {
+                return Err(Invalid::new(
+                    key,
+                    format!(
+                        "has {} values but layout.strings is {strings}: write one integer for \
+                         every channel, or an array of exactly {strings}",
+                        values.len()
+                    ),
+                ));
+            }
+            values
+                .into_iter()
+                .enumerate()
+                .map(|(c, n)| int(&format!("{key}[{c}]"), n, i64::MIN, ""))
+                .collect()
+        }
+    }
+}
+
+fn thresholds(raw: RawThresholds, strings: usize) -> R<Thresholds> {
+    let t = Thresholds {
+        voice_count_min: per_channel("voice_count_min", raw.voice_count_min, 0, strings)?,
+        voice_count_max: per_channel("voice_count_max", raw.voice_count_max, 12, strings)?,
+        amp_sum_min: per_channel("amp_sum_min", raw.amp_sum_min, 20, strings)?,
+        amp_sum_max: per_channel("amp_sum_max", raw.amp_sum_max, 100, strings)?,
+    };
+    for (min_name, max_name, min, max) in [
+        (
+            "voice_count_min",
+            "voice_count_max",
+            &t.voice_count_min,
+            &t.voice_count_max,
+        ),
+        ("amp_sum_min", "amp_sum_max", &t.amp_sum_min, &t.amp_sum_max),
+    ] {
+        if let Some(c) = (0..strings).find(|&c| min[c] > max[c]) {
+            return Err(Invalid::new(
+                format!("thresholds.{min_name}"),
+                format!(
+                    "channel {c}: minimum {} is above thresholds.{max_name} {}",
+                    min[c], max[c]
+                ),
+            )
+            .at(format!("thresholds.{min_name}[{c}]")));
+        }
+    }
+    Ok(t)
+}
+
+fn snapshot(raw: RawSnapshot) -> R<SnapshotConfig> {
+    Ok(SnapshotConfig {
+        interval: at_least(
+            "snapshot.interval",
+            dur(raw.interval, Duration::from_secs(1)),
+            defaults::MIN_PERIOD,
+        )?,
+        link: raw.link.unwrap_or(SnapshotLink::None),
+        link_max_age: positive(
+            "snapshot.link_max_age",
+            dur(raw.link_max_age, Duration::from_secs(2)),
+        )?,
+    })
+}
+
+fn feed(raw: RawFeed) -> R<FeedConfig> {
+    let interval = positive(
+        "feed.interval",
+        dur(raw.interval, Duration::from_millis(200)),
+    )?;
+    let stale_after = positive(
+        "feed.stale_after",
+        dur(raw.stale_after, Duration::from_secs(2)),
+    )?;
+    if stale_after < interval {
+        // Every read would find the previous one stale.
+        return Err(Invalid::new(
+            "feed.stale_after",
+            format!(
+                "{} is shorter than feed.interval {}",
+                humantime::format_duration(stale_after),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    Ok(FeedConfig {
+        dir: path(
+            "feed.dir",
+            raw.dir.unwrap_or_else(|| defaults::FEED_DIR.into()),
+        )?,
+        interval,
+        stale_after,
+    })
+}
+
+/// Whether a `postgres://` URL carries a password, in its user info or as a
+/// `password=` query parameter.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, query) = match rest.find(['/', '?', '#']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = query
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(q))
+        .is_some_and(|q| {
+            q.split('&').any(|p| {
+                p.split('=')
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+            })
+        });
+    in_userinfo || in_query
+}
+
+fn database(raw: RawDatabase) -> R<DatabaseConfig> {
+    let parts_given = [
+        ("database.host", raw.host.is_some()),
+        ("database.port", raw.port.is_some()),
+        ("database.user", raw.user.is_some()),
+        ("database.dbname", raw.dbname.is_some()),
+    ];
+    let target = match raw.url {
+        Some(url) => {
+            if let Some((k, _)) = parts_given.iter().find(|(_, set)| *set) {
+                return Err(Invalid::new(
+                    *k,
+                    "database.url is set too: give either url or host/port/user/dbname, not both",
+                ));
+            }
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(Invalid::new(
+                    "database.url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+            // The message never repeats the URL: it holds the password.
+            if url_has_password(&url) {
+                return Err(Invalid::new(
+                    "database.url",
+                    "contains a password; remove it from the URL and put it in a file of its \
+                     own named by database.password_file",
+                ));
+            }
+            DatabaseTarget::Url(url)
+        }
+        None => DatabaseTarget::Parts {
+            host: text(
+                "database.host",
+                raw.host.unwrap_or_else(|| defaults::DB_HOST.into()),
+            )?,
+            port: match raw.port {
+                None => defaults::DB_PORT,
+                Some(p) => u16::try_from(p).ok().filter(|&p| p > 0).ok_or_else(|| {
+                    Invalid::new("database.port", format!("must be 1 to 65535, not {p}"))
+                })?,
+            },
+            user: text(
+                "database.user",
+                raw.user.unwrap_or_else(|| defaults::DB_USER.into()),
+            )?,
+            dbname: text(
+                "database.dbname",
+                raw.dbname.unwrap_or_else(|| defaults::DB_NAME.into()),
+            )?,
+        },
+    };
+    Ok(DatabaseConfig {
+        target,
+        password_file: raw
+            .password_file
+            .map(|p| path("database.password_file", p))
+            .transpose()?,
+        auto_migrate: raw.auto_migrate.unwrap_or(false),
+        connect_timeout: positive(
+            "database.connect_timeout",
+            dur(raw.connect_timeout, Duration::from_secs(5)),
+        )?,
+    })
+}
+
+fn spool(raw: RawSpool) -> R<SpoolConfig> {
+    let max_bytes = raw.max_bytes.map_or(defaults::SPOOL_MAX_BYTES, |b| b.0);
+    if max_bytes < defaults::SPOOL_MIN_BYTES {
+        return Err(Invalid::new(
+            "spool.max_bytes",
+            format!("{max_bytes} bytes is less than the minimum of 1MiB"),
+        ));
+    }
+    Ok(SpoolConfig {
+        path: path(
+            "spool.path",
+            raw.path.unwrap_or_else(|| defaults::SPOOL_PATH.into()),
+        )?,
+        max_bytes,
+    })
+}
+
+fn control(raw: RawControl) -> R<ControlConfig> {
+    Ok(ControlConfig {
+        socket: path(
+            "control.socket",
+            raw.socket
+                .unwrap_or_else(|| defaults::CONTROL_SOCKET.into()),
+        )?,
+        group: raw.group.map(|g| text("control.group", g)).transpose()?,
+        mode: raw.mode.map_or(defaults::CONTROL_MODE, |m| m.0),
+    })
+}
+
+/// Level names a bare `log.level` may be.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+fn log(raw: RawLog) -> R<LogConfig> {
+    let level = text(
+        "log.level",
+        raw.level.unwrap_or_else(|| defaults::LOG_LEVEL.into()),
+    )?;
+    // EnvFilter reads a bare word as a target name, so the typo "inof" would
+    // silence everything but a target that does not exist: a single word
+    // must be a level.
+    let bare = !level.contains(['=', ',', ':', '[']);
+    if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim())) {
+        return Err(Invalid::new(
+            "log.level",
+            format!("\"{level}\" is not a level: expected trace, debug, info, warn, error or off, or an EnvFilter directive string"),
+        ));
+    }
+    // Parsed the way the daemon will, but without reading RUST_LOG, so that
+    // a bad directive fails here with the key named instead of at start-up.
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .map_err(|e| {
+            Invalid::new(
+                "log.level",
+                format!("{e} (expected trace, debug, info, warn, error or an EnvFilter directive)"),
+            )
+        })?;
+    Ok(LogConfig { level })
+}
+
+/// The file that resolves to `config` again, with every default written out.
+pub(crate) fn to_raw(config: &Config) -> RawConfig {
+    let some_d = |d: Duration| Some(HumanDuration(d));
+    let o = &config.operations;
+    let t = &config.thresholds;
+    let each = |v: &Vec<i32>| Some(PerChannel::Each(v.iter().map(|&n| i64::from(n)).collect()));
+    let (url, host, port, user, dbname) = match &config.database.target {
+        DatabaseTarget::Url(u) => (Some(u.clone()), None, None, None, None),
+        DatabaseTarget::Parts {
+            host,
+            port,
+            user,
+            dbname,
+        } => (
+            None,
+            Some(host.clone()),
+            Some(i64::from(*port)),
+            Some(user.clone()),
+            Some(dbname.clone()),
+        ),
+    };
+    RawConfig {
+        host: Some(config.host.clone()),
+        boards: config
+            .boards
+            .iter()
+            .map(|b| RawBoard {
+                name: b.name.clone(),
+                port: b.port.clone(),
+                baud: Some(i64::from(b.baud)),
+                int_bytes: b.int_bytes,
+                firmware: b.firmware,
+                steppers: b.steppers as i64,
+                reset_wait: some_d(b.reset_wait),
+                restore_counters_after_reset: Some(b.restore_counters_after_reset),
+                poll_interval: some_d(b.poll_interval),
+                reply_timeout: some_d(b.reply_timeout),
+                move_margin: some_d(b.move_margin),
+            })
+            .collect(),
+        layout: config.layout.to_raw(),
+        operations: RawOperations {
+            bump_check_enable: Some(o.bump_check_enable),
+            z_up_step: Some(o.z_up_step.into()),
+            z_down_step: Some(o.z_down_step.into()),
+            tune_rest: Some(o.tune_rest),
+            x_rest: Some(o.x_rest),
+            z_rest: Some(o.z_rest),
+            lap_rest: Some(o.lap_rest),
+            adjustment_level: Some(o.adjustment_level.into()),
+            retry_threshold: Some(o.retry_threshold.into()),
+            delta_threshold: Some(o.delta_threshold.into()),
+            z_variance_threshold: Some(o.z_variance_threshold.into()),
+        },
+        thresholds: RawThresholds {
+            voice_count_min: each(&t.voice_count_min),
+            voice_count_max: each(&t.voice_count_max),
+            amp_sum_min: each(&t.amp_sum_min),
+            amp_sum_max: each(&t.amp_sum_max),
+        },
+        snapshot: RawSnapshot {
+            interval: some_d(config.snapshot.interval),
+            link: Some(config.snapshot.link),
+            link_max_age: some_d(config.snapshot.link_max_age),
+        },
+        feed: RawFeed {
+            dir: Some(config.feed.dir.clone()),
+            interval: some_d(config.feed.interval),
+            stale_after: some_d(config.feed.stale_after),
+        },
+        database: RawDatabase {
+            url,
+            host,
+            port,
+            user,
+            dbname,
+            password_file: config.database.password_file.clone(),
+            auto_migrate: Some(config.database.auto_migrate),
+            connect_timeout: some_d(config.database.connect_timeout),
+            password: None,
+        },
+        spool: RawSpool {
+            path: Some(config.spool.path.clone()),
+            max_bytes: Some(ByteSize(config.spool.max_bytes)),
+        },
+        control: RawControl {
+            socket: Some(config.control.socket.clone()),
+            group: config.control.group.clone(),
+            mode: Some(OctalMode(config.control.mode)),
+        },
+        log: RawLog {
+            level: Some(config.log.level.clone()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_found_in_userinfo_and_query() {
+        assert!(url_has_password("postgres://u:secret@db/x"));
+        assert!(url_has_password("postgres://u:@db/x"));
+        assert!(url_has_password(
+            "postgresql://db/x?sslmode=require&password=secret"
+        ));
+        assert!(url_has_password("postgres://db/x?PASSWORD=s"));
+        assert!(!url_has_password(
+            "postgres://stringdriver@db.lab:5432/audmon"
+        ));
+        assert!(!url_has_password(
+            "postgres://db.lab:5432/audmon?sslmode=require"
+        ));
+        assert!(!url_has_password("postgres://u@[::1]:5432/x"));
+        // A colon after the host is the port, not a password.
+        assert!(!url_has_password(
+            "postgres://db.lab:5432/x?application_name=a:b"
+        ));
+    }
+
+    #[test]
+    fn rests_must_fit_a_real_column() {
+        assert!(rest("k", Some(1e300), 0.0).is_err());
+        assert!(rest("k", Some(f64::NAN), 0.0).is_err());
+        assert!(rest("k", Some(-0.5), 0.0).is_err());
+        assert!(rest("k", Some(3601.0), 0.0).is_err());
+        assert_eq!(rest("k", Some(0.0), 1.0).unwrap(), 0.0);
+        assert_eq!(rest("k", None, 1.5).unwrap(), 1.5);
+    }
+
+    #[test]
+    fn log_levels_and_directives() {
+        for ok in ["info", "debug", "warn,stringdriverd::board=trace"] {
+            assert!(
+                log(RawLog {
+                    level: Some(ok.into())
+                })
+                .is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["", "  ", "info,=[", "stringdriverd=loud", "inof", "verbose"] {
+            let e = log(RawLog {
+                level: Some(bad.into()),
+            })
+            .unwrap_err();
+            assert_eq!(e.key, "log.level", "{bad}");
+        }
+    }
+}

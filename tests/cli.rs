@@ -1,0 +1,257 @@
+//! The `stringdriverd` binary as an operator uses it: real processes, real
+//! signals, real pseudo-terminals.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use stringdriverd::protocol::Firmware;
+use stringdriverd::sim::{Fault, Simulator};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+fn manifest(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+#[test]
+fn check_config_prints_the_resolved_demo_configuration() {
+    let o = bin()
+        .args(["check-config", "--config"])
+        .arg(manifest("config/demo.toml"))
+        .output()
+        .expect("runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("host = \"stringdriver-demo\""), "{out}");
+    assert!(out.contains("z_up_step = 2"), "{out}");
+    assert!(err.contains("configuration is valid"));
+}
+
+#[test]
+fn check_config_names_file_line_and_key_of_a_bad_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("bad.toml");
+    let good = std::fs::read_to_string(manifest("config/demo.toml")).expect("demo config");
+    std::fs::write(&f, good.replacen("int_bytes = 2", "int_bytes = 3", 1)).expect("write");
+    let o = bin()
+        .args(["check-config", "--config"])
+        .arg(&f)
+        .output()
+        .expect("runs");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("bad.toml:"), "{err}");
+    assert!(err.contains("int_bytes"), "{err}");
+    assert!(err.contains("2 or 4"), "{err}");
+}
+
+#[test]
+fn check_config_on_a_missing_file_names_it() {
+    let o = bin()
+        .args(["check-config", "--config", "/nonexistent/stringdriver.toml"])
+        .output()
+        .expect("runs");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("/nonexistent/stringdriver.toml"), "{err}");
+}
+
+#[test]
+fn sim_controller_serves_a_board_that_probe_reads_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("ttySIM");
+    let mut sim = bin()
+        .args([
+            "sim-controller",
+            "--profile",
+            "v2",
+            "--speed-scale",
+            "10",
+            "--link",
+        ])
+        .arg(&link)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sim-controller starts");
+    assert!(
+        wait_until(Duration::from_secs(10), || link.exists()),
+        "the link appears"
+    );
+    let o = bin()
+        .args(["probe", "--reset-wait", "400ms", "--port"])
+        .arg(&link)
+        .output()
+        .expect("probe runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "probe failed: {err}");
+    assert!(out.contains("steppers: 13"), "{out}");
+    assert!(
+        out.contains(&format!("positions: {:?}", vec![0; 13])),
+        "{out}"
+    );
+    assert!(out.contains("free memory: 5623 bytes"), "{out}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sim.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    assert!(
+        wait_until(Duration::from_secs(10), || matches!(
+            sim.try_wait(),
+            Ok(Some(_))
+        )),
+        "sim-controller stops"
+    );
+    let status = sim.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}");
+    assert!(!link.exists(), "the link is removed on exit");
+}
+
+#[test]
+fn probe_of_a_tuner_board_reads_four_byte_counters() {
+    let mut opts = common::sim_options(Firmware::Tuner);
+    opts.reset_window = Duration::from_millis(100);
+    let (_dir, sim) = common::start_sim(opts);
+    let o = bin()
+        .args([
+            "probe",
+            "--profile",
+            "tuner",
+            "--reset-wait",
+            "200ms",
+            "--port",
+        ])
+        .arg(sim.link())
+        .output()
+        .expect("probe runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("steppers: 6"), "{out}");
+    assert!(
+        out.contains(&format!("positions: {:?}", vec![0; 6])),
+        "{out}"
+    );
+}
+
+#[test]
+fn probe_of_a_board_that_never_answers_fails_clearly() {
+    let (_dir, sim) = common::start_sim(common::sim_options(Firmware::V2));
+    sim.inject(Fault::Mute(true));
+    let o = bin()
+        .args([
+            "probe",
+            "--reset-wait",
+            "200ms",
+            "--timeout",
+            "300ms",
+            "--port",
+        ])
+        .arg(sim.link())
+        .output()
+        .expect("probe runs");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("no reply from"), "{err}");
+    assert!(err.contains("is it a v2 board"), "{err}");
+}
+
+#[test]
+fn probe_of_a_missing_port_fails_naming_it() {
+    let o = bin()
+        .args([
+            "probe",
+            "--reset-wait",
+            "10ms",
+            "--port",
+            "/dev/serial/by-id/not-there",
+        ])
+        .output()
+        .expect("probe runs");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("cannot open /dev/serial/by-id/not-there"),
+        "{err}"
+    );
+}
+
+#[test]
+fn probe_without_permission_on_the_port_says_so() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Without root the test cannot switch to another user; the pty then
+        // belongs to us and is readable. Say so rather than pass silently.
+        panic!("this test must run as root (it drops to `nobody` with setpriv)");
+    }
+    let (_dir, sim) = common::start_sim(common::sim_options(Firmware::V2));
+    let device = sim.device().expect("device");
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_stringdriverd"))
+        .args(["probe", "--reset-wait", "10ms", "--port"])
+        .arg(&device)
+        .output()
+        .expect("setpriv runs");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("ermission denied"), "{err}");
+    assert!(err.contains(&device.display().to_string()), "{err}");
+}
+
+#[test]
+fn demo_runs_simulated_boards_and_stops_by_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = std::fs::read_to_string(manifest("config/demo.toml"))
+        .expect("demo config")
+        .replace("/tmp/stringdriverd-demo", &dir.path().display().to_string());
+    let f = dir.path().join("demo.toml");
+    std::fs::write(&f, cfg).expect("write");
+    let o = bin()
+        .args(["demo", "--duration", "3s", "--speed-scale", "5", "--config"])
+        .arg(&f)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("demo runs");
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("board=carriage link=connected"), "{err}");
+    assert!(err.contains("board=tuner link=connected"), "{err}");
+    assert!(!err.contains("safety violations"), "{err}");
+    // Simulators clean up their links.
+    assert!(!dir.path().join("carriage").exists());
+}
+
+#[test]
+fn a_simulator_link_in_the_way_of_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("occupied");
+    std::fs::write(&f, b"not a link").expect("write");
+    let err = Simulator::spawn(common::sim_options(Firmware::V2), &f)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("occupied"), "{err}");
+}
