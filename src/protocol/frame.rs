@@ -138,6 +138,25 @@ pub enum FrameError {
 }
 
 /// Encoder and decoder for one board's link.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use stringdriverd::protocol::{CmdCodec, Inbound, IntWidth, Request};
+/// use tokio_util::codec::Decoder;
+///
+/// // set_stepper(2, 59) on a v2 board: `6,` then 2 and 59 as escaped 2-byte ints.
+/// let bytes = CmdCodec::encode_request(IntWidth::Two, &Request { id: 6, args: vec![2, 59] })?;
+/// assert_eq!(&bytes[..], b"6,\x02/\x00,/;/\x00;");
+///
+/// // Replies may arrive in pieces and after noise.
+/// let mut codec = CmdCodec::new(IntWidth::Two);
+/// let mut buf = BytesMut::from(&b"\r\n1,\x05"[..]);
+/// assert_eq!(codec.decode(&mut buf)?, None);
+/// buf.extend_from_slice(b"/\x00;");
+/// let Some(Inbound::Message(reply)) = codec.decode(&mut buf)? else { panic!() };
+/// assert_eq!(reply.ints(IntWidth::Two), Some(vec![5]));
+/// # Ok::<(), stringdriverd::protocol::FrameError>(())
+/// ```
 #[derive(Debug)]
 pub struct CmdCodec {
     width: IntWidth,
@@ -206,23 +225,27 @@ impl CmdCodec {
             return; // a lone `;` (or CR/LF then `;`): nothing to report
         }
 
-        let mut fields: Vec<BytesMut> = vec![BytesMut::new()];
+        // Un-escape the whole frame into one buffer and remember where each
+        // field ends; the arguments are then cheap slices of that buffer.
+        let mut plain = BytesMut::with_capacity(raw.len());
+        let mut ends: Vec<usize> = Vec::with_capacity(20);
         let mut escaped = false;
         for &b in raw {
             if escaped {
-                if let Some(f) = fields.last_mut() {
-                    f.put_u8(b);
-                }
+                plain.put_u8(b);
                 escaped = false;
             } else if b == ESCAPE {
                 escaped = true;
             } else if b == FIELD_SEP {
-                fields.push(BytesMut::new());
-            } else if let Some(f) = fields.last_mut() {
-                f.put_u8(b);
+                ends.push(plain.len());
+            } else {
+                plain.put_u8(b);
             }
         }
-        let head = fields.remove(0);
+        ends.push(plain.len());
+        let plain = plain.freeze();
+        let head = plain.slice(..ends[0]);
+        let fields: Vec<Bytes> = ends.windows(2).map(|w| plain.slice(w[0]..w[1])).collect();
         let digits = head.iter().rev().take_while(|b| b.is_ascii_digit()).count();
         if digits == 0 {
             self.pending
@@ -242,10 +265,8 @@ impl CmdCodec {
             self.pending
                 .push_back(Self::discard(DiscardReason::LeadingNoise, &head[..junk]));
         }
-        self.pending.push_back(Inbound::Message(Reply {
-            id,
-            args: fields.into_iter().map(BytesMut::freeze).collect(),
-        }));
+        self.pending
+            .push_back(Inbound::Message(Reply { id, args: fields }));
     }
 }
 

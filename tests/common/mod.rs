@@ -2,6 +2,8 @@
 //! pseudo-terminals in a per-test temporary directory, and drivers for them.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
