@@ -135,13 +135,16 @@ async fn a_poll_during_a_long_move_waits_and_succeeds() {
 
 #[tokio::test]
 async fn a_move_slower_than_estimated_is_not_a_dead_board() {
-    // The driver believes the steppers are 4 times faster than they are, so
-    // its confirming poll reaches the board mid-move and is answered late.
-    let opts = sim_options(Firmware::V2);
+    // The driver believes the steppers are twice as fast as they are, so its
+    // confirming poll reaches the board mid-move and is answered late. At
+    // speed scale 2 the move takes 2 s and the poll goes out after 1.1 s:
+    // wide margins either way.
+    let mut opts = sim_options(Firmware::V2);
+    opts.speed_scale = 2.0;
     let r = rig_with(
         opts,
         |s| {
-            s.speeds.iter_mut().for_each(|v| *v *= 4.0);
+            s.speeds.iter_mut().for_each(|v| *v *= 2.0);
             s.move_margin = Duration::ZERO;
             s.reply_timeout = Duration::from_millis(100);
         },

@@ -129,6 +129,8 @@ pub enum TraceEvent {
     Opened,
     /// The board reset (port opened, or an injected brown-out).
     Reset,
+    /// The reset window is over: the firmware listens again.
+    Ready,
     /// Input arriving during the reset window, lost in the bootloader.
     LostInBootloader {
         /// How many bytes.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 
 use super::firmware::{ParseEvent, RX_BUFFER};
@@ -29,6 +30,9 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(1);
 pub(super) struct Port {
     master: OwnedFd,
     device: PathBuf,
+    /// Open events on the slave device: a host that closes and reopens the
+    /// port between two looks still resets the board, as DTR does.
+    opens: Inotify,
 }
 
 impl Port {
@@ -68,11 +72,28 @@ impl Port {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(link_err(e)),
         }
+        let opens =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(SimError::Pty)?;
+        opens
+            .add_watch(&device, AddWatchFlags::IN_OPEN)
+            .map_err(SimError::Pty)?;
         std::os::unix::fs::symlink(&device, link).map_err(link_err)?;
         Ok(Port {
             master: pair.master,
             device,
+            opens,
         })
+    }
+
+    /// How many times the slave was opened since the last call.
+    fn take_opens(&self) -> usize {
+        match self.opens.read_events() {
+            Ok(events) => events
+                .iter()
+                .filter(|e| e.mask.contains(AddWatchFlags::IN_OPEN))
+                .count(),
+            Err(_) => 0, // EAGAIN: none
+        }
     }
 
     pub(super) fn device(&self) -> &Path {
@@ -151,7 +172,8 @@ impl Runner {
                     std::thread::sleep(TICK);
                 }
                 Some(Seen::Data(bytes)) => {
-                    if !self.open {
+                    let reopened = self.port.as_ref().map_or(0, Port::take_opens) > 0;
+                    if !self.open || reopened {
                         self.open = true;
                         self.trace(TraceEvent::Opened);
                         tracing::debug!(link = %self.link.display(), "simulated board: port opened, resetting");
@@ -301,6 +323,9 @@ impl Runner {
         }
         if lost > 0 {
             self.trace(TraceEvent::LostInBootloader { len: lost });
+        }
+        if self.open {
+            self.trace(TraceEvent::Ready);
         }
     }
 
