@@ -9,3 +9,4 @@ pub mod logging;
 pub mod probe;
 pub mod protocol;
 pub mod sim;
+pub mod store;
