@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of modules.
 
+pub mod backoff;
 pub mod board;
 pub mod config;
 pub mod demo;

@@ -29,9 +29,10 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::error::BoardError;
-use super::link::{Backoff, Connector, Link};
+use super::link::{Connector, Link};
 use super::spec::BoardSpec;
 use super::status::{BoardEvent, BoardStatus, LinkState};
+use crate::backoff::Backoff;
 use crate::protocol::frame::{DiscardReason, EXCERPT_LEN};
 use crate::protocol::{CmdCodec, Inbound, Op, Outbound, Reply, Request as Wire};
 

@@ -26,9 +26,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::backoff::Backoff;
 pub use driver::{Command, KnownCounters, Response};
 pub use error::BoardError;
-pub use link::{Backoff, Connector, Link, OpenFuture, SerialConnector};
+pub use link::{Connector, Link, OpenFuture, SerialConnector};
 pub use spec::BoardSpec;
 pub use status::{BoardEvent, BoardStatus, LinkState};
 

@@ -3,4 +3,12 @@
 
 pub mod migrate;
 pub mod pg;
+pub mod record;
 pub mod roles;
+pub mod ship;
+pub mod spool;
+pub mod spool_handle;
+
+pub use record::{MachineState, OperationEvent, OperationStatus, OperationType, Record, Trigger};
+pub use spool::{Damage, Spool, SpoolError, SpoolStatus, Spooled};
+pub use spool_handle::SpoolHandle;

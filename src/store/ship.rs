@@ -1,0 +1,483 @@
+//! The shipper: the only writer of records to PostgreSQL. It reads the spool
+//! in order, writes batches in one transaction each, and deletes from the
+//! spool only what PostgreSQL committed.
+//!
+//! Statements are idempotent, so a batch shipped twice (crash between the
+//! commit and the spool delete) leaves PostgreSQL as if shipped once:
+//! - `machine_state` rows: binary COPY into a session-temporary staging table,
+//!   then `INSERT … SELECT … ON CONFLICT (state_id) DO NOTHING`;
+//! - operation events: an upsert that only ever moves a row forward, from
+//!   `started` to a terminal status (a replayed `started` changes nothing).
+//!
+//! Errors are sorted by what retrying can do:
+//! - the connection, the server's resources or a schema/permission problem
+//!   (SQLSTATE classes 08, 53, 57, 58, 40, 42, XX, or no SQLSTATE): back off
+//!   with jitter and retry forever, records stay in the spool;
+//! - a record PostgreSQL rejects for its content (classes 22 data exception,
+//!   23 integrity violation): the batch is retried record by record and each
+//!   record that fails alone goes to the spool's dead letters with the error.
+//!   The records behind it ship.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::pin_mut;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use super::migrate::{self, ControlsIdType};
+use super::record::{MachineState, OperationEvent, Record};
+use super::spool::{SpoolError, Spooled};
+use super::spool_handle::SpoolHandle;
+use crate::backoff::Backoff;
+use crate::config::Config;
+
+/// Called after PostgreSQL committed a batch and before the spool delete
+/// (tests use it to crash exactly there).
+pub type CommitHook = Arc<dyn Fn(&[Spooled]) + Send + Sync>;
+
+/// How the shipper works.
+#[derive(Clone)]
+pub struct ShipperOptions {
+    /// Records per transaction.
+    pub batch_size: usize,
+    /// First delay after a failure.
+    pub backoff_initial: Duration,
+    /// Longest delay between attempts.
+    pub backoff_max: Duration,
+    /// How long to wait for new records before looking again anyway.
+    pub idle_wait: Duration,
+    /// Host and configuration whose `stepper_roles` rows to keep current.
+    pub roles: Option<(String, Arc<Config>)>,
+    /// See [`CommitHook`].
+    pub after_commit: Option<CommitHook>,
+}
+
+impl Default for ShipperOptions {
+    fn default() -> Self {
+        ShipperOptions {
+            batch_size: 1000,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            idle_wait: Duration::from_secs(1),
+            roles: None,
+            after_commit: None,
+        }
+    }
+}
+
+/// What the shipper reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ShipperStatus {
+    /// Whether it holds a working connection to a migrated database.
+    pub connected: bool,
+    /// The last error, for the operator.
+    pub last_error: Option<String>,
+    /// When it last committed a batch.
+    pub last_shipped_at: Option<DateTime<Utc>>,
+    /// Records shipped since start.
+    pub shipped: u64,
+    /// Records moved to the dead letters since start.
+    pub dead_lettered: u64,
+    /// Connection attempts that failed since start.
+    pub connect_failures: u64,
+}
+
+/// Starts the shipper task.
+pub fn spawn(
+    spool: SpoolHandle,
+    pg: tokio_postgres::Config,
+    opts: ShipperOptions,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<ShipperStatus>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(ShipperStatus::default());
+    let shipper = Shipper {
+        spool,
+        pg,
+        opts,
+        status: tx,
+        shutdown,
+    };
+    (rx, tokio::spawn(shipper.run()))
+}
+
+struct Shipper {
+    spool: SpoolHandle,
+    pg: tokio_postgres::Config,
+    opts: ShipperOptions,
+    status: watch::Sender<ShipperStatus>,
+    shutdown: CancellationToken,
+}
+
+/// Why a session with the database ended.
+enum Stop {
+    Shutdown,
+    Retry(String),
+}
+
+/// Whether retrying the same statement later may succeed (see module doc).
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            !(code.starts_with("22") || code.starts_with("23"))
+        }
+    }
+}
+
+fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; {d}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+impl Shipper {
+    fn note_error(&self, e: &str) {
+        self.status
+            .send_modify(|s| s.last_error = Some(e.to_string()));
+    }
+
+    /// Sleeps `d` unless shutdown comes first (then false).
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    async fn run(self) {
+        let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
+        let target = super::pg::describe(&self.pg);
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let stop = match super::pg::connect(&self.pg).await {
+                Ok(mut client) => match migrate::check_migrated(&client).await {
+                    Ok(info) => {
+                        tracing::info!(database = %target, version = info.version, "shipper connected");
+                        self.status.send_modify(|s| s.connected = true);
+                        backoff.reset();
+                        self.sync_roles(&mut client).await;
+                        self.session(&mut client, info.controls_id, &mut backoff)
+                            .await
+                    }
+                    Err(e) => Stop::Retry(e.to_string()),
+                },
+                Err(e) => {
+                    self.status.send_modify(|s| s.connect_failures += 1);
+                    Stop::Retry(e.to_string())
+                }
+            };
+            self.status.send_modify(|s| s.connected = false);
+            match stop {
+                Stop::Shutdown => break,
+                Stop::Retry(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(database = %target, error = %e, retry_in = ?delay, "shipping paused");
+                    self.note_error(&e);
+                    if !self.pause(delay).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!("shipper stopped");
+    }
+
+    async fn sync_roles(&self, client: &mut Client) {
+        if let Some((host, config)) = &self.opts.roles {
+            match super::roles::sync_stepper_roles(client, host, config).await {
+                Ok(n) if n > 0 => tracing::info!(changed = n, "stepper_roles updated"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %pg_error_text(&e), "cannot update stepper_roles"),
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        client: &mut Client,
+        ctl: ControlsIdType,
+        backoff: &mut Backoff,
+    ) -> Stop {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Stop::Shutdown;
+            }
+            let notified = self.spool.notified();
+            let batch = match self.spool.peek(self.opts.batch_size).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // The spool is local: wait and look again, the records are safe.
+                    tracing::error!(error = %e, "cannot read the spool");
+                    self.note_error(&e.to_string());
+                    if !self.pause(backoff.next_delay()).await {
+                        return Stop::Shutdown;
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                    _ = notified => {}
+                    _ = tokio::time::sleep(self.opts.idle_wait) => {}
+                }
+                continue;
+            }
+            match ship(client, &batch, ctl).await {
+                Ok(()) => {
+                    if let Err(e) = self.shipped(&batch).await {
+                        return Stop::Retry(e.to_string());
+                    }
+                }
+                Err(e) if is_transient(&e) => return Stop::Retry(pg_error_text(&e)),
+                Err(e) => {
+                    tracing::warn!(error = %pg_error_text(&e), records = batch.len(), "batch rejected: shipping record by record");
+                    if let Some(stop) = self.one_by_one(client, batch, ctl).await {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a commit: the hook, then the spool delete.
+    async fn shipped(&self, batch: &[Spooled]) -> Result<(), SpoolError> {
+        if let Some(hook) = &self.opts.after_commit {
+            hook(batch);
+        }
+        let n = batch.len() as u64;
+        self.spool.remove(batch.to_vec()).await?;
+        self.status.send_modify(|s| {
+            s.shipped += n;
+            s.last_shipped_at = Some(Utc::now());
+        });
+        Ok(())
+    }
+
+    /// Ships each record alone; those PostgreSQL rejects go to the dead letters.
+    async fn one_by_one(
+        &self,
+        client: &mut Client,
+        batch: Vec<Spooled>,
+        ctl: ControlsIdType,
+    ) -> Option<Stop> {
+        for rec in batch {
+            let one = std::slice::from_ref(&rec);
+            match ship(client, one, ctl).await {
+                Ok(()) => {
+                    if let Err(e) = self.shipped(one).await {
+                        return Some(Stop::Retry(e.to_string()));
+                    }
+                }
+                Err(e) if is_transient(&e) => return Some(Stop::Retry(pg_error_text(&e))),
+                Err(e) => {
+                    let why = pg_error_text(&e);
+                    tracing::error!(seq = rec.seq, record = %rec.record.describe(), error = %why, "record rejected by PostgreSQL: moved to dead letters");
+                    if let Err(e) = self.spool.dead_letter(rec.seq, why).await {
+                        return Some(Stop::Retry(e.to_string()));
+                    }
+                    self.status.send_modify(|s| s.dead_lettered += 1);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Writes `batch` in one transaction, in spool order.
+pub async fn ship(
+    client: &mut Client,
+    batch: &[Spooled],
+    ctl: ControlsIdType,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut i = 0;
+    while i < batch.len() {
+        // A run of records of one kind, keeping the order between kinds: a
+        // snapshot is always written before the operations that follow it.
+        let is_state = matches!(batch[i].record, Record::MachineState { .. });
+        let mut j = i;
+        while j < batch.len() && matches!(batch[j].record, Record::MachineState { .. }) == is_state
+        {
+            j += 1;
+        }
+        if is_state {
+            let rows: Vec<&MachineState> = batch[i..j]
+                .iter()
+                .filter_map(|s| match &s.record {
+                    Record::MachineState { row, .. } => Some(row),
+                    Record::Operation { .. } => None,
+                })
+                .collect();
+            copy_states(&tx, &rows, ctl).await?;
+        } else {
+            let stmt = tx.prepare(UPSERT_OPERATION).await?;
+            for s in &batch[i..j] {
+                if let Record::Operation { event } = &s.record {
+                    upsert_operation(&tx, &stmt, event).await?;
+                }
+            }
+        }
+        i = j;
+    }
+    tx.commit().await
+}
+
+const STATE_COLUMNS: &str = "state_id, controls_id, host, recorded_at, stepper_positions, stepper_enabled, \
+    bump_check_enable, z_up_step, z_down_step, tune_rest, x_rest, z_rest, lap_rest, adjustment_level, \
+    retry_threshold, delta_threshold, z_variance_threshold, voice_count, amp_sum, voice_count_min, \
+    voice_count_max, amp_sum_min, amp_sum_max";
+
+async fn copy_states(
+    tx: &Transaction<'_>,
+    rows: &[&MachineState],
+    ctl: ControlsIdType,
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sd_stage_machine_state (LIKE machine_state) ON COMMIT DELETE ROWS",
+    )
+    .await?;
+    let controls_type = match ctl {
+        ControlsIdType::Uuid => Type::UUID,
+        ControlsIdType::Text => Type::TEXT,
+    };
+    let types = [
+        Type::UUID,
+        controls_type,
+        Type::VARCHAR,
+        Type::TIMESTAMPTZ,
+        Type::INT4_ARRAY,
+        Type::BOOL_ARRAY,
+        Type::BOOL,
+        Type::INT4,
+        Type::INT4,
+        Type::FLOAT4,
+        Type::FLOAT4,
+        Type::FLOAT4,
+        Type::FLOAT4,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4_ARRAY,
+        Type::FLOAT4_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT4_ARRAY,
+    ];
+    let sink = tx
+        .copy_in(&format!(
+            "COPY sd_stage_machine_state ({STATE_COLUMNS}) FROM STDIN BINARY"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for r in rows {
+        // Some audmon installs keep controls_id as TEXT: write the UUID's text form there.
+        let controls_text = r.controls_id.map(|u| u.to_string());
+        let controls: &(dyn ToSql + Sync) = match ctl {
+            ControlsIdType::Uuid => &r.controls_id,
+            ControlsIdType::Text => &controls_text,
+        };
+        let values: [&(dyn ToSql + Sync); 23] = [
+            &r.state_id,
+            controls,
+            &r.host,
+            &r.recorded_at,
+            &r.stepper_positions,
+            &r.stepper_enabled,
+            &r.bump_check_enable,
+            &r.z_up_step,
+            &r.z_down_step,
+            &r.tune_rest,
+            &r.x_rest,
+            &r.z_rest,
+            &r.lap_rest,
+            &r.adjustment_level,
+            &r.retry_threshold,
+            &r.delta_threshold,
+            &r.z_variance_threshold,
+            &r.voice_count,
+            &r.amp_sum,
+            &r.voice_count_min,
+            &r.voice_count_max,
+            &r.amp_sum_min,
+            &r.amp_sum_max,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO machine_state ({STATE_COLUMNS}) SELECT {STATE_COLUMNS} FROM sd_stage_machine_state \
+             ON CONFLICT (state_id) DO NOTHING"
+        ),
+        &[],
+    )
+    .await?;
+    tx.execute("DELETE FROM sd_stage_machine_state", &[])
+        .await?;
+    Ok(())
+}
+
+/// Only `started` may be overwritten, and only by a terminal status: a
+/// replayed event never moves a row backwards. The start time stays.
+const UPSERT_OPERATION: &str =
+    "INSERT INTO operations (operation_id, state_id, host, recorded_at, operation_type, \
+        operation_status, message, stepper_indices, final_positions, completed_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+    ON CONFLICT (operation_id) DO UPDATE SET \
+        operation_status = EXCLUDED.operation_status, \
+        message = EXCLUDED.message, \
+        stepper_indices = EXCLUDED.stepper_indices, \
+        final_positions = EXCLUDED.final_positions, \
+        completed_at = EXCLUDED.completed_at, \
+        state_id = COALESCE(operations.state_id, EXCLUDED.state_id) \
+    WHERE operations.operation_status = 'started' AND EXCLUDED.operation_status <> 'started'";
+
+async fn upsert_operation(
+    tx: &Transaction<'_>,
+    stmt: &tokio_postgres::Statement,
+    e: &OperationEvent,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        stmt,
+        &[
+            &e.operation_id,
+            &e.state_id,
+            &e.host,
+            &e.recorded_at,
+            &e.operation_type.as_str(),
+            &e.operation_status.as_str(),
+            &e.message,
+            &e.stepper_indices,
+            &e.final_positions,
+            &e.completed_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
