@@ -255,3 +255,113 @@ fn a_simulator_link_in_the_way_of_a_regular_file_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("occupied"), "{err}");
 }
+
+fn config_with(dir: &Path, db_url: &str) -> std::path::PathBuf {
+    let cfg = std::fs::read_to_string(manifest("config/demo.toml"))
+        .expect("demo config")
+        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
+        .replace(
+            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
+            db_url,
+        );
+    let f = dir.join("stringdriver.toml");
+    std::fs::write(&f, cfg).expect("write");
+    f
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_once_and_says_so() {
+    let db = common::pg::TestDb::create().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_with(dir.path(), &db.url());
+    let o = bin()
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("applied V1"), "{out}");
+    assert!(out.contains("version 2"), "{out}");
+    let o = bin()
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let (out, _) = text(&o);
+    assert!(out.contains("schema is current (version 2)"), "{out}");
+    let n: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('machine_state', 'operations', 'stepper_roles')", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn migrate_against_an_unreachable_server_fails_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Port 1 on loopback: nothing listens there.
+    let cfg = config_with(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
+    let o = bin()
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn spool_status_reports_the_backlog_and_dead_letters() {
+    use stringdriverd::store::{OperationStatus, Spool};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_with(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
+    let o = bin()
+        .args(["spool-status", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("no spool at"), "{err}");
+
+    let path = dir.path().join("spool.sqlite");
+    {
+        let (mut s, _) = Spool::open(&path, 1 << 30).expect("spool");
+        s.append(&[
+            common::records::timer(1, 0),
+            common::records::op(1, None, OperationStatus::Started, 0),
+            common::records::timer(2, 1),
+        ])
+        .expect("append");
+        let first = s.peek(1).expect("peek");
+        s.dead_letter(first[0].seq, "ERROR: value too long (SQLSTATE 22001)")
+            .expect("dead letter");
+        s.set_last_error("db down").expect("note");
+    }
+    let o = bin()
+        .args(["spool-status", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("2 records (1 operation events)"), "{out}");
+    assert!(out.contains("dead letters           1"), "{out}");
+    assert!(out.contains("db down"), "{out}");
+    let o = bin()
+        .args(["spool-status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["backlog"], 2);
+    assert_eq!(v["dead_letters"], 1);
+    assert_eq!(v["limit_bytes"].as_u64(), Some(1 << 30));
+}

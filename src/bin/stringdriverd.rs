@@ -28,6 +28,21 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Create or upgrade the PostgreSQL schema (machine_state, operations, stepper_roles).
+    Migrate {
+        /// The TOML file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show the local spool: backlog, oldest unshipped record, dead letters, totals.
+    SpoolStatus {
+        /// The TOML file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run simulated boards for every board of a configuration and drive them
     /// as the daemon does, logging their state (no hardware needed).
     Demo {
@@ -125,6 +140,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = stringdriverd::config::load(&config)?;
             print!("{}", cfg.to_toml_string());
             eprintln!("{}: configuration is valid", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Migrate { config } => {
+            let cfg = stringdriverd::config::load(&config)?;
+            stringdriverd::logging::init(&cfg.log.level);
+            let pg = stringdriverd::store::pg::pg_config(&cfg.database)?;
+            let target = stringdriverd::store::pg::describe(&pg);
+            let report = runtime()?.block_on(async {
+                let mut client = stringdriverd::store::pg::connect(&pg).await?;
+                let report = stringdriverd::store::migrate::migrate(&mut client).await?;
+                anyhow::Ok(report)
+            })?;
+            if report.applied.is_empty() {
+                println!("{target}: schema is current (version {})", report.current);
+            } else {
+                for (v, name) in &report.applied {
+                    println!("{target}: applied V{v} {name}");
+                }
+                println!("{target}: schema is now at version {}", report.current);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SpoolStatus { config, json } => {
+            let cfg = stringdriverd::config::load(&config)?;
+            let path = &cfg.spool.path;
+            if !path.exists() {
+                anyhow::bail!(
+                    "no spool at {} (nothing has been captured yet)",
+                    path.display()
+                );
+            }
+            let spool = stringdriverd::store::Spool::open_read_only(path)?;
+            let mut st = spool.status()?;
+            st.limit_bytes = cfg.spool.max_bytes;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!(
+                    "{}",
+                    stringdriverd::store::spool::render_status(&st, chrono::Utc::now())
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {

@@ -1,1 +1,238 @@
-//! (being written)
+//! Connecting to the central PostgreSQL server.
+//!
+//! The password only ever lives in the `tokio_postgres::Config` built here
+//! (whose `Debug` redacts it): [`describe`] and every error name the server
+//! and the role, never the password.
+
+use std::error::Error as _;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::config::{ConfigError, DatabaseConfig, DatabaseTarget};
+
+/// `application_name` of the daemon's sessions, so that an administrator can
+/// tell them apart in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "stringdriverd";
+
+/// PostgreSQL's port when a configuration names none.
+const DEFAULT_PORT: u16 = 5432;
+
+/// Why a connection to PostgreSQL could not be configured or opened.
+///
+/// Each message carries its whole cause; `source()` is `None` on purpose,
+/// so that `{:#}` chains do not print the cause twice.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreConnectError {
+    /// `database.url` is not a usable PostgreSQL URL.
+    #[error("database.url is not a usable PostgreSQL URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it (never the URL itself).
+        reason: String,
+    },
+    /// The password file could not be read.
+    #[error("cannot read the database password: {0}")]
+    Password(ConfigError),
+    /// The server refused or did not answer.
+    #[error("cannot connect to PostgreSQL at {server}: {cause}")]
+    Connect {
+        /// The server and role, from [`describe`].
+        server: String,
+        /// The cause with the server's own message, from [`error_text`].
+        cause: String,
+        /// The driver's error, for callers that look at the SQLSTATE.
+        error: tokio_postgres::Error,
+    },
+    /// No connection within the configured `connect_timeout`.
+    #[error(
+        "cannot connect to PostgreSQL at {server}: no session after {} \
+         (database.connect_timeout)",
+        humantime::format_duration(*after)
+    )]
+    Timeout {
+        /// The server and role, from [`describe`].
+        server: String,
+        /// How long the attempt was given.
+        after: Duration,
+    },
+}
+
+/// The connection settings of `db`: its URL or parts, the password from
+/// `db.password_file` if one is set, `connect_timeout` and
+/// `application_name = "stringdriverd"`.
+pub fn pg_config(db: &DatabaseConfig) -> Result<Config, StoreConnectError> {
+    let mut cfg = match &db.target {
+        DatabaseTarget::Url(url) => {
+            // The parser's message names the offending option, not the URL,
+            // so it is safe to repeat even if a URL held a password.
+            let cfg = url
+                .parse::<Config>()
+                .map_err(|e| StoreConnectError::InvalidUrl {
+                    reason: error_text(&e),
+                })?;
+            // tokio-postgres has no libpq defaults (OS user, local socket):
+            // say what is missing now rather than at every reconnect.
+            if cfg.get_user().is_none() {
+                return Err(StoreConnectError::InvalidUrl {
+                    reason: "it names no user (postgres://USER@HOST/DBNAME)".to_string(),
+                });
+            }
+            if cfg.get_hosts().is_empty() && cfg.get_hostaddrs().is_empty() {
+                return Err(StoreConnectError::InvalidUrl {
+                    reason: "it names no host (postgres://USER@HOST/DBNAME)".to_string(),
+                });
+            }
+            cfg
+        }
+        DatabaseTarget::Parts {
+            host,
+            port,
+            user,
+            dbname,
+        } => {
+            let mut cfg = Config::new();
+            cfg.host(host).port(*port).user(user).dbname(dbname);
+            cfg
+        }
+    };
+    if let Some(password) = db.password().map_err(StoreConnectError::Password)? {
+        cfg.password(password);
+    }
+    cfg.connect_timeout(db.connect_timeout);
+    cfg.application_name(APPLICATION_NAME);
+    Ok(cfg)
+}
+
+/// Opens a session (without TLS for now) and drives it on a spawned task,
+/// which logs at warn level if the connection ends with an error.
+///
+/// tokio-postgres applies `connect_timeout` to the TCP connect of each host
+/// only; here it also bounds the start-up and authentication exchange, so
+/// that a server that accepts but never answers cannot hang the caller.
+pub async fn connect(cfg: &Config) -> Result<Client, StoreConnectError> {
+    let server = describe(cfg);
+    let attempt = cfg.connect(NoTls);
+    let result = match cfg.get_connect_timeout() {
+        Some(timeout) => {
+            // tokio-postgres tries the hosts in turn, each with the full timeout.
+            let hosts = cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1);
+            let after = timeout.saturating_mul(u32::try_from(hosts).unwrap_or(u32::MAX));
+            match tokio::time::timeout(after, attempt).await {
+                Ok(result) => result,
+                Err(_) => return Err(StoreConnectError::Timeout { server, after }),
+            }
+        }
+        None => attempt.await,
+    };
+    let (client, connection) = result.map_err(|error| StoreConnectError::Connect {
+        server: server.clone(),
+        cause: error_text(&error),
+        error,
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(
+                server = %server,
+                error = %error_text(&e),
+                "PostgreSQL connection ended with an error"
+            );
+        }
+    });
+    Ok(client)
+}
+
+/// `host:port/dbname as user NAME`, for messages: every host of `cfg`, never
+/// the password.
+pub fn describe(cfg: &Config) -> String {
+    let ports = cfg.get_ports();
+    // A single port applies to every host; none means the default.
+    let port_of = |i: usize| match ports {
+        [] => DEFAULT_PORT,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(DEFAULT_PORT),
+    };
+    let mut hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| match host {
+            Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port_of(i)),
+            Host::Tcp(name) => format!("{name}:{}", port_of(i)),
+            #[cfg(unix)]
+            Host::Unix(dir) => format!("{}:{}", dir.display(), port_of(i)),
+        })
+        .collect();
+    if hosts.is_empty() {
+        hosts = cfg
+            .get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| match addr {
+                std::net::IpAddr::V6(a) => format!("[{a}]:{}", port_of(i)),
+                std::net::IpAddr::V4(a) => format!("{a}:{}", port_of(i)),
+            })
+            .collect();
+    }
+    let hosts = if hosts.is_empty() {
+        "(no host)".to_string()
+    } else {
+        hosts.join(",")
+    };
+    let user = cfg.get_user().unwrap_or("(no user)");
+    // PostgreSQL's own default: the database named like the user.
+    let dbname = cfg.get_dbname().unwrap_or(user);
+    format!("{hosts}/{dbname} as user {user}")
+}
+
+/// A one-line account of a driver error with everything the server said.
+///
+/// tokio-postgres displays a server error as just `db error`; this adds the
+/// severity, message, SQLSTATE, detail and hint, or for other errors the
+/// chain of causes (such as the OS error of a refused connection).
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(detail) = db.detail() {
+            let _ = write!(text, "; detail: {detail}");
+        }
+        if let Some(hint) = db.hint() {
+            let _ = write!(text, "; hint: {hint}");
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let _ = write!(text, ": {c}");
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_names_every_host_with_its_port() {
+        let cfg: Config = "host=a,b port=1,2 user=u dbname=d".parse().unwrap();
+        assert_eq!(describe(&cfg), "a:1,b:2/d as user u");
+        let cfg: Config = "postgres://u@[::1]/x".parse().unwrap();
+        assert_eq!(describe(&cfg), "[::1]:5432/x as user u");
+        let cfg: Config = "host=/run/postgresql user=u".parse().unwrap();
+        assert_eq!(describe(&cfg), "/run/postgresql:5432/u as user u");
+        let cfg: Config = "hostaddr=10.0.0.1 port=6 user=u dbname=d".parse().unwrap();
+        assert_eq!(describe(&cfg), "10.0.0.1:6/d as user u");
+        assert_eq!(
+            describe(&Config::new()),
+            "(no host)/(no user) as user (no user)"
+        );
+    }
+}

@@ -55,6 +55,8 @@ pub struct ShipperOptions {
     pub idle_wait: Duration,
     /// Host and configuration whose `stepper_roles` rows to keep current.
     pub roles: Option<(String, Arc<Config>)>,
+    /// Migrate an unmigrated database instead of waiting for `stringdriverd migrate`.
+    pub auto_migrate: bool,
     /// See [`CommitHook`].
     pub after_commit: Option<CommitHook>,
 }
@@ -62,11 +64,12 @@ pub struct ShipperOptions {
 impl Default for ShipperOptions {
     fn default() -> Self {
         ShipperOptions {
-            batch_size: 1000,
+            batch_size: 2000,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             idle_wait: Duration::from_secs(1),
             roles: None,
+            auto_migrate: false,
             after_commit: None,
         }
     }
@@ -151,9 +154,35 @@ fn pg_error_text(e: &tokio_postgres::Error) -> String {
 }
 
 impl Shipper {
+    /// Records the error in the status and, when it is a new one, in the
+    /// spool, so that `spool-status` can show it without the daemon.
     fn note_error(&self, e: &str) {
+        let new = self.status.borrow().last_error.as_deref() != Some(e);
         self.status
             .send_modify(|s| s.last_error = Some(e.to_string()));
+        if new {
+            let spool = self.spool.clone();
+            let e = e.to_string();
+            tokio::spawn(async move {
+                if let Err(err) = spool.set_last_error(e).await {
+                    tracing::warn!(error = %err, "cannot note the shipping error in the spool");
+                }
+            });
+        }
+    }
+
+    /// Checks (or, with `auto_migrate`, brings) the database to this daemon's schema.
+    async fn schema(&self, client: &mut Client) -> Result<migrate::SchemaInfo, String> {
+        match migrate::check_migrated(client).await {
+            Err(migrate::MigrateError::NotMigrated { .. }) if self.opts.auto_migrate => {
+                let report = migrate::migrate(client).await.map_err(|e| e.to_string())?;
+                tracing::info!(applied = ?report.applied, version = report.current, "database migrated (auto_migrate)");
+                migrate::check_migrated(client)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
     }
 
     /// Sleeps `d` unless shutdown comes first (then false).
@@ -172,7 +201,7 @@ impl Shipper {
                 break;
             }
             let stop = match super::pg::connect(&self.pg).await {
-                Ok(mut client) => match migrate::check_migrated(&client).await {
+                Ok(mut client) => match self.schema(&mut client).await {
                     Ok(info) => {
                         tracing::info!(database = %target, version = info.version, "shipper connected");
                         self.status.send_modify(|s| s.connected = true);
@@ -181,7 +210,7 @@ impl Shipper {
                         self.session(&mut client, info.controls_id, &mut backoff)
                             .await
                     }
-                    Err(e) => Stop::Retry(e.to_string()),
+                    Err(e) => Stop::Retry(e),
                 },
                 Err(e) => {
                     self.status.send_modify(|s| s.connect_failures += 1);
@@ -214,61 +243,92 @@ impl Shipper {
         }
     }
 
+    /// Ships until the connection fails or shutdown. Pipelined: while batch
+    /// N is written to PostgreSQL, batch N+1 is read from the spool and batch
+    /// N-1 (already committed) is deleted from it.
     async fn session(
         &self,
         client: &mut Client,
         ctl: ControlsIdType,
         backoff: &mut Backoff,
     ) -> Stop {
-        loop {
+        let n = self.opts.batch_size.max(1);
+        // Committed (or dead-lettered) in PostgreSQL, not yet deleted from the spool.
+        let mut committed: Vec<Spooled> = Vec::new();
+        let mut batch: Vec<Spooled> = Vec::new();
+        let stop = loop {
             if self.shutdown.is_cancelled() {
-                return Stop::Shutdown;
+                break Stop::Shutdown;
             }
-            let notified = self.spool.notified();
-            let batch = match self.spool.peek(self.opts.batch_size).await {
-                Ok(b) => b,
-                Err(e) => {
-                    // The spool is local: wait and look again, the records are safe.
-                    tracing::error!(error = %e, "cannot read the spool");
-                    self.note_error(&e.to_string());
-                    if !self.pause(backoff.next_delay()).await {
-                        return Stop::Shutdown;
-                    }
-                    continue;
-                }
-            };
             if batch.is_empty() {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return Stop::Shutdown,
-                    _ = notified => {}
-                    _ = tokio::time::sleep(self.opts.idle_wait) => {}
+                if let Err(e) = self.shipped(std::mem::take(&mut committed)).await {
+                    break Stop::Retry(e.to_string());
+                }
+                let notified = self.spool.notified();
+                match self.spool.peek(n).await {
+                    Ok(b) if b.is_empty() => {
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => break Stop::Shutdown,
+                            _ = notified => {}
+                            _ = tokio::time::sleep(self.opts.idle_wait) => {}
+                        }
+                    }
+                    Ok(b) => batch = b,
+                    Err(e) => {
+                        // The spool is local: wait and look again, the records are safe.
+                        tracing::error!(error = %e, "cannot read the spool");
+                        self.note_error(&e.to_string());
+                        if !self.pause(backoff.next_delay()).await {
+                            break Stop::Shutdown;
+                        }
+                    }
                 }
                 continue;
             }
-            match ship(client, &batch, ctl).await {
+            let last = batch.last().map_or(0, |s| s.seq);
+            let (result, next, removed) = tokio::join!(
+                ship(client, &batch, ctl),
+                self.spool.peek_after(last, n),
+                self.shipped(std::mem::take(&mut committed)),
+            );
+            if let Err(e) = removed {
+                break Stop::Retry(e.to_string());
+            }
+            match result {
                 Ok(()) => {
-                    if let Err(e) = self.shipped(&batch).await {
-                        return Stop::Retry(e.to_string());
+                    if let Some(hook) = &self.opts.after_commit {
+                        hook(&batch);
                     }
+                    committed = std::mem::take(&mut batch);
                 }
-                Err(e) if is_transient(&e) => return Stop::Retry(pg_error_text(&e)),
+                Err(e) if is_transient(&e) => break Stop::Retry(pg_error_text(&e)),
                 Err(e) => {
                     tracing::warn!(error = %pg_error_text(&e), records = batch.len(), "batch rejected: shipping record by record");
-                    if let Some(stop) = self.one_by_one(client, batch, ctl).await {
-                        return stop;
+                    if let Some(stop) = self
+                        .one_by_one(client, std::mem::take(&mut batch), ctl)
+                        .await
+                    {
+                        break stop;
                     }
                 }
             }
+            // A failed read-ahead costs nothing but the read: the next round reads again.
+            batch = next.unwrap_or_default();
+        };
+        // Whatever PostgreSQL committed leaves the spool before we go.
+        if let Err(e) = self.shipped(committed).await {
+            tracing::warn!(error = %e, "could not delete shipped records from the spool; they will be shipped again (idempotently)");
         }
+        stop
     }
 
-    /// After a commit: the hook, then the spool delete.
-    async fn shipped(&self, batch: &[Spooled]) -> Result<(), SpoolError> {
-        if let Some(hook) = &self.opts.after_commit {
-            hook(batch);
+    /// After a commit: the spool delete, then the count.
+    async fn shipped(&self, batch: Vec<Spooled>) -> Result<(), SpoolError> {
+        if batch.is_empty() {
+            return Ok(());
         }
         let n = batch.len() as u64;
-        self.spool.remove(batch.to_vec()).await?;
+        self.spool.remove(batch).await?;
         self.status.send_modify(|s| {
             s.shipped += n;
             s.last_shipped_at = Some(Utc::now());
@@ -287,7 +347,10 @@ impl Shipper {
             let one = std::slice::from_ref(&rec);
             match ship(client, one, ctl).await {
                 Ok(()) => {
-                    if let Err(e) = self.shipped(one).await {
+                    if let Some(hook) = &self.opts.after_commit {
+                        hook(one);
+                    }
+                    if let Err(e) = self.shipped(vec![rec.clone()]).await {
                         return Some(Stop::Retry(e.to_string()));
                     }
                 }
@@ -312,7 +375,7 @@ pub async fn ship(
     batch: &[Spooled],
     ctl: ControlsIdType,
 ) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     let mut i = 0;
     while i < batch.len() {
         // A run of records of one kind, keeping the order between kinds: a
@@ -331,7 +394,7 @@ pub async fn ship(
                     Record::Operation { .. } => None,
                 })
                 .collect();
-            copy_states(&tx, &rows, ctl).await?;
+            copy_states(&mut tx, &rows, ctl).await?;
         } else {
             let stmt = tx.prepare(UPSERT_OPERATION).await?;
             for s in &batch[i..j] {
@@ -350,15 +413,48 @@ const STATE_COLUMNS: &str = "state_id, controls_id, host, recorded_at, stepper_p
     retry_threshold, delta_threshold, z_variance_threshold, voice_count, amp_sum, voice_count_min, \
     voice_count_max, amp_sum_min, amp_sum_max";
 
+/// Writes snapshots. The common case (none of them in PostgreSQL yet) is one
+/// binary COPY straight into the table, inside a savepoint. A replay after a
+/// crash hits the primary key (23505): the savepoint is rolled back and the
+/// rows go through a staging table and `ON CONFLICT DO NOTHING` instead.
 async fn copy_states(
-    tx: &Transaction<'_>,
+    tx: &mut Transaction<'_>,
     rows: &[&MachineState],
     ctl: ControlsIdType,
 ) -> Result<(), tokio_postgres::Error> {
+    let direct = tx.savepoint("sd_direct_copy").await?;
+    match copy_rows(&direct, "machine_state", rows, ctl).await {
+        Ok(()) => return direct.commit().await,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            direct.rollback().await?;
+        }
+        Err(e) => return Err(e),
+    }
     tx.batch_execute(
         "CREATE TEMP TABLE IF NOT EXISTS sd_stage_machine_state (LIKE machine_state) ON COMMIT DELETE ROWS",
     )
     .await?;
+    copy_rows(tx, "sd_stage_machine_state", rows, ctl).await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO machine_state ({STATE_COLUMNS}) SELECT {STATE_COLUMNS} FROM sd_stage_machine_state \
+             ON CONFLICT (state_id) DO NOTHING"
+        ),
+        &[],
+    )
+    .await?;
+    tx.execute("DELETE FROM sd_stage_machine_state", &[])
+        .await?;
+    Ok(())
+}
+
+/// One binary COPY of `rows` into `table` (machine_state or its staging copy).
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    rows: &[&MachineState],
+    ctl: ControlsIdType,
+) -> Result<(), tokio_postgres::Error> {
     let controls_type = match ctl {
         ControlsIdType::Uuid => Type::UUID,
         ControlsIdType::Text => Type::TEXT,
@@ -389,9 +485,7 @@ async fn copy_states(
         Type::INT4_ARRAY,
     ];
     let sink = tx
-        .copy_in(&format!(
-            "COPY sd_stage_machine_state ({STATE_COLUMNS}) FROM STDIN BINARY"
-        ))
+        .copy_in(&format!("COPY {table} ({STATE_COLUMNS}) FROM STDIN BINARY"))
         .await?;
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
@@ -430,16 +524,6 @@ async fn copy_states(
         writer.as_mut().write(&values).await?;
     }
     writer.finish().await?;
-    tx.execute(
-        &format!(
-            "INSERT INTO machine_state ({STATE_COLUMNS}) SELECT {STATE_COLUMNS} FROM sd_stage_machine_state \
-             ON CONFLICT (state_id) DO NOTHING"
-        ),
-        &[],
-    )
-    .await?;
-    tx.execute("DELETE FROM sd_stage_machine_state", &[])
-        .await?;
     Ok(())
 }
 

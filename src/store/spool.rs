@@ -151,10 +151,19 @@ pub struct SpoolStatus {
     pub thinned: u64,
     /// Timer snapshots refused because the spool was full after thinning.
     pub rejected: u64,
+    /// The shipper's latest error and when it happened (RFC 3339), if any.
+    pub last_error: Option<(String, String)>,
     /// Bytes in use.
     pub used_bytes: u64,
     /// The configured limit.
     pub limit_bytes: u64,
+}
+
+impl SpoolStatus {
+    /// How long the oldest waiting record has waited, at `now`.
+    pub fn oldest_age(&self, now: DateTime<Utc>) -> Option<Duration> {
+        self.oldest.map(|o| (now - o).to_std().unwrap_or_default())
+    }
 }
 
 /// The spool. Blocking: call it from a blocking thread.
@@ -556,14 +565,20 @@ impl Spool {
     /// Up to `max` of the oldest records, in order. Records whose bytes are
     /// damaged are moved to the dead letters on the way, never returned.
     pub fn peek(&mut self, max: usize) -> Result<Vec<Spooled>, SpoolError> {
+        self.peek_after(0, max)
+    }
+
+    /// Like [`Spool::peek`], for records after sequence number `after` (the
+    /// shipper reads ahead while the previous batch is still being deleted).
+    pub fn peek_after(&mut self, after: i64, max: usize) -> Result<Vec<Spooled>, SpoolError> {
         let path = self.path.clone();
         let rows: Vec<(i64, i64, i64, Vec<u8>, i64)> = {
             let mut stmt = self
                 .conn
-                .prepare_cached("SELECT seq, kind, captured_at, payload, crc FROM records ORDER BY seq LIMIT ?1")
+                .prepare_cached("SELECT seq, kind, captured_at, payload, crc FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(|e| sqlite_err(&path, e))?;
             let it = stmt
-                .query_map([max as i64], |r| {
+                .query_map([after, max as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .map_err(|e| sqlite_err(&path, e))?;
@@ -599,19 +614,30 @@ impl Spool {
     /// Deletes records PostgreSQL has committed and counts them as shipped.
     pub fn remove(&mut self, shipped: &[Spooled]) -> Result<(), SpoolError> {
         let path = self.path.clone();
+        let (Some(first), Some(last)) = (shipped.first(), shipped.last()) else {
+            return Ok(());
+        };
+        let states = shipped
+            .iter()
+            .filter(|s| matches!(s.record, Record::MachineState { .. }))
+            .count() as i64;
+        let ops = shipped.len() as i64 - states;
         let tx = self.conn.transaction().map_err(|e| sqlite_err(&path, e))?;
-        let (mut states, mut ops) = (0i64, 0i64);
-        {
+        let contiguous = shipped.windows(2).all(|w| w[0].seq < w[1].seq);
+        if contiguous {
+            // `peek` returned every row between the first and the last, so the
+            // range holds exactly this batch: one statement instead of one per row.
+            tx.execute(
+                "DELETE FROM records WHERE seq BETWEEN ?1 AND ?2",
+                [first.seq, last.seq],
+            )
+            .map_err(|e| sqlite_err(&path, e))?;
+        } else {
             let mut del = tx
                 .prepare_cached("DELETE FROM records WHERE seq = ?1")
                 .map_err(|e| sqlite_err(&path, e))?;
             for s in shipped {
-                if del.execute([s.seq]).map_err(|e| sqlite_err(&path, e))? > 0 {
-                    match s.record {
-                        Record::MachineState { .. } => states += 1,
-                        Record::Operation { .. } => ops += 1,
-                    }
-                }
+                del.execute([s.seq]).map_err(|e| sqlite_err(&path, e))?;
             }
         }
         bump(&tx, "shipped_snapshots", states).map_err(|e| sqlite_err(&path, e))?;
@@ -631,6 +657,18 @@ impl Spool {
         .and_then(|_| tx.execute("DELETE FROM records WHERE seq = ?1", [seq]))
         .map_err(|e| sqlite_err(&path, e))?;
         tx.commit().map_err(|e| sqlite_err(&path, e))
+    }
+
+    /// Keeps the shipper's latest error (and when it happened) for status reports.
+    pub fn set_last_error(&self, error: &str) -> Result<(), SpoolError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('last_error', ?1), ('last_error_at', ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![error, Utc::now().to_rfc3339()],
+            )
+            .map(|_| ())
+            .map_err(|e| sqlite_err(&self.path, e))
     }
 
     /// The dead letters: sequence number, reason and record (if it still decodes).
@@ -683,6 +721,15 @@ impl Spool {
             shipped_operations: counter("shipped_operations")?,
             thinned: counter("thinned")?,
             rejected: counter("rejected")?,
+            last_error: {
+                let meta = |k: &str| -> Result<Option<String>, SpoolError> {
+                    self.conn
+                        .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+                        .optional()
+                        .map_err(|err| sqlite_err(&self.path, err))
+                };
+                meta("last_error")?.zip(meta("last_error_at")?)
+            },
             used_bytes: self.used_bytes()?,
             limit_bytes: self.limit,
         })
@@ -810,5 +857,52 @@ fn read_rows_tolerantly(conn: &Connection, table: &str, cols: &str) -> Vec<RawRo
             }
         }
     }
+    out
+}
+
+/// A spool status as lines of text for operators.
+pub fn render_status(st: &SpoolStatus, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
+    line(
+        "backlog",
+        format!(
+            "{} records ({} operation events)",
+            st.backlog, st.backlog_operations
+        ),
+    );
+    line(
+        "oldest unshipped",
+        match (st.oldest, st.oldest_age(now)) {
+            (Some(t), Some(age)) => format!(
+                "{} ({} ago)",
+                t.to_rfc3339(),
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            ),
+            _ => "none".into(),
+        },
+    );
+    line("dead letters", st.dead_letters.to_string());
+    line(
+        "shipped",
+        format!(
+            "{} snapshots, {} operation events",
+            st.shipped_snapshots, st.shipped_operations
+        ),
+    );
+    line(
+        "thinned / refused",
+        format!("{} / {} timer snapshots", st.thinned, st.rejected),
+    );
+    line(
+        "size",
+        format!("{} of {} bytes", st.used_bytes, st.limit_bytes),
+    );
+    line(
+        "last shipping error",
+        st.last_error
+            .as_ref()
+            .map_or_else(|| "none".into(), |(e, at)| format!("{at}: {e}")),
+    );
     out
 }

@@ -56,6 +56,11 @@ impl SpoolHandle {
         self.with(move |s| s.peek(max)).await
     }
 
+    /// See [`Spool::peek_after`].
+    pub async fn peek_after(&self, after: i64, max: usize) -> Result<Vec<Spooled>, SpoolError> {
+        self.with(move |s| s.peek_after(after, max)).await
+    }
+
     /// See [`Spool::remove`].
     pub async fn remove(&self, shipped: Vec<Spooled>) -> Result<(), SpoolError> {
         self.with(move |s| s.remove(&shipped)).await
@@ -64,6 +69,11 @@ impl SpoolHandle {
     /// See [`Spool::dead_letter`].
     pub async fn dead_letter(&self, seq: i64, error: String) -> Result<(), SpoolError> {
         self.with(move |s| s.dead_letter(seq, &error)).await
+    }
+
+    /// See [`Spool::set_last_error`].
+    pub async fn set_last_error(&self, error: String) -> Result<(), SpoolError> {
+        self.with(move |s| s.set_last_error(&error)).await
     }
 
     /// See [`Spool::status`].

@@ -59,6 +59,17 @@ impl TestDb {
         }
     }
 
+    /// The private database as a URL (TCP servers only).
+    pub fn url(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            other => panic!("tests need PostgreSQL over TCP, DATABASE_URL gives {other:?}"),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let user = self.config.get_user().unwrap_or("postgres");
+        format!("postgres://{user}@{host}:{port}/{}", self.name)
+    }
+
     /// A client of the private database.
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.config, &self.name).await
