@@ -11,47 +11,19 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
-use futures::pin_mut;
-use stringdriverd::store::migrate;
+use stringdriverd::store::migrate::{self, ControlsIdType};
 use stringdriverd::store::ship::{self, ShipperOptions};
 use stringdriverd::store::{MachineState, Record, Spool, SpoolHandle, Trigger};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
+
+/// The rows the tests use too (stringdriver-2 sized: 19 steppers, 6 channels).
+#[path = "../tests/common/records.rs"]
+#[allow(dead_code)]
+mod records;
 
 fn state(i: u64) -> MachineState {
-    MachineState {
-        state_id: Uuid::from_u64_pair(0xbe4c, i),
-        controls_id: None,
-        host: "stringdriver-bench".into(),
-        recorded_at: Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .unwrap_or_default()
-            + chrono::Duration::milliseconds(i as i64 * 1000),
-        stepper_positions: (0..19).map(|k| ((i + k) % 200) as i32 - 100).collect(),
-        stepper_enabled: (0..19).map(|k| k % 4 != 0).collect(),
-        bump_check_enable: true,
-        z_up_step: 2,
-        z_down_step: -2,
-        tune_rest: 5.0,
-        x_rest: 5.0,
-        z_rest: 1.0,
-        lap_rest: 4.0,
-        adjustment_level: 4,
-        retry_threshold: 50,
-        delta_threshold: 50,
-        z_variance_threshold: 50,
-        voice_count: vec![3, 4, 5, 6, 7, 8],
-        amp_sum: vec![20.5, 30.25, 40.0, 50.0, 60.0, 70.0],
-        voice_count_min: vec![0; 6],
-        voice_count_max: vec![12; 6],
-        amp_sum_min: vec![20; 6],
-        amp_sum_max: vec![100; 6],
-    }
+    records::state(i, records::t0() + chrono::Duration::seconds(i as i64))
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -87,6 +59,11 @@ fn bench_append(dir: &std::path::Path, n: usize) {
     }
     spool_lat.sort();
     file_lat.sort();
+    let per_record = spool.used_bytes().expect("size") as f64 / n as f64;
+    println!(
+        "spool size: {per_record:.0} bytes per 19-stepper snapshot, so 7 days at 1 Hz (604800) take {:.0} MiB",
+        per_record * 604_800.0 / (1 << 20) as f64
+    );
     println!("spool append, {n} single-record transactions (synchronous=FULL, WAL):");
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (s, b) = (pct(&spool_lat, p), pct(&file_lat, p));
@@ -129,70 +106,18 @@ async fn drop_db(admin: &tokio_postgres::Config, name: &str) {
     }
 }
 
+/// The baseline: one binary COPY of the same rows into the same table, with
+/// no spool, no staging and no idempotence.
 async fn raw_copy(cfg: &tokio_postgres::Config, rows: &[MachineState]) -> Duration {
-    let (c, conn) = cfg.connect(NoTls).await.expect("connect");
+    let (mut c, conn) = cfg.connect(NoTls).await.expect("connect");
     tokio::spawn(conn);
-    let types = [
-        Type::UUID,
-        Type::UUID,
-        Type::VARCHAR,
-        Type::TIMESTAMPTZ,
-        Type::INT4_ARRAY,
-        Type::BOOL_ARRAY,
-        Type::BOOL,
-        Type::INT4,
-        Type::INT4,
-        Type::FLOAT4,
-        Type::FLOAT4,
-        Type::FLOAT4,
-        Type::FLOAT4,
-        Type::INT4,
-        Type::INT4,
-        Type::INT4,
-        Type::INT4,
-        Type::INT4_ARRAY,
-        Type::FLOAT4_ARRAY,
-        Type::INT4_ARRAY,
-        Type::INT4_ARRAY,
-        Type::INT4_ARRAY,
-        Type::INT4_ARRAY,
-    ];
+    let refs: Vec<&MachineState> = rows.iter().collect();
     let t = Instant::now();
-    let sink = c
-        .copy_in("COPY machine_state FROM STDIN BINARY")
+    let tx = c.transaction().await.expect("begin");
+    ship::copy_rows(&tx, "machine_state", &refs, ControlsIdType::Uuid)
         .await
         .expect("copy");
-    let w = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(w);
-    for r in rows {
-        let v: [&(dyn ToSql + Sync); 23] = [
-            &r.state_id,
-            &r.controls_id,
-            &r.host,
-            &r.recorded_at,
-            &r.stepper_positions,
-            &r.stepper_enabled,
-            &r.bump_check_enable,
-            &r.z_up_step,
-            &r.z_down_step,
-            &r.tune_rest,
-            &r.x_rest,
-            &r.z_rest,
-            &r.lap_rest,
-            &r.adjustment_level,
-            &r.retry_threshold,
-            &r.delta_threshold,
-            &r.z_variance_threshold,
-            &r.voice_count,
-            &r.amp_sum,
-            &r.voice_count_min,
-            &r.voice_count_max,
-            &r.amp_sum_min,
-            &r.amp_sum_max,
-        ];
-        w.as_mut().write(&v).await.expect("row");
-    }
-    w.finish().await.expect("finish");
+    tx.commit().await.expect("commit");
     t.elapsed()
 }
 

@@ -448,8 +448,9 @@ async fn copy_states(
     Ok(())
 }
 
-/// One binary COPY of `rows` into `table` (machine_state or its staging copy).
-async fn copy_rows(
+/// One binary COPY of `rows` into `table` (machine_state or its staging
+/// copy). Public because the benchmarks measure shipping against it.
+pub async fn copy_rows(
     tx: &Transaction<'_>,
     table: &str,
     rows: &[&MachineState],
