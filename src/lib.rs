@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod board;
 pub mod config;
 pub mod demo;
+pub mod feed;
 pub mod logging;
 pub mod probe;
 pub mod protocol;

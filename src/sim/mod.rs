@@ -18,6 +18,7 @@
 //! every safety violation in a separate list, both readable through
 //! [`SimHandle`] while the simulator runs.
 
+pub mod feed;
 pub mod firmware;
 mod pty;
 

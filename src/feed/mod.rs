@@ -1,0 +1,1 @@
+//! The audmon feed reader (being written).

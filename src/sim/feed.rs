@@ -1,0 +1,1 @@
+//! Simulated audmon feed (being written).

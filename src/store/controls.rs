@@ -1,0 +1,1 @@
+//! controls_id linking (being written).
