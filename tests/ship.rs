@@ -533,3 +533,28 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         "every operation completed, none left behind"
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_whose_controls_row_is_gone_ships_unlinked_not_dead() {
+    let db = migrated().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = spool_in(&dir);
+    let mut rec = timer(1, 0);
+    if let Record::MachineState { row, .. } = &mut rec {
+        row.controls_id = Some(uuid::Uuid::new_v4()); // no such controls row (pruned)
+    }
+    spool.append(vec![rec, timer(2, 1)]).await.expect("append");
+    let shutdown = CancellationToken::new();
+    let (mut rx, task) = ship::spawn(spool.clone(), db.config.clone(), quick(), shutdown.clone());
+    let s = wait_status(&mut rx, |s| s.shipped == 2).await;
+    assert_eq!(s.dead_lettered, 0);
+    let c = db.client().await;
+    let linked: i64 = c
+        .query_one("SELECT count(*) FROM machine_state WHERE controls_id IS NOT NULL", &[])
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!((count(&db, "machine_state").await, linked), (2, 0));
+    shutdown.cancel();
+    task.await.expect("stops");
+}

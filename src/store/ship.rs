@@ -343,9 +343,24 @@ impl Shipper {
         batch: Vec<Spooled>,
         ctl: ControlsIdType,
     ) -> Option<Stop> {
-        for rec in batch {
+        for mut rec in batch {
+            let mut result = ship(client, std::slice::from_ref(&rec), ctl).await;
+            // The audmon frame a snapshot was linked to can be gone by the
+            // time it ships (audmon pruned it during a long outage). The
+            // snapshot is still true: ship it unlinked rather than lose it.
+            if let (Err(e), Record::MachineState { row, .. }) = (&result, &mut rec.record) {
+                let lost_link = e.as_db_error().is_some_and(|db| {
+                    db.code() == &tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION
+                        && db.constraint().is_some_and(|c| c.contains("controls_id"))
+                });
+                if lost_link && row.controls_id.is_some() {
+                    tracing::warn!(state_id = %row.state_id, controls_id = ?row.controls_id, "the linked controls row is gone: shipping the snapshot without controls_id");
+                    row.controls_id = None;
+                    result = ship(client, std::slice::from_ref(&rec), ctl).await;
+                }
+            }
             let one = std::slice::from_ref(&rec);
-            match ship(client, one, ctl).await {
+            match result {
                 Ok(()) => {
                     if let Some(hook) = &self.opts.after_commit {
                         hook(one);
