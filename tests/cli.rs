@@ -365,3 +365,40 @@ fn spool_status_reports_the_backlog_and_dead_letters() {
     assert_eq!(v["dead_letters"], 1);
     assert_eq!(v["limit_bytes"].as_u64(), Some(1 << 30));
 }
+
+#[tokio::test]
+async fn link_backfills_controls_id_once_and_prints_what_it_changed() {
+    use stringdriverd::store::{migrate, ship, Record, Spooled};
+    let db = common::pg::TestDb::create().await;
+    let mut c = db.client().await;
+    migrate::migrate(&mut c).await.expect("migrate");
+    let mut recs = Vec::new();
+    for i in 0..3u64 {
+        let mut r = common::records::timer(i, i as i64 * 10);
+        if let Record::MachineState { row, .. } = &mut r {
+            row.host = "stringdriver-demo".into();
+        }
+        recs.push(Spooled { seq: i as i64, record: r });
+    }
+    ship::ship(&mut c, &recs, migrate::ControlsIdType::Uuid).await.expect("ship");
+    // audmon frames 100 ms after the first two snapshots; none near the third.
+    for (i, secs) in [(0u64, 0i64), (1, 10)] {
+        let at = common::records::t0() + chrono::Duration::seconds(secs) + chrono::Duration::milliseconds(100);
+        c.execute(
+            "INSERT INTO controls (controls_id, host, recorded_at) VALUES ($1, 'stringdriver-demo', $2)",
+            &[&common::records::id(9, i), &at],
+        )
+        .await
+        .expect("controls row");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_with(dir.path(), &db.url());
+    let o = bin().args(["link", "--tolerance", "500ms", "--config"]).arg(&cfg).output().expect("runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("linked 2 machine_state rows"), "{out}");
+    assert!(out.contains("offset_ms=+100") || out.contains("offset_ms=100"), "{out}");
+    let o = bin().args(["link", "--config"]).arg(&cfg).output().expect("runs");
+    let (out, _) = text(&o);
+    assert!(out.contains("linked 0 machine_state rows"), "{out}");
+}

@@ -34,6 +34,19 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Link machine_state rows without controls_id to the audmon controls row
+    /// of the same host nearest in time (idempotent); prints what it changed.
+    Link {
+        /// The TOML file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only rows recorded at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Largest time difference to accept.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        tolerance: Duration,
+    },
     /// Show the local spool: backlog, oldest unshipped record, dead letters, totals.
     SpoolStatus {
         /// The TOML file.
@@ -160,6 +173,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 println!("{target}: schema is now at version {}", report.current);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Link { config, since, tolerance } => {
+            let cfg = stringdriverd::config::load(&config)?;
+            stringdriverd::logging::init(&cfg.log.level);
+            let pg = stringdriverd::store::pg::pg_config(&cfg.database)?;
+            let rows = runtime()?.block_on(async {
+                let client = stringdriverd::store::pg::connect(&pg).await?;
+                stringdriverd::store::migrate::check_migrated(&client).await?;
+                let rows = stringdriverd::store::controls::backfill(&client, &cfg.host, since, tolerance).await?;
+                anyhow::Ok(rows)
+            })?;
+            print!("{}", stringdriverd::store::controls::render_linked(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::SpoolStatus { config, json } => {
