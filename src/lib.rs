@@ -5,10 +5,12 @@
 pub mod backoff;
 pub mod board;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod feed;
 pub mod logging;
 pub mod probe;
 pub mod protocol;
 pub mod sim;
+pub mod snapshot;
 pub mod store;

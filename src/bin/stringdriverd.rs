@@ -22,6 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the daemon (as the systemd service does).
+    Run {
+        /// The TOML file.
+        #[arg(long, default_value = "/etc/stringdriver/stringdriver.toml")]
+        config: PathBuf,
+    },
     /// Validate a configuration file and print it fully resolved.
     CheckConfig {
         /// The TOML file.
@@ -149,6 +155,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Cmd::Run { config } => {
+            let cfg = stringdriverd::config::load(&config)?;
+            stringdriverd::logging::init(&cfg.log.level);
+            let path = stringdriverd::daemon::config_path(&config);
+            runtime()?.block_on(stringdriverd::daemon::run(path, cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::CheckConfig { config } => {
             let cfg = stringdriverd::config::load(&config)?;
             print!("{}", cfg.to_toml_string());

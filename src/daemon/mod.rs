@@ -1,0 +1,388 @@
+//! `stringdriverd run`: the supervisor that owns every part of the running
+//! daemon.
+//!
+//! Start: open the spool (salvaging a damaged one), check the database
+//! (unreachable: start anyway and let the shipper retry; reachable but not
+//! migrated: refuse to start and name the command, unless `auto_migrate`),
+//! then start the board drivers, the feed reader, the controls_id cache, the
+//! snapshot engine and the shipper. `READY=1` goes to systemd when every
+//! board answered, or after a bounded wait.
+//!
+//! Running: every 5 s a one-line `STATUS=`; `WATCHDOG=1` only while the
+//! snapshot engine's loop makes progress, so a wedged daemon is restarted by
+//! systemd. A part whose task ends unexpectedly (a panic) is logged and
+//! restarted with backoff; the others go on.
+//!
+//! Signals: SIGTERM/SIGINT stop gracefully — a final event snapshot, then the
+//! board drivers finish the command in flight, the shipper finishes its
+//! batch; the spool needs no flush (every append is already on disk). SIGHUP
+//! reloads the file: an invalid file is rejected and the running
+//! configuration kept; live settings ([`reload::LIVE`]) apply at once, the
+//! rest is logged as needing a restart.
+
+pub mod notify;
+pub mod reload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::board::{self, BoardEvent, BoardHandle, BoardSpec, LinkState, SerialConnector};
+use crate::config::{self, Config, Role, SnapshotLink};
+use crate::snapshot::{self, Settings, SnapshotHandle, Sources};
+use crate::store::ship::{self, ShipperOptions, ShipperStatus};
+use crate::store::{migrate, pg, Spool, SpoolHandle};
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] crate::store::SpoolError),
+    /// The database settings are unusable.
+    #[error(transparent)]
+    Database(#[from] pg::StoreConnectError),
+    /// The database is reachable but not migrated (and auto_migrate is off).
+    #[error("{0}")]
+    Schema(String),
+    /// Signal handling could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The initial enable state: every stepper with a role; unused ones stay off.
+pub fn initial_enables(cfg: &Config) -> Vec<bool> {
+    (0..cfg.layout.total_steppers()).map(|g| cfg.layout.role(g) != Role::Unused).collect()
+}
+
+fn settings_of(cfg: &Config, enabled: Vec<bool>) -> Settings {
+    Settings { operations: cfg.operations.clone(), thresholds: cfg.thresholds.clone(), enabled }
+}
+
+/// What the running daemon is made of (for the demo and tests, which run it in-process).
+pub struct Parts {
+    /// Board handles in configured order.
+    pub boards: Vec<BoardHandle>,
+    /// The snapshot engine.
+    pub snapshots: SnapshotHandle,
+    /// The shipper's status.
+    pub shipper: watch::Receiver<ShipperStatus>,
+    /// The feed's status.
+    pub feed: watch::Receiver<crate::feed::FeedStatus>,
+    /// The spool.
+    pub spool: SpoolHandle,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `path` is re-read on SIGHUP.
+pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let signal_task = tokio::spawn(async move {
+        while let Some(sig) = signals.next().await {
+            match sig {
+                SIGHUP => {
+                    let _ = reload_tx.send(()).await;
+                }
+                _ => {
+                    tracing::info!(signal = sig, "stopping");
+                    let _ = stop_tx.send(true);
+                }
+            }
+        }
+    });
+    let r = run_with(path, cfg, stop_rx, reload_rx, |_| {}).await;
+    signal_task.abort();
+    r
+}
+
+/// [`run`] with the stop and reload triggers given; `on_start` sees the
+/// parts once they run.
+pub async fn run_with(
+    path: PathBuf,
+    cfg: Config,
+    mut stop: watch::Receiver<bool>,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+    on_start: impl FnOnce(&Parts),
+) -> Result<(), DaemonError> {
+    let cfg = Arc::new(cfg);
+    let host = cfg.host.clone();
+    tracing::info!(%host, config = %path.display(), "stringdriverd starting");
+
+    // The spool first: nothing may be captured before it is open.
+    let spool_path = cfg.spool.path.clone();
+    let limit = cfg.spool.max_bytes;
+    let (spool, damage) = tokio::task::spawn_blocking(move || Spool::open(&spool_path, limit))
+        .await
+        .map_err(|e| crate::store::SpoolError::Open { path: cfg.spool.path.clone(), detail: e.to_string() })??;
+    if let Some(d) = damage {
+        tracing::error!(problem = %d.problem, moved_to = %d.moved_to.display(), salvaged = d.salvaged, corrupt = d.corrupt, "the spool was damaged and has been salvaged");
+    }
+    let spool = SpoolHandle::new(spool);
+
+    let pg_cfg = pg::pg_config(&cfg.database)?;
+    check_database(&pg_cfg, cfg.database.auto_migrate).await?;
+
+    let io = CancellationToken::new();
+    let mut boards = Vec::new();
+    let mut board_tasks = Vec::new();
+    for i in 0..cfg.boards.len() {
+        let Some(spec) = BoardSpec::from_config(&cfg, i) else { continue };
+        let connector = Arc::new(SerialConnector { path: spec.port.clone(), baud: spec.baud });
+        let (h, t) = board::spawn(spec, connector, None, io.clone());
+        boards.push(h);
+        board_tasks.push(t);
+    }
+
+    let (feed_rx, feed_task) = crate::feed::spawn(cfg.feed.clone(), io.clone());
+
+    let mut other_tasks: Vec<JoinHandle<()>> = vec![feed_task];
+    let controls = match cfg.snapshot.link {
+        SnapshotLink::None => None,
+        SnapshotLink::Latest => {
+            let refresh = (cfg.snapshot.link_max_age / 4).max(Duration::from_millis(100));
+            let (cache, task) =
+                crate::store::controls::spawn_controls_cache(pg_cfg.clone(), host.clone(), refresh, io.clone());
+            other_tasks.push(task);
+            Some(cache)
+        }
+    };
+    let (settings_tx, settings_rx) = watch::channel(settings_of(&cfg, initial_enables(&cfg)));
+    let (interval_tx, interval_rx) = watch::channel(cfg.snapshot.interval);
+    let (max_age_tx, max_age_rx) = watch::channel(cfg.snapshot.link_max_age);
+    let sources = Sources {
+        host: host.clone(),
+        layout: Arc::new(cfg.layout.clone()),
+        boards: boards.iter().map(BoardHandle::watch).collect(),
+        settings: settings_rx,
+        feed: feed_rx.clone(),
+        controls: controls.map(|c| (c, max_age_rx)),
+    };
+
+    let capture = CancellationToken::new();
+    let (snapshots, mut snapshot_task) = snapshot::spawn(sources.clone(), spool.clone(), interval_rx.clone(), capture.clone());
+
+    let shipper_opts = ShipperOptions {
+        roles: Some((host.clone(), cfg.clone())),
+        auto_migrate: cfg.database.auto_migrate,
+        ..ShipperOptions::default()
+    };
+    let (shipper_rx, shipper_task) = ship::spawn(spool.clone(), pg_cfg.clone(), shipper_opts, io.clone());
+    other_tasks.push(shipper_task);
+
+    // Board reconnects and resets are events worth a snapshot.
+    let event_task = {
+        let snapshots = snapshots.clone();
+        let mut subs: Vec<_> = boards.iter().map(BoardHandle::subscribe).collect();
+        tokio::spawn(async move {
+            let mut merged = futures::stream::select_all(
+                subs.drain(..).map(|rx| tokio_stream_from(rx)),
+            );
+            while let Some(ev) = merged.next().await {
+                match ev {
+                    BoardEvent::Connected { board } => snapshots.request(format!("board {board} connected")),
+                    BoardEvent::ResetDetected { board, restored, .. } => {
+                        snapshots.request(format!("board {board} reset (counters restored: {restored})"))
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    let parts = Parts {
+        boards: boards.clone(),
+        snapshots: snapshots.clone(),
+        shipper: shipper_rx.clone(),
+        feed: feed_rx.clone(),
+        spool: spool.clone(),
+    };
+    on_start(&parts);
+
+    // READY once every board answered, or after a bounded wait: a missing
+    // board must not keep the service "activating" forever.
+    let ready_wait = cfg.boards.iter().map(|b| b.reset_wait).max().unwrap_or_default() + Duration::from_secs(5);
+    let mut ready = false;
+    let ready_at = tokio::time::Instant::now() + ready_wait;
+
+    let watchdog = notify::watchdog_period();
+    let mut watchdog_tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |p| p / 2));
+    let mut last_heartbeat = 0u64;
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut ready_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut restart_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut current = cfg.clone();
+
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            Some(()) = reload.recv() => {
+                match config::load(&path) {
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),
+                    Ok(new) => {
+                        let d = reload::diff(&current, &new);
+                        for change in &d.applied {
+                            tracing::info!(%change, "SIGHUP: applied");
+                        }
+                        for key in &d.need_restart {
+                            tracing::warn!(%key, "SIGHUP: changed, takes effect after a restart");
+                        }
+                        if d.applied.is_empty() && d.need_restart.is_empty() {
+                            tracing::info!("SIGHUP: nothing changed");
+                        }
+                        settings_tx.send_modify(|s| {
+                            s.operations = new.operations.clone();
+                            s.thresholds = new.thresholds.clone();
+                        });
+                        let _ = interval_tx.send(new.snapshot.interval);
+                        let _ = max_age_tx.send(new.snapshot.link_max_age);
+                        if !d.applied.is_empty() {
+                            snapshots.request("settings reloaded");
+                        }
+                        current = Arc::new(new);
+                    }
+                }
+            }
+            _ = ready_tick.tick(), if !ready => {
+                let all = boards.iter().all(|b| b.status().link == LinkState::Connected);
+                if all || tokio::time::Instant::now() >= ready_at {
+                    ready = true;
+                    if !all {
+                        tracing::warn!("not every board answered in time; ready anyway, they are retried");
+                    }
+                    notify::ready();
+                    tracing::info!("ready");
+                }
+            }
+            _ = status_tick.tick() => {
+                let line = status_line(&boards, &snapshots, &shipper_rx, &feed_rx);
+                notify::status(&line);
+                tracing::debug!(status = %line);
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let hb = snapshots.status().heartbeat;
+                if hb != last_heartbeat {
+                    last_heartbeat = hb;
+                    notify::watchdog();
+                } else {
+                    tracing::error!("the snapshot engine made no progress: withholding the watchdog ping");
+                }
+            }
+            r = &mut snapshot_task => {
+                // Only a panic ends it before shutdown: restart it, the others go on.
+                tracing::error!(error = ?r.err(), "snapshot engine stopped unexpectedly; restarting");
+                tokio::time::sleep(restart_backoff.next_delay()).await;
+                let (h, t) = snapshot::spawn(sources.clone(), spool.clone(), interval_rx.clone(), capture.clone());
+                drop(h);
+                snapshot_task = t;
+            }
+        }
+    }
+
+    notify::stopping();
+    // The final snapshot while the boards are still up.
+    match tokio::time::timeout(Duration::from_secs(1), snapshots.snapshot("shutdown")).await {
+        Ok(Ok(id)) => tracing::info!(state_id = %id, "final snapshot captured"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "no final snapshot"),
+        Err(_) => tracing::warn!("no final snapshot: timed out"),
+    }
+    capture.cancel();
+    io.cancel();
+    let all = async {
+        let _ = snapshot_task.await;
+        for t in board_tasks {
+            let _ = t.await;
+        }
+        for t in other_tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(3), all).await.is_err() {
+        tracing::warn!("some parts did not stop within 3 s");
+    }
+    event_task.abort();
+    let backlog = spool.status().await.map(|s| s.backlog).unwrap_or_default();
+    tracing::info!(backlog, "stopped; unshipped records stay in the spool for the next start");
+    Ok(())
+}
+
+fn tokio_stream_from(
+    rx: tokio::sync::broadcast::Receiver<BoardEvent>,
+) -> impl futures::Stream<Item = BoardEvent> + Unpin {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => return Some((ev, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }))
+}
+
+/// The database at start: unreachable is fine (the spool holds records until
+/// it is back), unmigrated is not (unless `auto_migrate`): nothing could ever ship.
+async fn check_database(pg_cfg: &tokio_postgres::Config, auto_migrate: bool) -> Result<(), DaemonError> {
+    let mut client = match pg::connect(pg_cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "database unreachable at start; capturing to the spool and retrying");
+            return Ok(());
+        }
+    };
+    match migrate::check_migrated(&client).await {
+        Ok(info) => {
+            tracing::info!(version = info.version, controls_id = %info.controls_id, "database schema is current");
+            Ok(())
+        }
+        Err(migrate::MigrateError::NotMigrated { .. }) if auto_migrate => {
+            let r = migrate::migrate(&mut client).await.map_err(|e| DaemonError::Schema(e.to_string()))?;
+            tracing::info!(applied = ?r.applied, version = r.current, "database migrated (auto_migrate)");
+            Ok(())
+        }
+        Err(e @ (migrate::MigrateError::NotMigrated { .. } | migrate::MigrateError::Ahead { .. } | migrate::MigrateError::Divergent { .. })) => {
+            Err(DaemonError::Schema(format!("{}: {e}", pg::describe(pg_cfg))))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the database schema at start; the shipper will retry");
+            Ok(())
+        }
+    }
+}
+
+/// The one-line summary for systemd and the demo.
+pub fn status_line(
+    boards: &[BoardHandle],
+    snapshots: &SnapshotHandle,
+    shipper: &watch::Receiver<ShipperStatus>,
+    feed: &watch::Receiver<crate::feed::FeedStatus>,
+) -> String {
+    let b: Vec<String> = boards.iter().map(|h| format!("{} {}", h.name(), h.status().link.name())).collect();
+    let s = snapshots.status();
+    let sh = shipper.borrow().clone();
+    let mut line = format!(
+        "boards: {}; feed: {}; snapshots: {} timer, {} event; shipped {}{}",
+        b.join(", "),
+        feed.borrow().state,
+        s.timer,
+        s.events,
+        sh.shipped,
+        if sh.connected { "" } else { " (database not connected)" }
+    );
+    if let Some(u) = s.unknown {
+        line.push_str(&format!("; paused: {u}"));
+    }
+    line
+}
+
+/// The path to hand to [`run`] for a configuration file given on the command line.
+pub fn config_path(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
