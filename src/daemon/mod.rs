@@ -67,6 +67,7 @@ fn settings_of(cfg: &Config, enabled: Vec<bool>) -> Settings {
 }
 
 /// What the running daemon is made of (for the demo and tests, which run it in-process).
+#[derive(Clone)]
 pub struct Parts {
     /// Board handles in configured order.
     pub boards: Vec<BoardHandle>,
