@@ -523,3 +523,96 @@ async fn shutdown_stops_the_driver_and_refuses_later_requests() {
         Err(BoardError::Stopped { .. })
     ));
 }
+
+/// Records every save, in order.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<KnownCounters>>);
+
+impl stringdriverd::board::CounterStore for Recorder {
+    fn save<'a>(
+        &'a self,
+        _board: &'a str,
+        known: &'a KnownCounters,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        self.0.lock().expect("lock").push(known.clone());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_moving_stepper_is_saved_untrusted_before_its_move_and_trusted_after() {
+    let opts = sim_options(Firmware::V2);
+    let (_dir, sim) = start_sim(opts.clone());
+    let spec = spec_for(&opts, sim.link().to_path_buf());
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store: std::sync::Arc<dyn stringdriverd::board::CounterStore> = rec.clone();
+    let initial = KnownCounters { positions: vec![0; 13], trusted: vec![true; 13] };
+    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: spec.port.clone(), baud: spec.baud });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (board, _task) = stringdriverd::board::spawn_with_store(spec, connector, Some(initial), Some(store), shutdown.clone());
+    connected(&board).await;
+    board.rmove(3, 7).await.expect("rmove");
+    let saves = rec.0.lock().expect("lock").clone();
+    let before = saves.iter().position(|k| !k.trusted[3] && k.positions[3] == 0).expect("saved untrusted before the move");
+    let after = saves.iter().position(|k| k.trusted[3] && k.positions[3] == 7).expect("saved trusted after it");
+    assert!(before < after);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn counters_saved_in_the_file_are_restored_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("counters.json");
+    let opts = sim_options(Firmware::V2);
+    {
+        let (_sdir, sim) = start_sim(opts.clone());
+        let spec = spec_for(&opts, sim.link().to_path_buf());
+        let (store, known, problem) = stringdriverd::board::CounterFile::open(&file);
+        assert!(known.is_empty() && problem.is_none());
+        let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: spec.port.clone(), baud: spec.baud });
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let store: std::sync::Arc<dyn stringdriverd::board::CounterStore> = std::sync::Arc::new(store);
+        let (board, task) = stringdriverd::board::spawn_with_store(spec, connector, None, Some(store), shutdown.clone());
+        connected(&board).await;
+        for s in 0..13 {
+            board.set_stepper(s, s as i32 * 3).await.expect("set");
+        }
+        board.rmove(5, 4).await.expect("rmove");
+        shutdown.cancel();
+        task.await.expect("stops");
+    }
+    // A new daemon, a board that reset (a fresh simulator: all zeros).
+    let (store, known, problem) = stringdriverd::board::CounterFile::open(&file);
+    assert!(problem.is_none());
+    let k = known.get("test-board").cloned().expect("saved");
+    let mut want: Vec<i32> = (0..13).map(|s| s * 3).collect();
+    want[5] += 4;
+    assert_eq!(k.positions, want);
+    assert!(k.trusted.iter().all(|t| *t));
+    let (_sdir, sim) = start_sim(opts.clone());
+    let spec = spec_for(&opts, sim.link().to_path_buf());
+    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: spec.port.clone(), baud: spec.baud });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let store: std::sync::Arc<dyn stringdriverd::board::CounterStore> = std::sync::Arc::new(store);
+    let (board, _task) = stringdriverd::board::spawn_with_store(spec, connector, Some(k), Some(store), shutdown.clone());
+    let s = board
+        .wait_for(WAIT, |s| s.link == LinkState::Connected && s.resets_detected == 1)
+        .await
+        .expect("reset detected and restored");
+    assert_eq!(s.positions, Some(want.clone()));
+    assert!(s.fully_trusted());
+    assert_eq!(sim.counters(), want);
+    shutdown.cancel();
+}
+
+#[test]
+fn an_unreadable_counters_file_is_moved_aside_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("counters.json");
+    std::fs::write(&file, b"{\"format\": 1, \"boards\": {\"carriage\": [1, 2").expect("write");
+    let (_store, known, problem) = stringdriverd::board::CounterFile::open(&file);
+    assert!(known.is_empty(), "nothing is trusted from a damaged file");
+    assert!(problem.expect("reported").contains("counters.json"));
+    assert!(!file.exists(), "moved aside");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "kept for inspection");
+}

@@ -125,6 +125,10 @@ pub(super) struct Driver {
     missed: u32,
     /// Counters the last write may have changed (not evidence of a reset).
     exempt: Exempt,
+    /// Where counters survive a restart.
+    store: Option<Arc<dyn super::counters::CounterStore>>,
+    /// What was saved last (saves happen only on change).
+    saved: Option<KnownCounters>,
 }
 
 /// Which counters a write just sent may have changed.
@@ -144,6 +148,7 @@ impl Driver {
         requests: mpsc::Receiver<Request>,
         shutdown: CancellationToken,
         initial: Option<KnownCounters>,
+        store: Option<Arc<dyn super::counters::CounterStore>>,
     ) -> Driver {
         let n = spec.steppers();
         let known = initial
@@ -165,6 +170,34 @@ impl Driver {
             grace: Duration::ZERO,
             missed: 0,
             exempt: Exempt::None,
+            store,
+            saved: None,
+        }
+    }
+
+    /// Saves the counters where they survive a restart (if a store is set and
+    /// they changed). `moving` is saved as untrusted: its move is about to start.
+    async fn persist(&mut self, moving: Option<usize>) -> Result<(), String> {
+        let Some(store) = self.store.clone() else { return Ok(()) };
+        let Some(positions) = self.known.clone() else { return Ok(()) };
+        let mut trusted = self.status.borrow().trusted.clone();
+        if let Some(t) = moving.and_then(|s| trusted.get_mut(s)) {
+            *t = false;
+        }
+        let k = KnownCounters { positions, trusted };
+        if self.saved.as_ref() == Some(&k) {
+            return Ok(());
+        }
+        store.save(&self.spec.name, &k).await?;
+        self.saved = Some(k);
+        Ok(())
+    }
+
+    /// [`Self::persist`] where a failure only needs reporting.
+    async fn persist_or_log(&mut self) {
+        if let Err(e) = self.persist(None).await {
+            tracing::error!(board = %self.spec.name, error = %e, "cannot save the counters");
+            self.note_error(&e);
         }
     }
 
@@ -524,6 +557,7 @@ impl Driver {
         }
         self.known = Some(positions.clone());
         self.set_link(LinkState::Connected);
+        self.persist_or_log().await;
         Ok(positions)
     }
 
@@ -620,6 +654,7 @@ impl Driver {
         if !restored && self.spec.restore_counters_after_reset {
             tracing::error!(board = %name, "counters could not be restored after a reset: untrusted");
         }
+        self.persist_or_log().await;
         // Counted only now, so that whoever sees the count also sees the outcome.
         self.status.send_modify(|s| s.resets_detected += 1);
         self.set_link(LinkState::Connected);
@@ -728,6 +763,7 @@ impl Driver {
                 }
                 self.status
                     .send_modify(|s| s.trusted.iter_mut().for_each(|t| *t = true));
+                self.persist_or_log().await;
                 self.emit(BoardEvent::PositionsChanged {
                     board: self.spec.name.clone(),
                     positions: p.clone(),
@@ -765,6 +801,11 @@ impl Driver {
         target: i32,
         current: i32,
     ) -> Result<Response, Fail> {
+        if matches!(op, Op::Rmove | Op::Amove) {
+            self.persist(Some(stepper)).await.map_err(|detail| {
+                Fail::Device(BoardError::Persist { board: self.spec.name.clone(), detail })
+            })?;
+        }
         self.exchange(io, op, vec![stepper as i32, arg]).await?;
         // This counter may legitimately change: the confirming poll must not
         // take a write that leaves every counter at 0 for a board reset.
@@ -790,6 +831,7 @@ impl Driver {
                 }
             });
         }
+        self.persist_or_log().await;
         self.emit(BoardEvent::PositionsChanged {
             board: self.spec.name.clone(),
             positions: p.clone(),

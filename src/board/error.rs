@@ -95,6 +95,15 @@ pub enum BoardError {
         /// The I/O error, as text.
         detail: String,
     },
+    /// Refused before sending: the counters could not be saved, so a crash
+    /// during the move could later restore a wrong counter as if it were true.
+    #[error("board {board}: counters cannot be saved ({detail}); no move is sent until they can")]
+    Persist {
+        /// Board name.
+        board: String,
+        /// Why.
+        detail: String,
+    },
     /// The driver task has stopped (daemon shutting down).
     #[error("board {board}: driver stopped")]
     Stopped {

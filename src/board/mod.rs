@@ -13,6 +13,7 @@
 //! limits, rests between moves, one operation at a time) is the motion gate's
 //! job, in front of this handle.
 
+mod counters;
 mod driver;
 mod error;
 mod link;
@@ -27,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::backoff::Backoff;
+pub use counters::{CounterFile, CounterStore};
 pub use driver::{Command, KnownCounters, Response};
 pub use error::BoardError;
 pub use link::{Connector, Link, OpenFuture, SerialConnector};
@@ -43,6 +45,18 @@ pub fn spawn(
     initial: Option<KnownCounters>,
     shutdown: CancellationToken,
 ) -> (BoardHandle, JoinHandle<()>) {
+    spawn_with_store(spec, connector, initial, None, shutdown)
+}
+
+/// [`spawn`], keeping the counters in `store` across restarts (see
+/// [`CounterFile`]).
+pub fn spawn_with_store(
+    spec: BoardSpec,
+    connector: Arc<dyn Connector>,
+    initial: Option<KnownCounters>,
+    store: Option<Arc<dyn CounterStore>>,
+    shutdown: CancellationToken,
+) -> (BoardHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(16);
     let (status_tx, status_rx) = watch::channel(BoardStatus::new(&spec.name, spec.steppers()));
     let (events, _) = broadcast::channel(64);
@@ -53,7 +67,7 @@ pub fn spawn(
         status: status_rx,
         events: events.clone(),
     };
-    let driver = driver::Driver::new(spec, connector, status_tx, events, rx, shutdown, initial);
+    let driver = driver::Driver::new(spec, connector, status_tx, events, rx, shutdown, initial, store);
     (handle, tokio::spawn(driver.run()))
 }
 

@@ -132,12 +132,24 @@ pub async fn run_with(
     check_database(&pg_cfg, cfg.database.auto_migrate).await?;
 
     let io = CancellationToken::new();
+    // Counters known from before this start: the boards reset when their
+    // ports open, and the drivers write these back (restore_counters_after_reset).
+    let counters_path = cfg.spool.path.with_file_name("counters.json");
+    let (counter_file, mut known, problem) =
+        tokio::task::spawn_blocking(move || board::CounterFile::open(&counters_path))
+            .await
+            .map_err(|e| DaemonError::Schema(format!("cannot read the counters file: {e}")))?;
+    if let Some(p) = problem {
+        tracing::error!(problem = %p, "the counters file was unreadable and has been moved aside: every counter starts untrusted");
+    }
     let mut boards = Vec::new();
     let mut board_tasks = Vec::new();
     for i in 0..cfg.boards.len() {
         let Some(spec) = BoardSpec::from_config(&cfg, i) else { continue };
         let connector = Arc::new(SerialConnector { path: spec.port.clone(), baud: spec.baud });
-        let (h, t) = board::spawn(spec, connector, None, io.clone());
+        let initial = known.remove(&spec.name).filter(|k| k.positions.len() == spec.steppers());
+        let store: Arc<dyn board::CounterStore> = Arc::new(counter_file.clone());
+        let (h, t) = board::spawn_with_store(spec, connector, initial, Some(store), io.clone());
         boards.push(h);
         board_tasks.push(t);
     }
