@@ -104,11 +104,35 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
     r
 }
 
+/// Where the records the daemon captures go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shipping {
+    /// Through the spool to the configured database (the service).
+    Database,
+    /// Nowhere: every record stays in the spool and nothing connects to
+    /// PostgreSQL (no schema check, no controls_id lookup, no shipper), for
+    /// the demo without a database. A later `stringdriverd run` with the same
+    /// spool ships them.
+    SpoolOnly,
+}
+
 /// [`run`] with the stop and reload triggers given; `on_start` sees the
 /// parts once they run.
 pub async fn run_with(
     path: PathBuf,
     cfg: Config,
+    stop: watch::Receiver<bool>,
+    reload: tokio::sync::mpsc::Receiver<()>,
+    on_start: impl FnOnce(&Parts),
+) -> Result<(), DaemonError> {
+    run_with_shipping(path, cfg, Shipping::Database, stop, reload, on_start).await
+}
+
+/// [`run_with`], shipping the records or keeping them in the spool.
+pub async fn run_with_shipping(
+    path: PathBuf,
+    cfg: Config,
+    shipping: Shipping,
     mut stop: watch::Receiver<bool>,
     mut reload: tokio::sync::mpsc::Receiver<()>,
     on_start: impl FnOnce(&Parts),
@@ -128,8 +152,17 @@ pub async fn run_with(
     }
     let spool = SpoolHandle::new(spool);
 
-    let pg_cfg = pg::pg_config(&cfg.database)?;
-    check_database(&pg_cfg, cfg.database.auto_migrate).await?;
+    let pg_cfg = match shipping {
+        Shipping::Database => {
+            let pg_cfg = pg::pg_config(&cfg.database)?;
+            check_database(&pg_cfg, cfg.database.auto_migrate).await?;
+            Some(pg_cfg)
+        }
+        Shipping::SpoolOnly => {
+            tracing::info!(spool = %cfg.spool.path.display(), "no database: records stay in the spool");
+            None
+        }
+    };
 
     let io = CancellationToken::new();
     // Counters known from before this start: the boards reset when their
@@ -157,10 +190,12 @@ pub async fn run_with(
     let (feed_rx, feed_task) = crate::feed::spawn(cfg.feed.clone(), io.clone());
 
     let mut other_tasks: Vec<JoinHandle<()>> = vec![feed_task];
-    let controls = match cfg.snapshot.link {
-        SnapshotLink::None => None,
-        SnapshotLink::Latest => {
-            let refresh = (cfg.snapshot.link_max_age / 4).max(Duration::from_millis(100));
+    let controls = match (cfg.snapshot.link, &pg_cfg) {
+        (SnapshotLink::None, _) | (SnapshotLink::Latest, None) => None,
+        (SnapshotLink::Latest, Some(pg_cfg)) => {
+            // Often enough to follow audmon's frames (a few per second) without
+            // loading the server: a quarter of the allowed age, within 50-500 ms.
+            let refresh = (cfg.snapshot.link_max_age / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
             let (cache, task) =
                 crate::store::controls::spawn_controls_cache(pg_cfg.clone(), host.clone(), refresh, io.clone());
             other_tasks.push(task);
@@ -187,8 +222,17 @@ pub async fn run_with(
         auto_migrate: cfg.database.auto_migrate,
         ..ShipperOptions::default()
     };
-    let (shipper_rx, shipper_task) = ship::spawn(spool.clone(), pg_cfg.clone(), shipper_opts, io.clone());
-    other_tasks.push(shipper_task);
+    // Without a shipper its status stays the default (nothing shipped); the
+    // sender lives as long as the daemon so that the receiver stays open.
+    let (_idle_shipper, shipper_rx) = watch::channel(ShipperStatus::default());
+    let shipper_rx = match pg_cfg {
+        Some(pg_cfg) => {
+            let (rx, task) = ship::spawn(spool.clone(), pg_cfg, shipper_opts, io.clone());
+            other_tasks.push(task);
+            rx
+        }
+        None => shipper_rx,
+    };
 
     // Board reconnects and resets are events worth a snapshot.
     let event_task = {
@@ -235,7 +279,9 @@ pub async fn run_with(
 
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            // The guard `wait_for` returns must not live in the select's state
+            // (it is not Send): drop it inside the branch future.
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             Some(()) = reload.recv() => {
                 match config::load(&path) {
                     Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),
