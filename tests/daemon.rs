@@ -423,3 +423,43 @@ async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losin
     assert!(in_pg == 1 || in_spool, "final snapshot lost");
     assert_truthful(&rows(&db).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let db = TestDb::create().await;
+    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    let sock_path = rig.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+        .args(["run", "--config"])
+        .arg(&rig.cfg_path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run starts");
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut buf = [0u8; 4096];
+    let mut stopped = false;
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+        let have = |s: &str| seen.contains(s);
+        if have("READY=1") && have("STATUS=boards: carriage") && have("WATCHDOG=1") && !stopped {
+            signal(&child, nix::sys::signal::Signal::SIGTERM);
+            stopped = true;
+        }
+        if stopped && have("STOPPING=1") {
+            break;
+        }
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success());
+    for s in ["READY=1", "STATUS=boards: carriage", "WATCHDOG=1", "STOPPING=1"] {
+        assert!(seen.contains(s), "missing {s} in:\n{seen}");
+    }
+}
