@@ -83,10 +83,9 @@ fn filter(level: &str) -> EnvFilter {
 fn journald() -> std::io::Result<Output> {
     let layer = tracing_journald::layer()?
         .with_field_prefix(Some("F".to_string()))
-        .with_syslog_identifier("stringdriverd".to_string())
-        // The crate's default shifts every level one priority up (info is
-        // "notice"); syslog's meanings make `journalctl -p info` show info
-        // and above, as an operator expects.
+        // The crate's default maps info to "notice" and debug to "info", so
+        // `journalctl -p info` would show debug lines; with syslog's
+        // meanings it shows info and above, as an operator expects.
         .with_priority_mappings(PriorityMappings {
             error: Priority::Error,
             warn: Priority::Warning,

@@ -74,9 +74,11 @@ impl Unknown {
 impl std::fmt::Display for Unknown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unknown::BoardDown(s) | Unknown::Untrusted(s) | Unknown::Feed(s) | Unknown::FewChannels(s) | Unknown::Shape(s) => {
-                f.write_str(s)
-            }
+            Unknown::BoardDown(s)
+            | Unknown::Untrusted(s)
+            | Unknown::Feed(s)
+            | Unknown::FewChannels(s)
+            | Unknown::Shape(s) => f.write_str(s),
         }
     }
 }
@@ -106,10 +108,16 @@ pub fn build(i: &Inputs<'_>) -> Result<MachineState, Unknown> {
     let mut positions = Vec::with_capacity(total);
     for b in i.boards {
         if b.link != LinkState::Connected {
-            return Err(Unknown::BoardDown(format!("board {} is {}", b.name, b.link)));
+            return Err(Unknown::BoardDown(format!(
+                "board {} is {}",
+                b.name, b.link
+            )));
         }
         let Some(p) = &b.positions else {
-            return Err(Unknown::BoardDown(format!("board {} has not been read yet", b.name)));
+            return Err(Unknown::BoardDown(format!(
+                "board {} has not been read yet",
+                b.name
+            )));
         };
         if let Some(s) = b.trusted.iter().position(|t| !t) {
             return Err(Unknown::Untrusted(format!(
@@ -164,7 +172,10 @@ pub fn build(i: &Inputs<'_>) -> Result<MachineState, Unknown> {
 
 /// The array lengths the schema document requires.
 pub fn check_shape(r: &MachineState, steppers: usize, channels: usize) -> Result<(), Unknown> {
-    let per_stepper = [("stepper_positions", r.stepper_positions.len()), ("stepper_enabled", r.stepper_enabled.len())];
+    let per_stepper = [
+        ("stepper_positions", r.stepper_positions.len()),
+        ("stepper_enabled", r.stepper_enabled.len()),
+    ];
     let per_channel = [
         ("voice_count", r.voice_count.len()),
         ("amp_sum", r.amp_sum.len()),
@@ -175,12 +186,16 @@ pub fn check_shape(r: &MachineState, steppers: usize, channels: usize) -> Result
     ];
     for (name, len) in per_stepper {
         if len != steppers {
-            return Err(Unknown::Shape(format!("{name} has {len} entries for {steppers} steppers")));
+            return Err(Unknown::Shape(format!(
+                "{name} has {len} entries for {steppers} steppers"
+            )));
         }
     }
     for (name, len) in per_channel {
         if len != channels {
-            return Err(Unknown::Shape(format!("{name} has {len} entries for {channels} channels")));
+            return Err(Unknown::Shape(format!(
+                "{name} has {len} entries for {channels} channels"
+            )));
         }
     }
     Ok(())
@@ -259,7 +274,10 @@ impl SnapshotHandle {
     pub async fn snapshot(&self, reason: impl Into<String>) -> Result<Uuid, SnapshotError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { reason: reason.into(), reply: Some(reply) })
+            .send(Request {
+                reason: reason.into(),
+                reply: Some(reply),
+            })
             .await
             .map_err(|_| SnapshotError::Stopped)?;
         rx.await.map_err(|_| SnapshotError::Stopped)?
@@ -267,7 +285,10 @@ impl SnapshotHandle {
 
     /// Asks for an event snapshot without waiting for it.
     pub fn request(&self, reason: impl Into<String>) {
-        let _ = self.tx.try_send(Request { reason: reason.into(), reply: None });
+        let _ = self.tx.try_send(Request {
+            reason: reason.into(),
+            reply: None,
+        });
     }
 
     /// The engine's status.
@@ -291,9 +312,21 @@ pub fn spawn(
 ) -> (SnapshotHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let (status_tx, status_rx) = watch::channel(SnapshotStatus::default());
-    let engine = Engine { sources, spool, status: status_tx, requests: rx, interval };
+    let engine = Engine {
+        sources,
+        spool,
+        status: status_tx,
+        requests: rx,
+        interval,
+    };
     let task = tokio::spawn(engine.run(shutdown));
-    (SnapshotHandle { tx, status: status_rx }, task)
+    (
+        SnapshotHandle {
+            tx,
+            status: status_rx,
+        },
+        task,
+    )
 }
 
 struct Engine {
@@ -349,11 +382,20 @@ impl Engine {
 
     async fn capture(&mut self, trigger: Trigger, reason: &str) -> Result<Uuid, SnapshotError> {
         let at = Utc::now();
-        let boards: Vec<BoardStatus> = self.sources.boards.iter().map(|b| b.borrow().clone()).collect();
+        let boards: Vec<BoardStatus> = self
+            .sources
+            .boards
+            .iter()
+            .map(|b| b.borrow().clone())
+            .collect();
         let settings = self.sources.settings.borrow().clone();
         let feed = self.sources.feed.borrow().clone();
         // A cache read: never waits on PostgreSQL.
-        let controls_id = self.sources.controls.as_ref().and_then(|(c, age)| c.lookup(at, *age.borrow()));
+        let controls_id = self
+            .sources
+            .controls
+            .as_ref()
+            .and_then(|(c, age)| c.lookup(at, *age.borrow()));
         let inputs = Inputs {
             host: &self.sources.host,
             at,
@@ -383,7 +425,11 @@ impl Engine {
             self.status.send_modify(|s| s.unknown = None);
         }
         let state_id = row.state_id;
-        match self.spool.append(vec![Record::MachineState { trigger, row }]).await {
+        match self
+            .spool
+            .append(vec![Record::MachineState { trigger, row }])
+            .await
+        {
             Ok(_) => {
                 if trigger == Trigger::Event {
                     tracing::info!(%state_id, %reason, "event snapshot captured");

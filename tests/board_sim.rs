@@ -546,15 +546,33 @@ async fn a_moving_stepper_is_saved_untrusted_before_its_move_and_trusted_after()
     let spec = spec_for(&opts, sim.link().to_path_buf());
     let rec = std::sync::Arc::new(Recorder::default());
     let store: std::sync::Arc<dyn stringdriverd::board::CounterStore> = rec.clone();
-    let initial = KnownCounters { positions: vec![0; 13], trusted: vec![true; 13] };
-    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: spec.port.clone(), baud: spec.baud });
+    let initial = KnownCounters {
+        positions: vec![0; 13],
+        trusted: vec![true; 13],
+    };
+    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector {
+        path: spec.port.clone(),
+        baud: spec.baud,
+    });
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let (board, _task) = stringdriverd::board::spawn_with_store(spec, connector, Some(initial), Some(store), shutdown.clone());
+    let (board, _task) = stringdriverd::board::spawn_with_store(
+        spec,
+        connector,
+        Some(initial),
+        Some(store),
+        shutdown.clone(),
+    );
     connected(&board).await;
     board.rmove(3, 7).await.expect("rmove");
     let saves = rec.0.lock().expect("lock").clone();
-    let before = saves.iter().position(|k| !k.trusted[3] && k.positions[3] == 0).expect("saved untrusted before the move");
-    let after = saves.iter().position(|k| k.trusted[3] && k.positions[3] == 7).expect("saved trusted after it");
+    let before = saves
+        .iter()
+        .position(|k| !k.trusted[3] && k.positions[3] == 0)
+        .expect("saved untrusted before the move");
+    let after = saves
+        .iter()
+        .position(|k| k.trusted[3] && k.positions[3] == 7)
+        .expect("saved trusted after it");
     assert!(before < after);
     shutdown.cancel();
 }
@@ -569,10 +587,20 @@ async fn counters_saved_in_the_file_are_restored_after_a_restart() {
         let spec = spec_for(&opts, sim.link().to_path_buf());
         let (store, known, problem) = stringdriverd::board::CounterFile::open(&file);
         assert!(known.is_empty() && problem.is_none());
-        let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: spec.port.clone(), baud: spec.baud });
+        let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector {
+            path: spec.port.clone(),
+            baud: spec.baud,
+        });
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let store: std::sync::Arc<dyn stringdriverd::board::CounterStore> = std::sync::Arc::new(store);
-        let (board, task) = stringdriverd::board::spawn_with_store(spec, connector, None, Some(store), shutdown.clone());
+        let store: std::sync::Arc<dyn stringdriverd::board::CounterStore> =
+            std::sync::Arc::new(store);
+        let (board, task) = stringdriverd::board::spawn_with_store(
+            spec,
+            connector,
+            None,
+            Some(store),
+            shutdown.clone(),
+        );
         connected(&board).await;
         for s in 0..13 {
             board.set_stepper(s, s as i32 * 3).await.expect("set");
@@ -591,12 +619,23 @@ async fn counters_saved_in_the_file_are_restored_after_a_restart() {
     assert!(k.trusted.iter().all(|t| *t));
     let (_sdir, sim) = start_sim(opts.clone());
     let spec = spec_for(&opts, sim.link().to_path_buf());
-    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector { path: spec.port.clone(), baud: spec.baud });
+    let connector = std::sync::Arc::new(stringdriverd::board::SerialConnector {
+        path: spec.port.clone(),
+        baud: spec.baud,
+    });
     let shutdown = tokio_util::sync::CancellationToken::new();
     let store: std::sync::Arc<dyn stringdriverd::board::CounterStore> = std::sync::Arc::new(store);
-    let (board, _task) = stringdriverd::board::spawn_with_store(spec, connector, Some(k), Some(store), shutdown.clone());
+    let (board, _task) = stringdriverd::board::spawn_with_store(
+        spec,
+        connector,
+        Some(k),
+        Some(store),
+        shutdown.clone(),
+    );
     let s = board
-        .wait_for(WAIT, |s| s.link == LinkState::Connected && s.resets_detected == 1)
+        .wait_for(WAIT, |s| {
+            s.link == LinkState::Connected && s.resets_detected == 1
+        })
         .await
         .expect("reset detected and restored");
     assert_eq!(s.positions, Some(want.clone()));
@@ -614,5 +653,9 @@ fn an_unreadable_counters_file_is_moved_aside_and_reported() {
     assert!(known.is_empty(), "nothing is trusted from a damaged file");
     assert!(problem.expect("reported").contains("counters.json"));
     assert!(!file.exists(), "moved aside");
-    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "kept for inspection");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        1,
+        "kept for inspection"
+    );
 }

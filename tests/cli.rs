@@ -224,25 +224,139 @@ fn probe_without_permission_on_the_port_says_so() {
 #[test]
 fn demo_runs_simulated_boards_and_stops_by_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = std::fs::read_to_string(manifest("config/demo.toml"))
-        .expect("demo config")
-        .replace("/tmp/stringdriverd-demo", &dir.path().display().to_string());
-    let f = dir.path().join("demo.toml");
-    std::fs::write(&f, cfg).expect("write");
+    // Port 1 on loopback: were the demo to connect anywhere, it would fail there.
+    let f = config_with(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
     let o = bin()
-        .args(["demo", "--duration", "3s", "--speed-scale", "5", "--config"])
+        .args(["demo", "--seconds", "3", "--speed-scale", "5", "--config"])
         .arg(&f)
+        // No database given at all: records must stay in the spool.
+        .env_remove("DATABASE_URL")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .output()
         .expect("demo runs");
-    let (_, err) = text(&o);
+    let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("board=carriage link=connected"), "{err}");
-    assert!(err.contains("board=tuner link=connected"), "{err}");
+    let spool = dir.path().join("spool.sqlite");
+    assert!(
+        err.contains(&format!(
+            "no database given (--database-url or DATABASE_URL): records stay in the spool at {}",
+            spool.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("127.0.0.1:1"), "it tried the database: {err}");
+    assert!(err.contains("board=carriage state=connected"), "{err}");
+    assert!(err.contains("board=tuner state=connected"), "{err}");
+    assert!(err.contains("starting pose set"), "{err}");
     assert!(!err.contains("safety violations"), "{err}");
-    // Simulators clean up their links.
+    assert!(
+        out.contains("boards: carriage connected, tuner connected; feed: ok"),
+        "{out}"
+    );
+    assert!(out.contains("none (no database given)"), "{out}");
+    let captured = summary_number(&out, "snapshots captured");
+    assert!(captured >= 1, "{out}");
+    assert_eq!(summary_number(&out, "left in the spool"), captured, "{out}");
+    // The spool agrees: every snapshot waits there.
+    let o = bin()
+        .args(["spool-status", "--json", "--config"])
+        .arg(&f)
+        .output()
+        .expect("runs");
+    let (json, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["backlog"].as_u64(), Some(captured), "{json}");
+    // Simulators and the simulated audmon clean up.
     assert!(!dir.path().join("carriage").exists());
+    assert!(!dir.path().join("tuner").exists());
+    assert!(!dir.path().join("shm/audio_control").exists());
+    assert!(!dir.path().join("shm/audio_peaks").exists());
+}
+
+/// The number after `key` in the demo's summary (`snapshots captured    6 (…)`).
+fn summary_number(summary: &str, key: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{key}` number in the summary:\n{summary}"))
+}
+
+#[tokio::test]
+async fn demo_ships_snapshots_of_the_starting_pose_to_the_given_database() {
+    use stringdriverd::sim::feed::partials_for_distance;
+    let db = common::pg::TestDb::create().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Neither the file's URL nor DATABASE_URL may be used: --database-url wins.
+    let nowhere = "postgres://postgres@127.0.0.1:1/nothing";
+    let f = config_with(dir.path(), nowhere);
+    let o = bin()
+        .args([
+            "demo",
+            "--seconds",
+            "4",
+            "--speed-scale",
+            "5",
+            "--database-url",
+        ])
+        .arg(db.url())
+        .arg("--config")
+        .arg(&f)
+        .env("DATABASE_URL", nowhere)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("demo runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("database: shipping to {}", db.url())),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!("psql \"{}\" -c \"SELECT", db.url())),
+        "{out}"
+    );
+    let shipped = summary_number(&out, "shipped");
+    assert!(shipped >= 1, "{out}");
+
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT host, stepper_positions, voice_count, amp_sum FROM machine_state",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(rows.len() as u64, shipped, "{out}");
+    // X 0, the twelve Z steppers 20 steps above their strings, tuners 0.
+    let mut pose = vec![0];
+    pose.extend([20; 12]);
+    pose.extend([0; 6]);
+    let model: Vec<Vec<(f32, f32)>> = (0..6).map(|c| partials_for_distance(20.0, 12, c)).collect();
+    let voices: Vec<i32> = model
+        .iter()
+        .map(|p| p.iter().filter(|e| e.1 > 0.0).count() as i32)
+        .collect();
+    let sums: Vec<f32> = model.iter().map(|p| p.iter().map(|e| e.1).sum()).collect();
+    for r in &rows {
+        let host: String = r.get(0);
+        let positions: Vec<i32> = r.get(1);
+        let voice_count: Vec<i32> = r.get(2);
+        let amp_sum: Vec<f32> = r.get(3);
+        assert_eq!(host, "stringdriver-demo");
+        assert_eq!(positions.len(), 19);
+        assert_eq!(positions, pose);
+        assert_eq!(voice_count.len(), 6);
+        assert_eq!(voice_count, voices);
+        for (got, want) in amp_sum.iter().zip(&sums) {
+            assert!((got - want).abs() <= want * 1e-5, "{amp_sum:?} vs {sums:?}");
+        }
+    }
 }
 
 #[test]
@@ -378,12 +492,19 @@ async fn link_backfills_controls_id_once_and_prints_what_it_changed() {
         if let Record::MachineState { row, .. } = &mut r {
             row.host = "stringdriver-demo".into();
         }
-        recs.push(Spooled { seq: i as i64, record: r });
+        recs.push(Spooled {
+            seq: i as i64,
+            record: r,
+        });
     }
-    ship::ship(&mut c, &recs, migrate::ControlsIdType::Uuid).await.expect("ship");
+    ship::ship(&mut c, &recs, migrate::ControlsIdType::Uuid)
+        .await
+        .expect("ship");
     // audmon frames 100 ms after the first two snapshots; none near the third.
     for (i, secs) in [(0u64, 0i64), (1, 10)] {
-        let at = common::records::t0() + chrono::Duration::seconds(secs) + chrono::Duration::milliseconds(100);
+        let at = common::records::t0()
+            + chrono::Duration::seconds(secs)
+            + chrono::Duration::milliseconds(100);
         c.execute(
             "INSERT INTO controls (controls_id, host, recorded_at) VALUES ($1, 'stringdriver-demo', $2)",
             &[&common::records::id(9, i), &at],
@@ -393,12 +514,23 @@ async fn link_backfills_controls_id_once_and_prints_what_it_changed() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config_with(dir.path(), &db.url());
-    let o = bin().args(["link", "--tolerance", "500ms", "--config"]).arg(&cfg).output().expect("runs");
+    let o = bin()
+        .args(["link", "--tolerance", "500ms", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("linked 2 machine_state rows"), "{out}");
-    assert!(out.contains("offset_ms=+100") || out.contains("offset_ms=100"), "{out}");
-    let o = bin().args(["link", "--config"]).arg(&cfg).output().expect("runs");
+    assert!(
+        out.contains("offset_ms=+100") || out.contains("offset_ms=100"),
+        "{out}"
+    );
+    let o = bin()
+        .args(["link", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
     let (out, _) = text(&o);
     assert!(out.contains("linked 0 machine_state rows"), "{out}");
 }

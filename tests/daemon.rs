@@ -110,18 +110,29 @@ fn sims_and_feed(dir: tempfile::TempDir, db_url: &str) -> Rig {
     feed.write_frame(&frame()).expect("frame");
     let cfg_path = dir.path().join("stringdriver.toml");
     std::fs::write(&cfg_path, config_text(dir.path(), db_url)).expect("config");
-    Rig { dir, sims, feed, cfg_path }
+    Rig {
+        dir,
+        sims,
+        feed,
+        cfg_path,
+    }
 }
 
 fn frame() -> Vec<Vec<(f32, f32)>> {
-    (0..6).map(|c| partials_for_distance(20.0 + c as f32 * 7.0, 12, c as u64)).collect()
+    (0..6)
+        .map(|c| partials_for_distance(20.0 + c as f32 * 7.0, 12, c as u64))
+        .collect()
 }
 
 fn expected_feed() -> (Vec<i32>, Vec<f32>) {
     let f = frame();
     (
-        f.iter().map(|ch| ch.iter().filter(|(_, a)| *a > 0.0).count() as i32).collect(),
-        f.iter().map(|ch| ch.iter().map(|(_, a)| *a).sum()).collect(),
+        f.iter()
+            .map(|ch| ch.iter().filter(|(_, a)| *a > 0.0).count() as i32)
+            .collect(),
+        f.iter()
+            .map(|ch| ch.iter().map(|(_, a)| *a).sum())
+            .collect(),
     )
 }
 
@@ -147,8 +158,16 @@ async fn start(rig: &Rig) -> Running {
         })
         .await
     });
-    let parts = tokio::time::timeout(WAIT, rx).await.expect("started").expect("parts");
-    Running { parts, stop, _reload: reload, task }
+    let parts = tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("started")
+        .expect("parts");
+    Running {
+        parts,
+        stop,
+        _reload: reload,
+        task,
+    }
 }
 
 /// Sets every counter to the pose, as an operator does after calibrating.
@@ -156,9 +175,11 @@ async fn set_pose(parts: &Parts) {
     let pose = pose();
     let mut g = 0;
     for b in &parts.boards {
-        b.wait_for(WAIT, |s| s.link == stringdriverd::board::LinkState::Connected)
-            .await
-            .expect("board connected");
+        b.wait_for(WAIT, |s| {
+            s.link == stringdriverd::board::LinkState::Connected
+        })
+        .await
+        .expect("board connected");
         for local in 0..b.steppers() {
             b.set_stepper(local, pose[g]).await.expect("set_stepper");
             g += 1;
@@ -184,7 +205,11 @@ async fn wait_rows(db: &TestDb, at_least: usize) -> Vec<tokio_postgres::Row> {
         if r.len() >= at_least {
             return r;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} rows, want {at_least}", r.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} rows, want {at_least}",
+            r.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -199,7 +224,10 @@ fn assert_truthful(rows: &[tokio_postgres::Row]) {
         let sums: Vec<f32> = r.get(4);
         let vmin: Vec<i32> = r.get(6);
         assert_eq!(positions, pose());
-        assert_eq!((enabled.len(), voices.len(), sums.len(), vmin.len()), (19, 6, 6, 6));
+        assert_eq!(
+            (enabled.len(), voices.len(), sums.len(), vmin.len()),
+            (19, 6, 6, 6)
+        );
         assert_eq!(voices, vc);
         for (a, b) in sums.iter().zip(&amp) {
             assert!((a - b).abs() < 1e-3, "{sums:?} vs {amp:?}");
@@ -226,9 +254,12 @@ async fn end_to_end_rows_match_the_simulators_and_the_feed_and_the_schema_querie
         assert!(tokio::time::Instant::now() < deadline, "migrated");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    c.execute("INSERT INTO controls (controls_id, host, recorded_at) VALUES ($1, $2, now())", &[&controls_id, &HOST])
-        .await
-        .expect("controls row");
+    c.execute(
+        "INSERT INTO controls (controls_id, host, recorded_at) VALUES ($1, $2, now())",
+        &[&controls_id, &HOST],
+    )
+    .await
+    .expect("controls row");
     c.execute(
         "INSERT INTO partials (controls_id, channel, partial_index, frequency, amplitude) VALUES ($1, 0, 0, 110.0, 0.5)",
         &[&controls_id],
@@ -236,13 +267,29 @@ async fn end_to_end_rows_match_the_simulators_and_the_feed_and_the_schema_querie
     .await
     .expect("partial");
 
-    assert_eq!(rows(&db).await.len(), 0, "untrusted counters: nothing is written");
+    assert_eq!(
+        rows(&db).await.len(),
+        0,
+        "untrusted counters: nothing is written"
+    );
     set_pose(&run.parts).await;
     let got = wait_rows(&db, 10).await;
     assert_truthful(&got);
-    let linked = got.iter().filter(|r| r.get::<_, Option<uuid::Uuid>>(5) == Some(controls_id)).count();
+    let linked = got
+        .iter()
+        .filter(|r| r.get::<_, Option<uuid::Uuid>>(5) == Some(controls_id))
+        .count();
     assert!(linked > 0, "latest linking set controls_id");
-    assert_eq!(run.parts.snapshots.status().skipped.get("counters_untrusted").copied().unwrap_or(0) > 0, true);
+    assert!(
+        run.parts
+            .snapshots
+            .status()
+            .skipped
+            .get("counters_untrusted")
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
 
     // The schema document's first query (its stray comma before FROM removed) finds them.
     let q1 = "SELECT c.controls_id, c.recorded_at, p.channel, p.frequency, p.amplitude, ms.stepper_positions, ms.z_up_step, ms.adjustment_level \
@@ -253,14 +300,18 @@ async fn end_to_end_rows_match_the_simulators_and_the_feed_and_the_schema_querie
     assert_eq!(joined[0].get::<_, Vec<i32>>(5), pose());
 
     let _ = run.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run.task).await.expect("stops in time").expect("join").expect("ok");
+    tokio::time::timeout(Duration::from_secs(5), run.task)
+        .await
+        .expect("stops in time")
+        .expect("join")
+        .expect("ok");
     drop(rig);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
     let db = TestDb::create().await;
-    let mut rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
     let run = start(&rig).await;
     set_pose(&run.parts).await;
     wait_rows(&db, 3).await;
@@ -268,37 +319,71 @@ async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
 
     rig.sims[0].inject(Fault::Vanish);
     let mut w = snaps.watch();
-    tokio::time::timeout(WAIT, w.wait_for(|s| s.unknown.as_deref().is_some_and(|u| u.contains("carriage"))))
-        .await
-        .expect("paused for the board")
-        .expect("engine");
+    tokio::time::timeout(
+        WAIT,
+        w.wait_for(|s| s.unknown.as_deref().is_some_and(|u| u.contains("carriage"))),
+    )
+    .await
+    .expect("paused for the board")
+    .expect("engine");
     rig.sims[0].inject(Fault::Reappear);
     // The board reset when it came back; the driver restores its counters,
     // then snapshots resume.
-    tokio::time::timeout(WAIT, w.wait_for(|s| s.unknown.is_none())).await.expect("resumed").expect("engine");
-    assert_eq!(rig.sims[0].counters(), pose()[..13].to_vec(), "counters restored on the board");
+    tokio::time::timeout(WAIT, w.wait_for(|s| s.unknown.is_none()))
+        .await
+        .expect("resumed")
+        .expect("engine");
+    assert_eq!(
+        rig.sims[0].counters(),
+        pose()[..13].to_vec(),
+        "counters restored on the board"
+    );
 
     rig.feed.remove().expect("audmon stops");
-    tokio::time::timeout(WAIT, w.wait_for(|s| s.unknown.as_deref().is_some_and(|u| u.contains("feed"))))
-        .await
-        .expect("paused for the feed")
-        .expect("engine");
+    tokio::time::timeout(
+        WAIT,
+        w.wait_for(|s| s.unknown.as_deref().is_some_and(|u| u.contains("feed"))),
+    )
+    .await
+    .expect("paused for the feed")
+    .expect("engine");
     let mut feed = FeedWriter::create(&rig.dir.path().join("shm"), 6, 12).expect("audmon restarts");
     feed.write_frame(&frame()).expect("frame");
-    tokio::time::timeout(WAIT, w.wait_for(|s| s.unknown.is_none())).await.expect("resumed").expect("engine");
+    tokio::time::timeout(WAIT, w.wait_for(|s| s.unknown.is_none()))
+        .await
+        .expect("resumed")
+        .expect("engine");
     let timer_now = snaps.status().timer;
-    tokio::time::timeout(WAIT, w.wait_for(|s| s.timer >= timer_now + 3)).await.expect("more rows").expect("engine");
+    tokio::time::timeout(WAIT, w.wait_for(|s| s.timer >= timer_now + 3))
+        .await
+        .expect("more rows")
+        .expect("engine");
 
     let st = snaps.status();
-    assert!(st.skipped.get("board_down").copied().unwrap_or(0) > 0, "{st:?}");
-    assert!(st.skipped.get("feed_not_ok").copied().unwrap_or(0) > 0, "{st:?}");
+    assert!(
+        st.skipped.get("board_down").copied().unwrap_or(0) > 0,
+        "{st:?}"
+    );
+    assert!(
+        st.skipped.get("feed_not_ok").copied().unwrap_or(0) > 0,
+        "{st:?}"
+    );
     let _ = run.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run.task).await.expect("stops in time").expect("join").expect("ok");
+    tokio::time::timeout(Duration::from_secs(5), run.task)
+        .await
+        .expect("stops in time")
+        .expect("join")
+        .expect("ok");
     // Everything captured reached PostgreSQL, and every row is true.
     let all = rows(&db).await;
-    let spool = stringdriverd::store::Spool::open_read_only(&rig.dir.path().join("spool.sqlite")).expect("spool");
+    let spool = stringdriverd::store::Spool::open_read_only(&rig.dir.path().join("spool.sqlite"))
+        .expect("spool");
     let backlog = spool.status().expect("status").backlog as usize;
-    assert_eq!(all.len() + backlog, (st.timer + st.events) as usize + 1, "every captured row is in PostgreSQL or the spool (+1: the final snapshot)");
+    assert_eq!(
+        all.len() + backlog,
+        (st.timer + st.events) as usize + 1,
+        "every captured row is in PostgreSQL or the spool (+1: the final snapshot)"
+    );
     assert_truthful(&all);
 }
 
@@ -306,7 +391,9 @@ async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
 async fn an_unmigrated_database_stops_the_start_naming_the_command() {
     let db = TestDb::create().await;
     let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
-    let text = std::fs::read_to_string(&rig.cfg_path).expect("read").replace("auto_migrate = true", "auto_migrate = false");
+    let text = std::fs::read_to_string(&rig.cfg_path)
+        .expect("read")
+        .replace("auto_migrate = true", "auto_migrate = false");
     std::fs::write(&rig.cfg_path, text).expect("write");
     let cfg = stringdriverd::config::load(&rig.cfg_path).expect("config");
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -340,7 +427,11 @@ fn spawn_run(cfg: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<Stri
     (child, rx)
 }
 
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, log: &mut Vec<String>, needle: &str) -> String {
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    log: &mut Vec<String>,
+    needle: &str,
+) -> String {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         if let Some(l) = log.iter().find(|l| l.contains(needle)) {
@@ -384,7 +475,11 @@ async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losin
     wait_line(&rx, &mut log, "the new configuration is invalid");
     wait_rows(&db, before + 5).await; // still running on the old configuration
 
-    std::fs::write(&rig.cfg_path, good.replace("z_rest = 0.05", "z_rest = 0.07")).expect("fix the file");
+    std::fs::write(
+        &rig.cfg_path,
+        good.replace("z_rest = 0.05", "z_rest = 0.07"),
+    )
+    .expect("fix the file");
     signal(&child, nix::sys::signal::Signal::SIGHUP);
     let applied = wait_line(&rx, &mut log, "SIGHUP: applied");
     assert!(applied.contains("operations.z_rest"), "{applied}");
@@ -395,7 +490,10 @@ async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losin
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "did not stop within 5 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "did not stop within 5 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
@@ -403,18 +501,27 @@ async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losin
         log.push(l);
     }
     let last = wait_line(&rx, &mut log, "final snapshot captured");
-    let id = last.split("state_id=").nth(1).and_then(|s| s.split_whitespace().next()).expect("state_id in the line");
+    let id = last
+        .split("state_id=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("state_id in the line");
     let id: uuid::Uuid = id.parse().expect("uuid");
     // Nothing lost: the final snapshot is in PostgreSQL or still in the spool.
     let in_pg: i64 = db
         .client()
         .await
-        .query_one("SELECT count(*) FROM machine_state WHERE state_id = $1", &[&id])
+        .query_one(
+            "SELECT count(*) FROM machine_state WHERE state_id = $1",
+            &[&id],
+        )
         .await
         .expect("q")
         .get(0);
     let in_spool = {
-        let (mut s, _) = stringdriverd::store::Spool::open(&rig.dir.path().join("spool.sqlite"), 1 << 30).expect("spool");
+        let (mut s, _) =
+            stringdriverd::store::Spool::open(&rig.dir.path().join("spool.sqlite"), 1 << 30)
+                .expect("spool");
         s.peek(100_000)
             .expect("peek")
             .iter()
@@ -430,7 +537,8 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
     let sock_path = rig.dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
         .args(["run", "--config"])
         .arg(&rig.cfg_path)
@@ -459,7 +567,12 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     }
     let status = child.wait().expect("wait");
     assert!(status.success());
-    for s in ["READY=1", "STATUS=boards: carriage", "WATCHDOG=1", "STOPPING=1"] {
+    for s in [
+        "READY=1",
+        "STATUS=boards: carriage",
+        "WATCHDOG=1",
+        "STOPPING=1",
+    ] {
         assert!(seen.contains(s), "missing {s} in:\n{seen}");
     }
 }

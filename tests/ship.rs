@@ -550,7 +550,10 @@ async fn a_snapshot_whose_controls_row_is_gone_ships_unlinked_not_dead() {
     assert_eq!(s.dead_lettered, 0);
     let c = db.client().await;
     let linked: i64 = c
-        .query_one("SELECT count(*) FROM machine_state WHERE controls_id IS NOT NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM machine_state WHERE controls_id IS NOT NULL",
+            &[],
+        )
         .await
         .expect("q")
         .get(0);

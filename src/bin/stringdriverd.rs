@@ -62,16 +62,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run simulated boards for every board of a configuration and drive them
-    /// as the daemon does, logging their state (no hardware needed).
+    /// Run the whole daemon on simulated hardware: a simulated board for
+    /// every board of the configuration, a simulated audmon feed, snapshots
+    /// into the spool, shipped to PostgreSQL when a database is given.
     Demo {
         /// The TOML file (config/demo.toml).
         #[arg(long, default_value = "config/demo.toml")]
         config: PathBuf,
-        /// Stop after this long (e.g. `30s`); default: until Ctrl-C or SIGTERM.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-        /// Speed scale of the simulated firmware (1 = real time).
+        /// PostgreSQL to ship to (no password in it); default: $DATABASE_URL.
+        /// With neither, nothing connects anywhere and records stay in the spool.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Stop after this many seconds; default: until Ctrl-C or SIGTERM.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Speed scale of the simulated firmware and audmon (1 = real time).
         #[arg(long, default_value_t = 1.0)]
         speed_scale: f64,
     },
@@ -188,14 +193,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Link { config, since, tolerance } => {
+        Cmd::Link {
+            config,
+            since,
+            tolerance,
+        } => {
             let cfg = stringdriverd::config::load(&config)?;
             stringdriverd::logging::init(&cfg.log.level);
             let pg = stringdriverd::store::pg::pg_config(&cfg.database)?;
             let rows = runtime()?.block_on(async {
                 let client = stringdriverd::store::pg::connect(&pg).await?;
                 stringdriverd::store::migrate::check_migrated(&client).await?;
-                let rows = stringdriverd::store::controls::backfill(&client, &cfg.host, since, tolerance).await?;
+                let rows =
+                    stringdriverd::store::controls::backfill(&client, &cfg.host, since, tolerance)
+                        .await?;
                 anyhow::Ok(rows)
             })?;
             print!("{}", stringdriverd::store::controls::render_linked(&rows));
@@ -225,17 +236,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo {
             config,
-            duration,
+            database_url,
+            seconds,
             speed_scale,
         } => {
             let cfg = stringdriverd::config::load(&config)?;
             stringdriverd::logging::init(&cfg.log.level);
-            let rt = runtime()?;
-            rt.block_on(stringdriverd::demo::run(
-                cfg,
+            let options = stringdriverd::demo::Options {
+                config_path: stringdriverd::daemon::config_path(&config),
                 speed_scale,
-                stop_signal(duration),
+                database: stringdriverd::demo::choose_database(
+                    database_url,
+                    std::env::var("DATABASE_URL").ok(),
+                ),
+            };
+            let summary = runtime()?.block_on(stringdriverd::demo::run(
+                cfg,
+                options,
+                stop_signal(seconds.map(Duration::from_secs)),
             ))?;
+            print!("{}", summary.render());
+            // As sim-controller: a host that would corrupt the real firmware fails.
+            if summary.violations > 0 {
+                return Ok(ExitCode::from(3));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::SimController {

@@ -34,7 +34,11 @@ use super::driver::KnownCounters;
 /// A place to keep counters. The driver awaits `save` before a move.
 pub trait CounterStore: Send + Sync + 'static {
     /// Saves `known` for `board`; returns when it is on disk.
-    fn save<'a>(&'a self, board: &'a str, known: &'a KnownCounters) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+    fn save<'a>(
+        &'a self,
+        board: &'a str,
+        known: &'a KnownCounters,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,7 +64,13 @@ impl CounterFile {
     /// Opens (or starts) the file at `path`. Returns the file and the counters
     /// it held, by board name; an unreadable file is moved aside and reported
     /// in the third value.
-    pub fn open(path: &Path) -> (Arc<CounterFile>, BTreeMap<String, KnownCounters>, Option<String>) {
+    pub fn open(
+        path: &Path,
+    ) -> (
+        Arc<CounterFile>,
+        BTreeMap<String, KnownCounters>,
+        Option<String>,
+    ) {
         let mut problem = None;
         let contents = match std::fs::read(path) {
             Ok(bytes) => match serde_json::from_slice::<FileContents>(&bytes) {
@@ -88,9 +98,23 @@ impl CounterFile {
             .boards
             .iter()
             .filter(|(_, s)| s.positions.len() == s.trusted.len())
-            .map(|(name, s)| (name.clone(), KnownCounters { positions: s.positions.clone(), trusted: s.trusted.clone() }))
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    KnownCounters {
+                        positions: s.positions.clone(),
+                        trusted: s.trusted.clone(),
+                    },
+                )
+            })
             .collect();
-        let file = Arc::new(CounterFile { path: path.to_path_buf(), contents: Mutex::new(FileContents { format: 1, ..contents }) });
+        let file = Arc::new(CounterFile {
+            path: path.to_path_buf(),
+            contents: Mutex::new(FileContents {
+                format: 1,
+                ..contents
+            }),
+        });
         (file, known, problem)
     }
 
@@ -98,7 +122,11 @@ impl CounterFile {
         let mut c = self.contents.lock().unwrap_or_else(|e| e.into_inner());
         c.boards.insert(
             board.to_string(),
-            Saved { positions: known.positions.clone(), trusted: known.trusted.clone(), saved_at: Utc::now() },
+            Saved {
+                positions: known.positions.clone(),
+                trusted: known.trusted.clone(),
+                saved_at: Utc::now(),
+            },
         );
         let bytes = serde_json::to_vec(&*c).map_err(|e| e.to_string())?;
         let err = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", self.path.display());
@@ -108,14 +136,20 @@ impl CounterFile {
         f.sync_all().map_err(|e| err("sync", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| err("rename", e))?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err("sync directory", e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err("sync directory", e))?;
         }
         Ok(())
     }
 }
 
 impl CounterStore for Arc<CounterFile> {
-    fn save<'a>(&'a self, board: &'a str, known: &'a KnownCounters) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    fn save<'a>(
+        &'a self,
+        board: &'a str,
+        known: &'a KnownCounters,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         let me = self.clone();
         let board = board.to_string();
         let known = known.clone();

@@ -92,6 +92,14 @@ pub struct KnownCounters {
     pub trusted: Vec<bool>,
 }
 
+/// The channels that connect a driver to its handle.
+pub(super) struct Wiring {
+    pub(super) status: watch::Sender<BoardStatus>,
+    pub(super) events: broadcast::Sender<BoardEvent>,
+    pub(super) requests: mpsc::Receiver<Request>,
+    pub(super) shutdown: CancellationToken,
+}
+
 /// How an exchange failed.
 enum Fail {
     /// The device is gone or the link broke: close and reconnect.
@@ -143,13 +151,16 @@ impl Driver {
     pub(super) fn new(
         spec: BoardSpec,
         connector: Arc<dyn Connector>,
-        status: watch::Sender<BoardStatus>,
-        events: broadcast::Sender<BoardEvent>,
-        requests: mpsc::Receiver<Request>,
-        shutdown: CancellationToken,
+        wiring: Wiring,
         initial: Option<KnownCounters>,
         store: Option<Arc<dyn super::counters::CounterStore>>,
     ) -> Driver {
+        let Wiring {
+            status,
+            events,
+            requests,
+            shutdown,
+        } = wiring;
         let n = spec.steppers();
         let known = initial
             .as_ref()
@@ -178,8 +189,12 @@ impl Driver {
     /// Saves the counters where they survive a restart (if a store is set and
     /// they changed). `moving` is saved as untrusted: its move is about to start.
     async fn persist(&mut self, moving: Option<usize>) -> Result<(), String> {
-        let Some(store) = self.store.clone() else { return Ok(()) };
-        let Some(positions) = self.known.clone() else { return Ok(()) };
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let Some(positions) = self.known.clone() else {
+            return Ok(());
+        };
         let mut trusted = self.status.borrow().trusted.clone();
         if let Some(t) = moving.and_then(|s| trusted.get_mut(s)) {
             *t = false;
@@ -803,7 +818,10 @@ impl Driver {
     ) -> Result<Response, Fail> {
         if matches!(op, Op::Rmove | Op::Amove) {
             self.persist(Some(stepper)).await.map_err(|detail| {
-                Fail::Device(BoardError::Persist { board: self.spec.name.clone(), detail })
+                Fail::Device(BoardError::Persist {
+                    board: self.spec.name.clone(),
+                    detail,
+                })
             })?;
         }
         self.exchange(io, op, vec![stepper as i32, arg]).await?;

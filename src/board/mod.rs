@@ -67,7 +67,13 @@ pub fn spawn_with_store(
         status: status_rx,
         events: events.clone(),
     };
-    let driver = driver::Driver::new(spec, connector, status_tx, events, rx, shutdown, initial, store);
+    let wiring = driver::Wiring {
+        status: status_tx,
+        events,
+        requests: rx,
+        shutdown,
+    };
+    let driver = driver::Driver::new(spec, connector, wiring, initial, store);
     (handle, tokio::spawn(driver.run()))
 }
 

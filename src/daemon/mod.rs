@@ -59,11 +59,17 @@ pub enum DaemonError {
 
 /// The initial enable state: every stepper with a role; unused ones stay off.
 pub fn initial_enables(cfg: &Config) -> Vec<bool> {
-    (0..cfg.layout.total_steppers()).map(|g| cfg.layout.role(g) != Role::Unused).collect()
+    (0..cfg.layout.total_steppers())
+        .map(|g| cfg.layout.role(g) != Role::Unused)
+        .collect()
 }
 
 fn settings_of(cfg: &Config, enabled: Vec<bool>) -> Settings {
-    Settings { operations: cfg.operations.clone(), thresholds: cfg.thresholds.clone(), enabled }
+    Settings {
+        operations: cfg.operations.clone(),
+        thresholds: cfg.thresholds.clone(),
+        enabled,
+    }
 }
 
 /// What the running daemon is made of (for the demo and tests, which run it in-process).
@@ -83,7 +89,8 @@ pub struct Parts {
 
 /// Runs the daemon until SIGTERM or SIGINT. `path` is re-read on SIGHUP.
 pub async fn run(path: PathBuf, cfg: Config) -> Result<(), DaemonError> {
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(DaemonError::Signals)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let signal_task = tokio::spawn(async move {
@@ -146,7 +153,10 @@ pub async fn run_with_shipping(
     let limit = cfg.spool.max_bytes;
     let (spool, damage) = tokio::task::spawn_blocking(move || Spool::open(&spool_path, limit))
         .await
-        .map_err(|e| crate::store::SpoolError::Open { path: cfg.spool.path.clone(), detail: e.to_string() })??;
+        .map_err(|e| crate::store::SpoolError::Open {
+            path: cfg.spool.path.clone(),
+            detail: e.to_string(),
+        })??;
     if let Some(d) = damage {
         tracing::error!(problem = %d.problem, moved_to = %d.moved_to.display(), salvaged = d.salvaged, corrupt = d.corrupt, "the spool was damaged and has been salvaged");
     }
@@ -167,7 +177,7 @@ pub async fn run_with_shipping(
     let io = CancellationToken::new();
     // Counters known from before this start: the boards reset when their
     // ports open, and the drivers write these back (restore_counters_after_reset).
-    let counters_path = cfg.spool.path.with_file_name("counters.json");
+    let counters_path = counters_path(&cfg);
     let (counter_file, mut known, problem) =
         tokio::task::spawn_blocking(move || board::CounterFile::open(&counters_path))
             .await
@@ -178,9 +188,16 @@ pub async fn run_with_shipping(
     let mut boards = Vec::new();
     let mut board_tasks = Vec::new();
     for i in 0..cfg.boards.len() {
-        let Some(spec) = BoardSpec::from_config(&cfg, i) else { continue };
-        let connector = Arc::new(SerialConnector { path: spec.port.clone(), baud: spec.baud });
-        let initial = known.remove(&spec.name).filter(|k| k.positions.len() == spec.steppers());
+        let Some(spec) = BoardSpec::from_config(&cfg, i) else {
+            continue;
+        };
+        let connector = Arc::new(SerialConnector {
+            path: spec.port.clone(),
+            baud: spec.baud,
+        });
+        let initial = known
+            .remove(&spec.name)
+            .filter(|k| k.positions.len() == spec.steppers());
         let store: Arc<dyn board::CounterStore> = Arc::new(counter_file.clone());
         let (h, t) = board::spawn_with_store(spec, connector, initial, Some(store), io.clone());
         boards.push(h);
@@ -195,9 +212,14 @@ pub async fn run_with_shipping(
         (SnapshotLink::Latest, Some(pg_cfg)) => {
             // Often enough to follow audmon's frames (a few per second) without
             // loading the server: a quarter of the allowed age, within 50-500 ms.
-            let refresh = (cfg.snapshot.link_max_age / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
-            let (cache, task) =
-                crate::store::controls::spawn_controls_cache(pg_cfg.clone(), host.clone(), refresh, io.clone());
+            let refresh = (cfg.snapshot.link_max_age / 4)
+                .clamp(Duration::from_millis(50), Duration::from_millis(500));
+            let (cache, task) = crate::store::controls::spawn_controls_cache(
+                pg_cfg.clone(),
+                host.clone(),
+                refresh,
+                io.clone(),
+            );
             other_tasks.push(task);
             Some(cache)
         }
@@ -215,7 +237,12 @@ pub async fn run_with_shipping(
     };
 
     let capture = CancellationToken::new();
-    let (snapshots, mut snapshot_task) = snapshot::spawn(sources.clone(), spool.clone(), interval_rx.clone(), capture.clone());
+    let (snapshots, mut snapshot_task) = snapshot::spawn(
+        sources.clone(),
+        spool.clone(),
+        interval_rx.clone(),
+        capture.clone(),
+    );
 
     let shipper_opts = ShipperOptions {
         roles: Some((host.clone(), cfg.clone())),
@@ -239,15 +266,17 @@ pub async fn run_with_shipping(
         let snapshots = snapshots.clone();
         let mut subs: Vec<_> = boards.iter().map(BoardHandle::subscribe).collect();
         tokio::spawn(async move {
-            let mut merged = futures::stream::select_all(
-                subs.drain(..).map(|rx| tokio_stream_from(rx)),
-            );
+            let mut merged = futures::stream::select_all(subs.drain(..).map(tokio_stream_from));
             while let Some(ev) = merged.next().await {
                 match ev {
-                    BoardEvent::Connected { board } => snapshots.request(format!("board {board} connected")),
-                    BoardEvent::ResetDetected { board, restored, .. } => {
-                        snapshots.request(format!("board {board} reset (counters restored: {restored})"))
+                    BoardEvent::Connected { board } => {
+                        snapshots.request(format!("board {board} connected"))
                     }
+                    BoardEvent::ResetDetected {
+                        board, restored, ..
+                    } => snapshots.request(format!(
+                        "board {board} reset (counters restored: {restored})"
+                    )),
                     _ => {}
                 }
             }
@@ -265,12 +294,19 @@ pub async fn run_with_shipping(
 
     // READY once every board answered, or after a bounded wait: a missing
     // board must not keep the service "activating" forever.
-    let ready_wait = cfg.boards.iter().map(|b| b.reset_wait).max().unwrap_or_default() + Duration::from_secs(5);
+    let ready_wait = cfg
+        .boards
+        .iter()
+        .map(|b| b.reset_wait)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(5);
     let mut ready = false;
     let ready_at = tokio::time::Instant::now() + ready_wait;
 
     let watchdog = notify::watchdog_period();
-    let mut watchdog_tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |p| p / 2));
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |p| p / 2));
     let mut last_heartbeat = 0u64;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     let mut ready_tick = tokio::time::interval(Duration::from_millis(100));
@@ -363,12 +399,18 @@ pub async fn run_with_shipping(
             let _ = t.await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(3), all).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), all)
+        .await
+        .is_err()
+    {
         tracing::warn!("some parts did not stop within 3 s");
     }
     event_task.abort();
     let backlog = spool.status().await.map(|s| s.backlog).unwrap_or_default();
-    tracing::info!(backlog, "stopped; unshipped records stay in the spool for the next start");
+    tracing::info!(
+        backlog,
+        "stopped; unshipped records stay in the spool for the next start"
+    );
     Ok(())
 }
 
@@ -388,7 +430,10 @@ fn tokio_stream_from(
 
 /// The database at start: unreachable is fine (the spool holds records until
 /// it is back), unmigrated is not (unless `auto_migrate`): nothing could ever ship.
-async fn check_database(pg_cfg: &tokio_postgres::Config, auto_migrate: bool) -> Result<(), DaemonError> {
+async fn check_database(
+    pg_cfg: &tokio_postgres::Config,
+    auto_migrate: bool,
+) -> Result<(), DaemonError> {
     let mut client = match pg::connect(pg_cfg).await {
         Ok(c) => c,
         Err(e) => {
@@ -402,13 +447,20 @@ async fn check_database(pg_cfg: &tokio_postgres::Config, auto_migrate: bool) -> 
             Ok(())
         }
         Err(migrate::MigrateError::NotMigrated { .. }) if auto_migrate => {
-            let r = migrate::migrate(&mut client).await.map_err(|e| DaemonError::Schema(e.to_string()))?;
+            let r = migrate::migrate(&mut client)
+                .await
+                .map_err(|e| DaemonError::Schema(e.to_string()))?;
             tracing::info!(applied = ?r.applied, version = r.current, "database migrated (auto_migrate)");
             Ok(())
         }
-        Err(e @ (migrate::MigrateError::NotMigrated { .. } | migrate::MigrateError::Ahead { .. } | migrate::MigrateError::Divergent { .. })) => {
-            Err(DaemonError::Schema(format!("{}: {e}", pg::describe(pg_cfg))))
-        }
+        Err(
+            e @ (migrate::MigrateError::NotMigrated { .. }
+            | migrate::MigrateError::Ahead { .. }
+            | migrate::MigrateError::Divergent { .. }),
+        ) => Err(DaemonError::Schema(format!(
+            "{}: {e}",
+            pg::describe(pg_cfg)
+        ))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the database schema at start; the shipper will retry");
             Ok(())
@@ -423,7 +475,10 @@ pub fn status_line(
     shipper: &watch::Receiver<ShipperStatus>,
     feed: &watch::Receiver<crate::feed::FeedStatus>,
 ) -> String {
-    let b: Vec<String> = boards.iter().map(|h| format!("{} {}", h.name(), h.status().link.name())).collect();
+    let b: Vec<String> = boards
+        .iter()
+        .map(|h| format!("{} {}", h.name(), h.status().link.name()))
+        .collect();
     let s = snapshots.status();
     let sh = shipper.borrow().clone();
     let mut line = format!(
@@ -433,12 +488,21 @@ pub fn status_line(
         s.timer,
         s.events,
         sh.shipped,
-        if sh.connected { "" } else { " (database not connected)" }
+        if sh.connected {
+            ""
+        } else {
+            " (database not connected)"
+        }
     );
     if let Some(u) = s.unknown {
         line.push_str(&format!("; paused: {u}"));
     }
     line
+}
+
+/// Where the boards' last known counters are kept: beside the spool.
+pub fn counters_path(cfg: &Config) -> PathBuf {
+    cfg.spool.path.with_file_name("counters.json")
 }
 
 /// The path to hand to [`run`] for a configuration file given on the command line.

@@ -56,8 +56,14 @@ mod tests {
 
     #[test]
     fn watchdog_period_follows_libsystemd_rules() {
-        assert_eq!(watchdog_period_from(Some("30000000"), None, 7), Some(Duration::from_secs(30)));
-        assert_eq!(watchdog_period_from(Some("30000000"), Some("7"), 7), Some(Duration::from_secs(30)));
+        assert_eq!(
+            watchdog_period_from(Some("30000000"), None, 7),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            watchdog_period_from(Some("30000000"), Some("7"), 7),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(watchdog_period_from(Some("30000000"), Some("8"), 7), None);
         assert_eq!(watchdog_period_from(Some("0"), None, 7), None);
         assert_eq!(watchdog_period_from(Some("x"), None, 7), None);

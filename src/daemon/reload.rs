@@ -3,7 +3,12 @@
 use crate::config::Config;
 
 /// Settings applied at once on reload.
-pub const LIVE: &[&str] = &["operations", "thresholds", "snapshot.interval", "snapshot.link_max_age"];
+pub const LIVE: &[&str] = &[
+    "operations",
+    "thresholds",
+    "snapshot.interval",
+    "snapshot.link_max_age",
+];
 
 /// Differences between the running configuration and a new one: what is
 /// applied now and what needs a restart.
@@ -24,24 +29,92 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         }
     };
     let (o, n) = (&old.operations, &new.operations);
-    live("operations.bump_check_enable", o.bump_check_enable.to_string(), n.bump_check_enable.to_string());
-    live("operations.z_up_step", o.z_up_step.to_string(), n.z_up_step.to_string());
-    live("operations.z_down_step", o.z_down_step.to_string(), n.z_down_step.to_string());
-    live("operations.tune_rest", o.tune_rest.to_string(), n.tune_rest.to_string());
-    live("operations.x_rest", o.x_rest.to_string(), n.x_rest.to_string());
-    live("operations.z_rest", o.z_rest.to_string(), n.z_rest.to_string());
-    live("operations.lap_rest", o.lap_rest.to_string(), n.lap_rest.to_string());
-    live("operations.adjustment_level", o.adjustment_level.to_string(), n.adjustment_level.to_string());
-    live("operations.retry_threshold", o.retry_threshold.to_string(), n.retry_threshold.to_string());
-    live("operations.delta_threshold", o.delta_threshold.to_string(), n.delta_threshold.to_string());
-    live("operations.z_variance_threshold", o.z_variance_threshold.to_string(), n.z_variance_threshold.to_string());
+    live(
+        "operations.bump_check_enable",
+        o.bump_check_enable.to_string(),
+        n.bump_check_enable.to_string(),
+    );
+    live(
+        "operations.z_up_step",
+        o.z_up_step.to_string(),
+        n.z_up_step.to_string(),
+    );
+    live(
+        "operations.z_down_step",
+        o.z_down_step.to_string(),
+        n.z_down_step.to_string(),
+    );
+    live(
+        "operations.tune_rest",
+        o.tune_rest.to_string(),
+        n.tune_rest.to_string(),
+    );
+    live(
+        "operations.x_rest",
+        o.x_rest.to_string(),
+        n.x_rest.to_string(),
+    );
+    live(
+        "operations.z_rest",
+        o.z_rest.to_string(),
+        n.z_rest.to_string(),
+    );
+    live(
+        "operations.lap_rest",
+        o.lap_rest.to_string(),
+        n.lap_rest.to_string(),
+    );
+    live(
+        "operations.adjustment_level",
+        o.adjustment_level.to_string(),
+        n.adjustment_level.to_string(),
+    );
+    live(
+        "operations.retry_threshold",
+        o.retry_threshold.to_string(),
+        n.retry_threshold.to_string(),
+    );
+    live(
+        "operations.delta_threshold",
+        o.delta_threshold.to_string(),
+        n.delta_threshold.to_string(),
+    );
+    live(
+        "operations.z_variance_threshold",
+        o.z_variance_threshold.to_string(),
+        n.z_variance_threshold.to_string(),
+    );
     let (t, u) = (&old.thresholds, &new.thresholds);
-    live("thresholds.voice_count_min", format!("{:?}", t.voice_count_min), format!("{:?}", u.voice_count_min));
-    live("thresholds.voice_count_max", format!("{:?}", t.voice_count_max), format!("{:?}", u.voice_count_max));
-    live("thresholds.amp_sum_min", format!("{:?}", t.amp_sum_min), format!("{:?}", u.amp_sum_min));
-    live("thresholds.amp_sum_max", format!("{:?}", t.amp_sum_max), format!("{:?}", u.amp_sum_max));
-    live("snapshot.interval", format!("{:?}", old.snapshot.interval), format!("{:?}", new.snapshot.interval));
-    live("snapshot.link_max_age", format!("{:?}", old.snapshot.link_max_age), format!("{:?}", new.snapshot.link_max_age));
+    live(
+        "thresholds.voice_count_min",
+        format!("{:?}", t.voice_count_min),
+        format!("{:?}", u.voice_count_min),
+    );
+    live(
+        "thresholds.voice_count_max",
+        format!("{:?}", t.voice_count_max),
+        format!("{:?}", u.voice_count_max),
+    );
+    live(
+        "thresholds.amp_sum_min",
+        format!("{:?}", t.amp_sum_min),
+        format!("{:?}", u.amp_sum_min),
+    );
+    live(
+        "thresholds.amp_sum_max",
+        format!("{:?}", t.amp_sum_max),
+        format!("{:?}", u.amp_sum_max),
+    );
+    live(
+        "snapshot.interval",
+        format!("{:?}", old.snapshot.interval),
+        format!("{:?}", new.snapshot.interval),
+    );
+    live(
+        "snapshot.link_max_age",
+        format!("{:?}", old.snapshot.link_max_age),
+        format!("{:?}", new.snapshot.link_max_age),
+    );
     let mut restart = |key: &str, changed: bool| {
         if changed {
             d.need_restart.push(key.to_string());

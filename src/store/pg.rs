@@ -6,6 +6,7 @@
 
 use std::error::Error as _;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
@@ -19,6 +20,11 @@ pub const APPLICATION_NAME: &str = "stringdriverd";
 
 /// PostgreSQL's port when a configuration names none.
 const DEFAULT_PORT: u16 = 5432;
+
+/// Name of the systemd credential that holds the database password
+/// (`LoadCredential=db-password:/etc/stringdriver/db-password` in the unit):
+/// the file `$CREDENTIALS_DIRECTORY/db-password`.
+pub const PASSWORD_CREDENTIAL: &str = "db-password";
 
 /// Why a connection to PostgreSQL could not be configured or opened.
 ///
@@ -35,6 +41,18 @@ pub enum StoreConnectError {
     /// The password file could not be read.
     #[error("cannot read the database password: {0}")]
     Password(ConfigError),
+    /// The systemd credential `db-password` exists but could not be read, or
+    /// is empty.
+    #[error(
+        "{}: cannot read the database password (systemd credential {PASSWORD_CREDENTIAL}): {error}",
+        path.display()
+    )]
+    Credential {
+        /// `$CREDENTIALS_DIRECTORY/db-password`.
+        path: PathBuf,
+        /// Why (never the content).
+        error: std::io::Error,
+    },
     /// The server refused or did not answer.
     #[error("cannot connect to PostgreSQL at {server}: {cause}")]
     Connect {
@@ -59,10 +77,24 @@ pub enum StoreConnectError {
     },
 }
 
-/// The connection settings of `db`: its URL or parts, the password from
-/// `db.password_file` if one is set, `connect_timeout` and
-/// `application_name = "stringdriverd"`.
+/// The connection settings of `db`: its URL or parts, the password,
+/// `connect_timeout` and `application_name = "stringdriverd"`.
+///
+/// The password comes from `db.password_file` if one is set; otherwise, under
+/// systemd, from the credential `$CREDENTIALS_DIRECTORY/db-password` if it
+/// exists; otherwise there is none.
 pub fn pg_config(db: &DatabaseConfig) -> Result<Config, StoreConnectError> {
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    pg_config_with(db, credentials_dir.as_deref())
+}
+
+/// [`pg_config`] with the credentials directory passed in rather than read
+/// from the environment, so that tests need not change the process's
+/// environment (which parallel tests share).
+fn pg_config_with(
+    db: &DatabaseConfig,
+    credentials_dir: Option<&Path>,
+) -> Result<Config, StoreConnectError> {
     let mut cfg = match &db.target {
         DatabaseTarget::Url(url) => {
             // The parser's message names the offending option, not the URL,
@@ -97,12 +129,51 @@ pub fn pg_config(db: &DatabaseConfig) -> Result<Config, StoreConnectError> {
             cfg
         }
     };
-    if let Some(password) = db.password().map_err(StoreConnectError::Password)? {
+    let password = match db.password().map_err(StoreConnectError::Password)? {
+        Some(password) => Some(password),
+        None => match credentials_dir {
+            Some(dir) => credential_password(dir)?,
+            None => None,
+        },
+    };
+    if let Some(password) = password {
         cfg.password(password);
     }
     cfg.connect_timeout(db.connect_timeout);
     cfg.application_name(APPLICATION_NAME);
     Ok(cfg)
+}
+
+/// The password in `dir/db-password`, without one trailing newline (as for
+/// `password_file`); `Ok(None)` when the service was given no such
+/// credential.
+fn credential_password(dir: &Path) -> Result<Option<String>, StoreConnectError> {
+    let path = dir.join(PASSWORD_CREDENTIAL);
+    let fail = |error: std::io::Error| StoreConnectError::Credential {
+        path: path.clone(),
+        error,
+    };
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        // A service may have other credentials but not this one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(e)),
+    };
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    // An empty credential is a mistake at install time, not "no password":
+    // say so here rather than let the server refuse a blank password.
+    if text.is_empty() {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        )));
+    }
+    Ok(Some(text))
 }
 
 /// Opens a session (without TLS for now) and drives it on a spawned task,
@@ -219,6 +290,95 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DatabaseTarget;
+
+    const SECRET: &str = "s3cret-from-credential";
+
+    fn database(password_file: Option<&Path>) -> DatabaseConfig {
+        DatabaseConfig {
+            target: DatabaseTarget::Url("postgres://stringdriver@db.lab:5432/audmon".to_string()),
+            password_file: password_file.map(Path::to_path_buf),
+            auto_migrate: false,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// A credentials directory as systemd makes one, holding `db-password`
+    /// with `content` (none if `None`) and another credential beside it.
+    fn credentials(content: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("other-credential"), "not the password").unwrap();
+        if let Some(content) = content {
+            std::fs::write(dir.path().join(PASSWORD_CREDENTIAL), content).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn credential_gives_the_password_without_its_newline() {
+        let dir = credentials(Some(&format!("{SECRET}\n")));
+        let cfg = pg_config_with(&database(None), Some(dir.path())).unwrap();
+        assert_eq!(cfg.get_password(), Some(SECRET.as_bytes()));
+        assert!(!format!("{cfg:?}").contains(SECRET));
+
+        // Only one newline (with its CR) goes; the rest is the password.
+        let dir = credentials(Some("pw\r\n"));
+        let cfg = pg_config_with(&database(None), Some(dir.path())).unwrap();
+        assert_eq!(cfg.get_password(), Some(&b"pw"[..]));
+        let dir = credentials(Some("pw\n\n"));
+        let cfg = pg_config_with(&database(None), Some(dir.path())).unwrap();
+        assert_eq!(cfg.get_password(), Some(&b"pw\n"[..]));
+        let dir = credentials(Some(" pw "));
+        let cfg = pg_config_with(&database(None), Some(dir.path())).unwrap();
+        assert_eq!(cfg.get_password(), Some(&b" pw "[..]));
+    }
+
+    #[test]
+    fn password_file_wins_over_the_credential() {
+        let dir = credentials(Some(SECRET));
+        let file = dir.path().join("password-file");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let cfg = pg_config_with(&database(Some(&file)), Some(dir.path())).unwrap();
+        assert_eq!(cfg.get_password(), Some(&b"from-file"[..]));
+    }
+
+    #[test]
+    fn no_credential_means_no_password() {
+        let cfg = pg_config_with(&database(None), None).unwrap();
+        assert_eq!(cfg.get_password(), None);
+        // Started by systemd with other credentials but not this one.
+        let dir = credentials(None);
+        let cfg = pg_config_with(&database(None), Some(dir.path())).unwrap();
+        assert_eq!(cfg.get_password(), None);
+        // CREDENTIALS_DIRECTORY naming a directory that is gone.
+        let gone = dir.path().join("gone");
+        let cfg = pg_config_with(&database(None), Some(&gone)).unwrap();
+        assert_eq!(cfg.get_password(), None);
+    }
+
+    #[test]
+    fn empty_or_unreadable_credential_is_an_error_naming_the_file() {
+        for content in ["", "\n", "\r\n"] {
+            let dir = credentials(Some(content));
+            let e = pg_config_with(&database(None), Some(dir.path())).unwrap_err();
+            assert!(matches!(e, StoreConnectError::Credential { .. }), "{e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("db-password") && text.contains("empty"),
+                "{text}"
+            );
+        }
+        // A directory where the file should be: read fails, not NotFound.
+        let dir = credentials(None);
+        std::fs::create_dir(dir.path().join(PASSWORD_CREDENTIAL)).unwrap();
+        let e = pg_config_with(&database(None), Some(dir.path())).unwrap_err();
+        assert!(matches!(e, StoreConnectError::Credential { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains(&dir.path().join(PASSWORD_CREDENTIAL).display().to_string()),
+            "{e}"
+        );
+    }
 
     #[test]
     fn describe_names_every_host_with_its_port() {

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Checks systemd/stringdriverd.service:
+#   1. systemd-analyze verify: must print nothing and succeed;
+#   2. systemd-analyze security --offline: overall exposure at most 2.5.
+# Prints the exposure score; exits non-zero if either check fails.
+#
+# Works from a clean checkout: builds the release binary (verify refuses a
+# unit whose ExecStart= program is missing) and verifies the unchanged unit
+# file inside a throw-away root (`--root`) holding the binary at the
+# ExecStart= path, the host's copy of any other program the unit runs, and a
+# copy of the host's system units (the unit's dependencies: sysinit.target,
+# modprobe@.service, ...). Installs nothing on the host but systemd itself,
+# and that only if systemd-analyze is missing (apt-get, as root). verify run
+# as root does touch the empty timestamp /run/systemd/systemd-units-load, as
+# every unit load by systemd does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+unit=systemd/stringdriverd.service
+name=$(basename "$unit")
+# systemd-analyze counts exposure in tenths: 25 is 2.5.
+max_exposure_tenths=25
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "== installing systemd (for systemd-analyze)"
+  if [ "$(id -u)" != 0 ]; then
+    echo "systemd-analyze is missing; install the systemd package (as root: apt-get install systemd)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+systemd-analyze --version | head -n 1
+
+echo "== cargo build --release --bin stringdriverd"
+cargo build --release --quiet --bin stringdriverd
+binary="${CARGO_TARGET_DIR:-target}/release/stringdriverd"
+
+# The program of ExecStart= (the first word, without the prefixes @-:+!).
+exec_path=$(sed -n 's/^ExecStart=[-@:+!]*\([^ ]*\).*/\1/p' "$unit" | head -n 1)
+if [ -z "$exec_path" ]; then
+  echo "$unit: no ExecStart= found" >&2
+  exit 1
+fi
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root$(dirname "$exec_path")" "$root/etc/systemd/system"
+cp "$binary" "$root$exec_path"
+# verify checks every program the unit runs: the other Exec*= programs
+# (ExecReload=/bin/kill) come from the host.
+sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "$unit" | sort -u | while read -r program; do
+  if [ "$program" != "$exec_path" ] && [ -e "$program" ]; then
+    mkdir -p "$root$(dirname "$program")"
+    cp "$program" "$root$program"
+  fi
+done
+# The host's unit directories (/lib is /usr/lib on merged-/usr systems).
+for dir in /usr/lib/systemd/system /lib/systemd/system; do
+  if [ -d "$dir" ]; then
+    mkdir -p "$root$dir"
+    cp -a "$dir/." "$root$dir/"
+  fi
+done
+cp "$unit" "$root/etc/systemd/system/$name"
+
+echo "== systemd-analyze verify $unit"
+verify_rc=0
+# --root reads both the unit and the paths it names underneath $root; the
+# messages are rewritten to name the unit file of this repository.
+verify_out=$(systemd-analyze verify --man=no --root="$root" "/etc/systemd/system/$name" 2>&1) || verify_rc=$?
+verify_out=${verify_out//"$root/etc/systemd/system/$name"/$unit}
+verify_out=${verify_out//"$root"/}
+if [ -n "$verify_out" ]; then
+  printf '%s\n' "$verify_out"
+fi
+verify_ok=1
+if [ "$verify_rc" != 0 ] || [ -n "$verify_out" ]; then
+  echo "verify: FAILED (exit status $verify_rc)"
+  verify_ok=0
+else
+  echo "verify: OK"
+fi
+
+echo "== systemd-analyze security --offline=true $unit"
+security_rc=0
+security_out=$(systemd-analyze security --offline=true --threshold="$max_exposure_tenths" "$unit" 2>&1) || security_rc=$?
+# The settings that still add exposure, then the overall level.
+printf '%s\n' "$security_out" | grep -E '^✗|Overall exposure' || true
+score=$(printf '%s\n' "$security_out" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+security_ok=1
+if [ -z "$score" ]; then
+  echo "security: FAILED (no overall exposure level in the output)"
+  printf '%s\n' "$security_out"
+  security_ok=0
+elif [ "$security_rc" != 0 ] || ! awk -v s="$score" -v m="$max_exposure_tenths" 'BEGIN { exit !(s * 10 <= m) }'; then
+  echo "security: FAILED (exposure $score, at most $((max_exposure_tenths / 10)).$((max_exposure_tenths % 10)) allowed)"
+  security_ok=0
+else
+  echo "security: OK (exposure $score)"
+fi
+
+echo "exposure: $score"
+[ "$verify_ok" = 1 ] && [ "$security_ok" = 1 ]
