@@ -14,3 +14,4 @@ pub mod protocol;
 pub mod sim;
 pub mod snapshot;
 pub mod store;
+pub mod supervise;

@@ -348,7 +348,7 @@ impl Engine {
                 _ = shutdown.cancelled() => break,
                 r = self.requests.recv() => match r {
                     Some(req) => {
-                        let result = self.capture(Trigger::Event, &req.reason).await;
+                        let result = self.capture_guarded(Trigger::Event, &req.reason).await;
                         if let Some(reply) = req.reply {
                             let _ = reply.send(result);
                         }
@@ -356,7 +356,7 @@ impl Engine {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let _ = self.capture(Trigger::Timer, "timer").await;
+                    let _ = self.capture_guarded(Trigger::Timer, "timer").await;
                 }
                 Ok(()) = self.interval.changed() => {
                     let p = *self.interval.borrow_and_update();
@@ -376,6 +376,22 @@ impl Engine {
         while let Ok(req) = self.requests.try_recv() {
             if let Some(reply) = req.reply {
                 let _ = reply.send(Err(SnapshotError::Stopped));
+            }
+        }
+    }
+
+    /// One capture; a bug in it costs this snapshot, not the engine.
+    async fn capture_guarded(
+        &mut self,
+        trigger: Trigger,
+        reason: &str,
+    ) -> Result<Uuid, SnapshotError> {
+        match crate::supervise::guarded("snapshot", self.capture(trigger, reason)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.status
+                    .send_modify(|s| *s.skipped.entry("internal_error".into()).or_default() += 1);
+                Err(SnapshotError::Spool(e))
             }
         }
     }

@@ -659,3 +659,48 @@ fn an_unreadable_counters_file_is_moved_aside_and_reported() {
         "kept for inspection"
     );
 }
+
+/// Panics on its first open (a bug), then opens the real port.
+struct PanicsOnce {
+    inner: stringdriverd::board::SerialConnector,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl stringdriverd::board::Connector for PanicsOnce {
+    fn open(&self) -> stringdriverd::board::OpenFuture<'_> {
+        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected bug in open");
+        }
+        self.inner.open()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_the_driver_is_survived_and_the_board_comes_up() {
+    let opts = sim_options(Firmware::V2);
+    let (_dir, sim) = start_sim(opts.clone());
+    let spec = spec_for(&opts, sim.link().to_path_buf());
+    let connector = std::sync::Arc::new(PanicsOnce {
+        inner: stringdriverd::board::SerialConnector {
+            path: spec.port.clone(),
+            baud: spec.baud,
+        },
+        done: std::sync::atomic::AtomicBool::new(false),
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (board, task) = stringdriverd::board::spawn(spec, connector, None, shutdown.clone());
+    connected(&board).await;
+    let s = board.status();
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("injected bug")),
+        "{:?}",
+        s.last_error
+    );
+    shutdown.cancel();
+    task.await.expect("the task itself never panicked");
+}

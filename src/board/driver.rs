@@ -251,16 +251,27 @@ impl Driver {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let error = match self.connector.open().await {
-                Ok(link) => {
-                    backoff.reset();
-                    self.status.send_modify(|s| s.connects += 1);
-                    match self.connection(link).await {
-                        End::Shutdown => break,
-                        End::Lost(e) => e,
+            let name = self.spec.name.clone();
+            let round = crate::supervise::guarded(&name, async {
+                match self.connector.open().await {
+                    Ok(link) => {
+                        backoff.reset();
+                        self.status.send_modify(|s| s.connects += 1);
+                        match self.connection(link).await {
+                            End::Shutdown => None,
+                            End::Lost(e) => Some(e),
+                        }
                     }
+                    Err(e) => Some(format!("cannot open {}: {e}", self.connector.describe())),
                 }
-                Err(e) => format!("cannot open {}: {e}", self.connector.describe()),
+            })
+            .await;
+            let error = match round {
+                Ok(None) => break,
+                Ok(Some(e)) => e,
+                // The port is closed with the round; reopening resets the
+                // board and the counters are restored like after an unplug.
+                Err(e) => e,
             };
             let delay = backoff.next_delay();
             tracing::warn!(board = %self.spec.name, error = %error, retry_in = ?delay, "board link down");

@@ -33,7 +33,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::board::{self, BoardEvent, BoardHandle, BoardSpec, LinkState, SerialConnector};
 use crate::config::{self, Config, Role, SnapshotLink};
 use crate::snapshot::{self, Settings, SnapshotHandle, Sources};
@@ -52,6 +51,9 @@ pub enum DaemonError {
     /// The database is reachable but not migrated (and auto_migrate is off).
     #[error("{0}")]
     Schema(String),
+    /// A part failed beyond what the daemon can repair in-process.
+    #[error("{0}")]
+    Failed(String),
     /// Signal handling could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -310,7 +312,7 @@ pub async fn run_with_shipping(
     let mut last_heartbeat = 0u64;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     let mut ready_tick = tokio::time::interval(Duration::from_millis(100));
-    let mut restart_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut failed = false;
     let mut current = cfg.clone();
 
     loop {
@@ -371,12 +373,11 @@ pub async fn run_with_shipping(
                 }
             }
             r = &mut snapshot_task => {
-                // Only a panic ends it before shutdown: restart it, the others go on.
-                tracing::error!(error = ?r.err(), "snapshot engine stopped unexpectedly; restarting");
-                tokio::time::sleep(restart_backoff.next_delay()).await;
-                let (h, t) = snapshot::spawn(sources.clone(), spool.clone(), interval_rx.clone(), capture.clone());
-                drop(h);
-                snapshot_task = t;
+                // Its rounds catch their own panics, so this is beyond
+                // repair in-process: stop, and let systemd restart us.
+                tracing::error!(error = ?r.err(), "the snapshot engine ended unexpectedly; stopping so that the service is restarted");
+                failed = true;
+                break;
             }
         }
     }
@@ -391,7 +392,9 @@ pub async fn run_with_shipping(
     capture.cancel();
     io.cancel();
     let all = async {
-        let _ = snapshot_task.await;
+        if !failed {
+            let _ = snapshot_task.await;
+        }
         for t in board_tasks {
             let _ = t.await;
         }
@@ -411,6 +414,11 @@ pub async fn run_with_shipping(
         backlog,
         "stopped; unshipped records stay in the spool for the next start"
     );
+    if failed {
+        return Err(DaemonError::Failed(
+            "the snapshot engine ended unexpectedly".into(),
+        ));
+    }
     Ok(())
 }
 

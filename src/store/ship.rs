@@ -200,23 +200,28 @@ impl Shipper {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let stop = match super::pg::connect(&self.pg).await {
-                Ok(mut client) => match self.schema(&mut client).await {
-                    Ok(info) => {
-                        tracing::info!(database = %target, version = info.version, "shipper connected");
-                        self.status.send_modify(|s| s.connected = true);
-                        backoff.reset();
-                        self.sync_roles(&mut client).await;
-                        self.session(&mut client, info.controls_id, &mut backoff)
-                            .await
+            let round = crate::supervise::guarded("shipper", async {
+                match super::pg::connect(&self.pg).await {
+                    Ok(mut client) => match self.schema(&mut client).await {
+                        Ok(info) => {
+                            tracing::info!(database = %target, version = info.version, "shipper connected");
+                            self.status.send_modify(|s| s.connected = true);
+                            backoff.reset();
+                            self.sync_roles(&mut client).await;
+                            self.session(&mut client, info.controls_id, &mut backoff).await
+                        }
+                        Err(e) => Stop::Retry(e),
+                    },
+                    Err(e) => {
+                        self.status.send_modify(|s| s.connect_failures += 1);
+                        Stop::Retry(e.to_string())
                     }
-                    Err(e) => Stop::Retry(e),
-                },
-                Err(e) => {
-                    self.status.send_modify(|s| s.connect_failures += 1);
-                    Stop::Retry(e.to_string())
                 }
-            };
+            })
+            .await;
+            // Nothing a panicked round committed is lost: records leave the
+            // spool only after their commit, and shipping them again is idempotent.
+            let stop = round.unwrap_or_else(Stop::Retry);
             self.status.send_modify(|s| s.connected = false);
             match stop {
                 Stop::Shutdown => break,
