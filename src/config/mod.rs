@@ -26,7 +26,7 @@ pub use layout::{
 };
 pub use resolve::defaults;
 pub use sections::{
-    BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, LogConfig,
+    read_secret, BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, LogConfig,
     OperationSettings, SnapshotConfig, SnapshotLink, SpoolConfig, Thresholds,
 };
 

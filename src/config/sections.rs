@@ -178,19 +178,7 @@ impl DatabaseConfig {
             path: path.clone(),
             source,
         };
-        let mut text = std::fs::read_to_string(path).map_err(fail)?;
-        if text.ends_with('\n') {
-            text.pop();
-            if text.ends_with('\r') {
-                text.pop();
-            }
-        }
-        if text.is_empty() {
-            return Err(fail(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the file is empty",
-            )));
-        }
+        let text = read_secret(path).map_err(fail)?;
         warn_if_world_readable(path);
         Ok(Some(text))
     }
@@ -238,4 +226,25 @@ pub struct LogConfig {
     /// A level (trace, debug, info, warn, error) or an `EnvFilter` directive
     /// string such as `info,stringdriverd::board=debug`.
     pub level: String,
+}
+
+/// Reads a secret (a password file or a systemd credential): the content
+/// without one trailing newline. An empty file is an error, not "no
+/// password": it is a mistake at install time, better named here than as a
+/// refused blank password by the server.
+pub fn read_secret(path: &std::path::Path) -> std::io::Result<String> {
+    let mut text = std::fs::read_to_string(path)?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        ));
+    }
+    Ok(text)
 }

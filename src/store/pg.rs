@@ -153,27 +153,12 @@ fn credential_password(dir: &Path) -> Result<Option<String>, StoreConnectError> 
         path: path.clone(),
         error,
     };
-    let mut text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    match crate::config::read_secret(&path) {
+        Ok(text) => Ok(Some(text)),
         // A service may have other credentials but not this one.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(fail(e)),
-    };
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(fail(e)),
     }
-    // An empty credential is a mistake at install time, not "no password":
-    // say so here rather than let the server refuse a blank password.
-    if text.is_empty() {
-        return Err(fail(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the file is empty",
-        )));
-    }
-    Ok(Some(text))
 }
 
 /// Opens a session (without TLS for now) and drives it on a spawned task,
