@@ -11,6 +11,7 @@ pub mod feed;
 pub mod logging;
 pub mod probe;
 pub mod protocol;
+pub mod sensors;
 pub mod sim;
 pub mod snapshot;
 pub mod store;

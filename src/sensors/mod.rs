@@ -1,0 +1,1 @@
+//! Touch sensors (being written).
