@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 pub mod feed;
 pub mod logging;
+pub mod motion;
 pub mod probe;
 pub mod protocol;
 pub mod sensors;

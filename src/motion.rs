@@ -1,0 +1,324 @@
+//! The motion gate: the one place every move passes through, whoever asks
+//! for it (an operation, the control API, the GUI compatibility socket).
+//!
+//! In order, for every move:
+//! 1. one operation at a time: while an operation runs, only its own moves
+//!    pass; a cancelled operation's next move is refused (cancel takes
+//!    effect before the next move);
+//! 2. the stepper exists and is enabled;
+//! 3. its counter is known (board connected, counters read) — and, for
+//!    moves not made by an operation, trusted (an operator's manual move on a
+//!    counter nobody vouches for could go anywhere);
+//! 4. the target lies inside the stepper's configured limits — refused
+//!    before anything reaches the board;
+//! 5. the stepper's rest since its previous move (x_rest, z_rest, tune_rest
+//!    by role) has elapsed — the gate waits for it, whoever asked;
+//! 6. one move at a time through the gate; the board driver then confirms it.
+//!
+//! Setting a counter without motion passes check 1 and the existence part of
+//! check 2 (it is refused to others while an operation runs; a disabled
+//! stepper's counter may be set, nothing moves).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::board::{BoardError, BoardHandle, LinkState};
+use crate::config::{Layout, Role};
+use crate::snapshot::Settings;
+
+/// Who asks for a move.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// The running operation holding this ticket.
+    Operation(u64),
+    /// A control API request.
+    Manual,
+    /// The GUI compatibility socket.
+    Compat,
+}
+
+/// Why the gate refused (or a move failed).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GateError {
+    /// Another operation runs.
+    #[error("refused: operation {0} is running (moves are refused until it ends or is cancelled)")]
+    OperationRunning(String),
+    /// An operation is already running (starting another).
+    #[error("refused: operation {0} is already running; one operation at a time")]
+    Busy(String),
+    /// The operation was cancelled: no further moves.
+    #[error("cancelled")]
+    Cancelled,
+    /// No such stepper.
+    #[error("refused: stepper {stepper} does not exist (the host has {count})")]
+    UnknownStepper {
+        /// Requested index.
+        stepper: usize,
+        /// Steppers on the host.
+        count: usize,
+    },
+    /// The stepper is disabled.
+    #[error("refused: stepper {0} is disabled")]
+    Disabled(usize),
+    /// The counter is not known or not trusted.
+    #[error("refused: the counter of stepper {stepper} is {why}")]
+    Unknown {
+        /// The stepper.
+        stepper: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// The target is outside the configured limits.
+    #[error("refused: stepper {stepper} target {target} is outside its limits {min}..={max}")]
+    OutOfLimits {
+        /// The stepper.
+        stepper: usize,
+        /// Requested target.
+        target: i64,
+        /// Lower limit.
+        min: i32,
+        /// Upper limit.
+        max: i32,
+    },
+    /// The board failed or refused.
+    #[error(transparent)]
+    Board(#[from] BoardError),
+}
+
+/// The running operation.
+#[derive(Debug, Clone)]
+struct Running {
+    ticket: u64,
+    kind: String,
+    cancel: CancellationToken,
+}
+
+struct Inner {
+    boards: Vec<BoardHandle>,
+    layout: Arc<Layout>,
+    settings: watch::Receiver<Settings>,
+    /// When each stepper's last move ended.
+    last_move: Mutex<Vec<Option<Instant>>>,
+    running: Mutex<Option<Running>>,
+    next_ticket: Mutex<u64>,
+    /// One move at a time through the gate.
+    serial: tokio::sync::Mutex<()>,
+}
+
+/// The gate. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct MotionGate {
+    inner: Arc<Inner>,
+}
+
+/// Held while an operation runs; dropping it ends the operation.
+pub struct OperationTicket {
+    gate: MotionGate,
+    ticket: u64,
+    cancel: CancellationToken,
+}
+
+impl OperationTicket {
+    /// The origin to pass with this operation's moves.
+    pub fn origin(&self) -> Origin {
+        Origin::Operation(self.ticket)
+    }
+
+    /// Fires when the operation is cancelled.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Rests `d` (lap_rest and the like), unless cancelled first.
+    pub async fn rest(&self, d: Duration) -> Result<(), GateError> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(GateError::Cancelled),
+            _ = tokio::time::sleep(d) => Ok(()),
+        }
+    }
+}
+
+impl Drop for OperationTicket {
+    fn drop(&mut self) {
+        let mut r = self.gate.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if r.as_ref().is_some_and(|r| r.ticket == self.ticket) {
+            *r = None;
+        }
+    }
+}
+
+impl MotionGate {
+    /// A gate over `boards` (in configured order).
+    pub fn new(boards: Vec<BoardHandle>, layout: Arc<Layout>, settings: watch::Receiver<Settings>) -> MotionGate {
+        let n = layout.total_steppers();
+        MotionGate {
+            inner: Arc::new(Inner {
+                boards,
+                layout,
+                settings,
+                last_move: Mutex::new(vec![None; n]),
+                running: Mutex::new(None),
+                next_ticket: Mutex::new(1),
+                serial: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Starts an operation of `kind`; refused while another runs.
+    pub fn begin(&self, kind: &str) -> Result<OperationTicket, GateError> {
+        let mut r = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(other) = r.as_ref() {
+            return Err(GateError::Busy(other.kind.clone()));
+        }
+        let ticket = {
+            let mut t = self.inner.next_ticket.lock().unwrap_or_else(|e| e.into_inner());
+            *t += 1;
+            *t
+        };
+        let cancel = CancellationToken::new();
+        *r = Some(Running { ticket, kind: kind.to_string(), cancel: cancel.clone() });
+        Ok(OperationTicket { gate: self.clone(), ticket, cancel })
+    }
+
+    /// Cancels the running operation; false if none runs.
+    pub fn cancel(&self) -> bool {
+        let r = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        match r.as_ref() {
+            Some(run) => {
+                run.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The kind of the running operation, if any.
+    pub fn running(&self) -> Option<String> {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.kind.clone())
+    }
+
+    fn check_origin(&self, origin: &Origin) -> Result<Option<CancellationToken>, GateError> {
+        let r = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        match (r.as_ref(), origin) {
+            (Some(run), Origin::Operation(t)) if run.ticket == *t => {
+                if run.cancel.is_cancelled() {
+                    Err(GateError::Cancelled)
+                } else {
+                    Ok(Some(run.cancel.clone()))
+                }
+            }
+            (Some(run), _) => Err(GateError::OperationRunning(run.kind.clone())),
+            // A ticket whose operation has ended moves nothing.
+            (None, Origin::Operation(_)) => Err(GateError::Cancelled),
+            (None, _) => Ok(None),
+        }
+    }
+
+    fn locate(&self, stepper: usize) -> Result<(usize, usize), GateError> {
+        let count = self.inner.layout.total_steppers();
+        self.inner
+            .layout
+            .locate(stepper)
+            .filter(|(b, _)| *b < self.inner.boards.len())
+            .ok_or(GateError::UnknownStepper { stepper, count })
+    }
+
+    fn check_stepper(&self, stepper: usize) -> Result<(usize, usize), GateError> {
+        let located = self.locate(stepper)?;
+        if !self.inner.settings.borrow().enabled.get(stepper).copied().unwrap_or(false) {
+            return Err(GateError::Disabled(stepper));
+        }
+        Ok(located)
+    }
+
+    /// The stepper's current counter, if it can be moved from.
+    fn current(&self, board: usize, local: usize, stepper: usize, origin: &Origin) -> Result<i32, GateError> {
+        let status = self.inner.boards[board].status();
+        let unknown = |why: String| GateError::Unknown { stepper, why };
+        if status.link != LinkState::Connected {
+            return Err(unknown(format!("unknown: board {} is {}", status.name, status.link)));
+        }
+        let Some(p) = status.positions.as_ref().and_then(|p| p.get(local).copied()) else {
+            return Err(unknown("not read yet".into()));
+        };
+        let trusted = status.trusted.get(local).copied().unwrap_or(false);
+        if !trusted && !matches!(origin, Origin::Operation(_)) {
+            return Err(unknown("untrusted (the board reset, or it was never set): calibrate or set it".into()));
+        }
+        Ok(p)
+    }
+
+    fn rest_of(&self, stepper: usize) -> Duration {
+        let s = self.inner.settings.borrow();
+        let secs = match self.inner.layout.role(stepper) {
+            Role::X => s.operations.x_rest,
+            Role::Tuner { .. } => s.operations.tune_rest,
+            Role::ZIn { .. } | Role::ZOut { .. } | Role::Unused => s.operations.z_rest,
+        };
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+
+    /// Moves `stepper` (global index) by `delta`.
+    pub async fn move_rel(&self, origin: &Origin, stepper: usize, delta: i32) -> Result<Vec<i32>, GateError> {
+        self.do_move(origin, stepper, |cur| cur as i64 + delta as i64).await
+    }
+
+    /// Moves `stepper` (global index) to `target`.
+    pub async fn move_abs(&self, origin: &Origin, stepper: usize, target: i32) -> Result<Vec<i32>, GateError> {
+        self.do_move(origin, stepper, |_| target as i64).await
+    }
+
+    async fn do_move(&self, origin: &Origin, stepper: usize, target_of: impl Fn(i32) -> i64) -> Result<Vec<i32>, GateError> {
+        // Checked before queueing (fail fast) and again once it is our turn:
+        // an operation may have started, a stepper been disabled meanwhile.
+        self.check_origin(origin)?;
+        self.check_stepper(stepper)?;
+        let _one = self.inner.serial.lock().await;
+        let cancel = self.check_origin(origin)?;
+        let (board, local) = self.check_stepper(stepper)?;
+        let current = self.current(board, local, stepper, origin)?;
+        let target = target_of(current);
+        let (min, max) = self.inner.layout.limits(stepper);
+        if target < min as i64 || target > max as i64 {
+            return Err(GateError::OutOfLimits { stepper, target, min, max });
+        }
+        // The rest since this stepper's previous move, whoever made it.
+        let since = self.inner.last_move.lock().unwrap_or_else(|e| e.into_inner()).get(stepper).copied().flatten();
+        if let Some(last) = since {
+            let until = last + self.rest_of(stepper);
+            match &cancel {
+                Some(c) => tokio::select! {
+                    _ = c.cancelled() => return Err(GateError::Cancelled),
+                    _ = tokio::time::sleep_until(until) => {}
+                },
+                None => tokio::time::sleep_until(until).await,
+            }
+        }
+        if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(GateError::Cancelled);
+        }
+        let result = self.inner.boards[board].amove(local, target as i32).await;
+        // The rest counts from the end of the move, even a failed one: the
+        // motor may have moved.
+        if let Some(slot) = self.inner.last_move.lock().unwrap_or_else(|e| e.into_inner()).get_mut(stepper) {
+            *slot = Some(Instant::now());
+        }
+        let positions = result?;
+        tracing::debug!(stepper, target, ?origin, "move done");
+        Ok(positions)
+    }
+
+    /// Sets a counter without motion (after calibration, or by an operator).
+    /// Allowed on a disabled stepper: nothing moves.
+    pub async fn set_counter(&self, origin: &Origin, stepper: usize, value: i32) -> Result<Vec<i32>, GateError> {
+        self.check_origin(origin)?;
+        let (board, local) = self.locate(stepper)?;
+        let _one = self.inner.serial.lock().await;
+        self.check_origin(origin)?;
+        Ok(self.inner.boards[board].set_stepper(local, value).await?)
+    }
+}
