@@ -10,6 +10,7 @@ pub mod demo;
 pub mod feed;
 pub mod logging;
 pub mod motion;
+pub mod ops;
 pub mod probe;
 pub mod protocol;
 pub mod sensors;

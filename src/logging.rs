@@ -144,7 +144,7 @@ fn journal_stream_matches(journal_stream: Option<&str>, stderr: Option<(u64, u64
 /// Whether stderr lines get ANSI colours: only on a terminal, and not when
 /// `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
 fn use_ansi(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
-    stderr_is_terminal && !no_color.is_some_and(|v| !v.is_empty())
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]

@@ -144,7 +144,12 @@ impl OperationTicket {
 
 impl Drop for OperationTicket {
     fn drop(&mut self) {
-        let mut r = self.gate.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self
+            .gate
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if r.as_ref().is_some_and(|r| r.ticket == self.ticket) {
             *r = None;
         }
@@ -153,7 +158,11 @@ impl Drop for OperationTicket {
 
 impl MotionGate {
     /// A gate over `boards` (in configured order).
-    pub fn new(boards: Vec<BoardHandle>, layout: Arc<Layout>, settings: watch::Receiver<Settings>) -> MotionGate {
+    pub fn new(
+        boards: Vec<BoardHandle>,
+        layout: Arc<Layout>,
+        settings: watch::Receiver<Settings>,
+    ) -> MotionGate {
         let n = layout.total_steppers();
         MotionGate {
             inner: Arc::new(Inner {
@@ -175,13 +184,25 @@ impl MotionGate {
             return Err(GateError::Busy(other.kind.clone()));
         }
         let ticket = {
-            let mut t = self.inner.next_ticket.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = self
+                .inner
+                .next_ticket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             *t += 1;
             *t
         };
         let cancel = CancellationToken::new();
-        *r = Some(Running { ticket, kind: kind.to_string(), cancel: cancel.clone() });
-        Ok(OperationTicket { gate: self.clone(), ticket, cancel })
+        *r = Some(Running {
+            ticket,
+            kind: kind.to_string(),
+            cancel: cancel.clone(),
+        });
+        Ok(OperationTicket {
+            gate: self.clone(),
+            ticket,
+            cancel,
+        })
     }
 
     /// Cancels the running operation; false if none runs.
@@ -198,7 +219,12 @@ impl MotionGate {
 
     /// The kind of the running operation, if any.
     pub fn running(&self) -> Option<String> {
-        self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.kind.clone())
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|r| r.kind.clone())
     }
 
     fn check_origin(&self, origin: &Origin) -> Result<Option<CancellationToken>, GateError> {
@@ -229,25 +255,48 @@ impl MotionGate {
 
     fn check_stepper(&self, stepper: usize) -> Result<(usize, usize), GateError> {
         let located = self.locate(stepper)?;
-        if !self.inner.settings.borrow().enabled.get(stepper).copied().unwrap_or(false) {
+        if !self
+            .inner
+            .settings
+            .borrow()
+            .enabled
+            .get(stepper)
+            .copied()
+            .unwrap_or(false)
+        {
             return Err(GateError::Disabled(stepper));
         }
         Ok(located)
     }
 
     /// The stepper's current counter, if it can be moved from.
-    fn current(&self, board: usize, local: usize, stepper: usize, origin: &Origin) -> Result<i32, GateError> {
+    fn current(
+        &self,
+        board: usize,
+        local: usize,
+        stepper: usize,
+        origin: &Origin,
+    ) -> Result<i32, GateError> {
         let status = self.inner.boards[board].status();
         let unknown = |why: String| GateError::Unknown { stepper, why };
         if status.link != LinkState::Connected {
-            return Err(unknown(format!("unknown: board {} is {}", status.name, status.link)));
+            return Err(unknown(format!(
+                "unknown: board {} is {}",
+                status.name, status.link
+            )));
         }
-        let Some(p) = status.positions.as_ref().and_then(|p| p.get(local).copied()) else {
+        let Some(p) = status
+            .positions
+            .as_ref()
+            .and_then(|p| p.get(local).copied())
+        else {
             return Err(unknown("not read yet".into()));
         };
         let trusted = status.trusted.get(local).copied().unwrap_or(false);
         if !trusted && !matches!(origin, Origin::Operation(_)) {
-            return Err(unknown("untrusted (the board reset, or it was never set): calibrate or set it".into()));
+            return Err(unknown(
+                "untrusted (the board reset, or it was never set): calibrate or set it".into(),
+            ));
         }
         Ok(p)
     }
@@ -263,16 +312,32 @@ impl MotionGate {
     }
 
     /// Moves `stepper` (global index) by `delta`.
-    pub async fn move_rel(&self, origin: &Origin, stepper: usize, delta: i32) -> Result<Vec<i32>, GateError> {
-        self.do_move(origin, stepper, |cur| cur as i64 + delta as i64).await
+    pub async fn move_rel(
+        &self,
+        origin: &Origin,
+        stepper: usize,
+        delta: i32,
+    ) -> Result<Vec<i32>, GateError> {
+        self.do_move(origin, stepper, |cur| cur as i64 + delta as i64)
+            .await
     }
 
     /// Moves `stepper` (global index) to `target`.
-    pub async fn move_abs(&self, origin: &Origin, stepper: usize, target: i32) -> Result<Vec<i32>, GateError> {
+    pub async fn move_abs(
+        &self,
+        origin: &Origin,
+        stepper: usize,
+        target: i32,
+    ) -> Result<Vec<i32>, GateError> {
         self.do_move(origin, stepper, |_| target as i64).await
     }
 
-    async fn do_move(&self, origin: &Origin, stepper: usize, target_of: impl Fn(i32) -> i64) -> Result<Vec<i32>, GateError> {
+    async fn do_move(
+        &self,
+        origin: &Origin,
+        stepper: usize,
+        target_of: impl Fn(i32) -> i64,
+    ) -> Result<Vec<i32>, GateError> {
         // Checked before queueing (fail fast) and again once it is our turn:
         // an operation may have started, a stepper been disabled meanwhile.
         self.check_origin(origin)?;
@@ -284,10 +349,22 @@ impl MotionGate {
         let target = target_of(current);
         let (min, max) = self.inner.layout.limits(stepper);
         if target < min as i64 || target > max as i64 {
-            return Err(GateError::OutOfLimits { stepper, target, min, max });
+            return Err(GateError::OutOfLimits {
+                stepper,
+                target,
+                min,
+                max,
+            });
         }
         // The rest since this stepper's previous move, whoever made it.
-        let since = self.inner.last_move.lock().unwrap_or_else(|e| e.into_inner()).get(stepper).copied().flatten();
+        let since = self
+            .inner
+            .last_move
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stepper)
+            .copied()
+            .flatten();
         if let Some(last) = since {
             let until = last + self.rest_of(stepper);
             match &cancel {
@@ -304,7 +381,13 @@ impl MotionGate {
         let result = self.inner.boards[board].amove(local, target as i32).await;
         // The rest counts from the end of the move, even a failed one: the
         // motor may have moved.
-        if let Some(slot) = self.inner.last_move.lock().unwrap_or_else(|e| e.into_inner()).get_mut(stepper) {
+        if let Some(slot) = self
+            .inner
+            .last_move
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(stepper)
+        {
             *slot = Some(Instant::now());
         }
         let positions = result?;
@@ -314,7 +397,12 @@ impl MotionGate {
 
     /// Sets a counter without motion (after calibration, or by an operator).
     /// Allowed on a disabled stepper: nothing moves.
-    pub async fn set_counter(&self, origin: &Origin, stepper: usize, value: i32) -> Result<Vec<i32>, GateError> {
+    pub async fn set_counter(
+        &self,
+        origin: &Origin,
+        stepper: usize,
+        value: i32,
+    ) -> Result<Vec<i32>, GateError> {
         self.check_origin(origin)?;
         let (board, local) = self.locate(stepper)?;
         let _one = self.inner.serial.lock().await;

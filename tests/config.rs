@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use stringdriverd::config::{
-    self, Config, ConfigError, DatabaseTarget, Position, Role, SnapshotLink,
+    self, Config, ConfigError, DatabaseTarget, GpioSensorsConfig, Position, Role, SensorBackend,
+    SensorsConfig, SnapshotLink,
 };
 use stringdriverd::protocol::commands::{Firmware, IntWidth};
 
@@ -1040,6 +1041,275 @@ fn host_and_log_level() {
     assert_eq!(c.log.level, "info,stringdriverd::board=debug");
     let c = parse(&edit(&t, "link = \"none\"", "link = \"latest\"")).unwrap();
     assert_eq!(c.snapshot.link, SnapshotLink::Latest);
+}
+
+// ---------------------------------------------------------------- touch sensors
+
+/// The lines of stringdriver-2 (hosts.md), in Z stepper order.
+const SD2_LINES: [u32; 12] = [8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 11, 20];
+const SD2_LINES_TEXT: &str = "lines = [8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 11, 20]";
+
+#[test]
+fn example_reads_stringdriver_2_sensors_on_gpio() {
+    let c = parse(&example_text()).unwrap();
+    assert_eq!(c.sensors.backend(), SensorBackend::Gpio);
+    assert_eq!(
+        c.sensors,
+        SensorsConfig::Gpio(GpioSensorsConfig {
+            chip: "/dev/gpiochip0".into(),
+            lines: SD2_LINES.to_vec(),
+            active_low: false,
+        })
+    );
+    let c = parse(&edit(
+        &example_text(),
+        "active_low = false",
+        "active_low = true",
+    ))
+    .unwrap();
+    assert!(matches!(
+        c.sensors,
+        SensorsConfig::Gpio(GpioSensorsConfig {
+            active_low: true,
+            ..
+        })
+    ));
+    let c = parse(&edit(&example_text(), "active_low = false\n", "")).unwrap();
+    assert!(
+        matches!(
+            c.sensors,
+            SensorsConfig::Gpio(GpioSensorsConfig {
+                active_low: false,
+                ..
+            })
+        ),
+        "active_low defaults to false"
+    );
+}
+
+#[test]
+fn demo_sensors_are_simulated_and_the_default_is_none() {
+    assert_eq!(
+        parse(&demo_text()).unwrap().sensors,
+        SensorsConfig::Simulated
+    );
+    for text in [SD1, SD3] {
+        let c = parse(text).unwrap();
+        assert_eq!(c.sensors, SensorsConfig::None);
+        assert_eq!(c.sensors.backend(), SensorBackend::None);
+    }
+    let c = parse(&format!("{SD3}\n[sensors]\n")).unwrap();
+    assert_eq!(c.sensors, SensorsConfig::None);
+}
+
+#[test]
+fn other_hosts_sensor_lines_as_in_the_example_comments() {
+    let sd1 = format!(
+        "{SD1}\n[sensors]\nbackend = \"gpio\"\nchip = \"/dev/gpiochip0\"\nlines = [6, 26, 19, 5]\n"
+    );
+    let c = parse(&sd1).unwrap();
+    assert_eq!(
+        c.sensors,
+        SensorsConfig::Gpio(GpioSensorsConfig {
+            chip: "/dev/gpiochip0".into(),
+            lines: vec![6, 26, 19, 5],
+            active_low: false,
+        })
+    );
+    let sd3 = format!(
+        "{SD3}\n[sensors]\nbackend = \"gpio\"\nchip = \"/dev/gpiochip0\"\n\
+         lines = [8, 17, 18, 27, 10, 13, 24, 21]\nactive_low = true\n"
+    );
+    let c = parse(&sd3).unwrap();
+    assert!(matches!(&c.sensors, SensorsConfig::Gpio(g) if g.lines.len() == 8 && g.active_low));
+    // The example's comments say the same.
+    let t = example_text();
+    assert!(t.contains("#   lines = [6, 26, 19, 5]"));
+    assert!(t.contains("#   lines = [8, 17, 18, 27, 10, 13, 24, 21]"));
+}
+
+#[test]
+fn gpio_lines_one_per_z_stepper_all_different() {
+    let t = example_text();
+    let text = edit(
+        &t,
+        SD2_LINES_TEXT,
+        "lines = [8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 11]",
+    );
+    let e = rejects(
+        &text,
+        "sensors.lines",
+        "has 11 lines but there are 12 Z steppers",
+    );
+    assert_eq!(
+        e.position(),
+        Some(pos(&text, "[8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 11]"))
+    );
+    rejects(
+        &edit(
+            &t,
+            SD2_LINES_TEXT,
+            "lines = [8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 11, 20, 22]",
+        ),
+        "sensors.lines",
+        "has 13 lines",
+    );
+    rejects(
+        &edit(&t, SD2_LINES_TEXT, "lines = []"),
+        "sensors.lines",
+        "has 0 lines",
+    );
+    // A duplicate is pointed at where it is written the second time.
+    let text = edit(
+        &t,
+        SD2_LINES_TEXT,
+        "lines = [8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 17, 20]",
+    );
+    let e = rejects(&text, "sensors.lines", "line 17 is given twice");
+    assert!(
+        e.to_string()
+            .contains("sensors.lines[1] and sensors.lines[10]"),
+        "{e}"
+    );
+    let offset = text.find("19, 17").unwrap() + "19, ".len();
+    assert_eq!(e.position(), Some(pos_at(&text, offset)));
+    // Negative and oversized offsets name the element.
+    let text = edit(
+        &t,
+        SD2_LINES_TEXT,
+        "lines = [8, 17, 18, -27, 10, 13, 24, 21, 5, 19, 11, 20]",
+    );
+    let e = rejects(&text, "sensors.lines[3]", "not -27");
+    assert_eq!(e.position(), Some(pos(&text, "-27")));
+    rejects(
+        &edit(
+            &t,
+            SD2_LINES_TEXT,
+            "lines = [8, 17, 18, 4294967296, 10, 13, 24, 21, 5, 19, 11, 20]",
+        ),
+        "sensors.lines[3]",
+        "32 bits",
+    );
+    // Elements must be integers.
+    let text = edit(
+        &t,
+        SD2_LINES_TEXT,
+        "lines = [8, 17, 18, \"27\", 10, 13, 24, 21, 5, 19, 11, 20]",
+    );
+    let e = parse(&text).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+    assert_eq!(e.key(), Some("sensors.lines[3]"), "{e}");
+}
+
+#[test]
+fn gpio_needs_chip_and_lines() {
+    let t = example_text();
+    let text = edit(&t, "chip = \"/dev/gpiochip0\"\n", "");
+    let e = rejects(
+        &text,
+        "sensors.chip",
+        "required with sensors.backend = \"gpio\"",
+    );
+    assert_eq!(e.position(), None, "{e}");
+    rejects(
+        &edit(&t, "chip = \"/dev/gpiochip0\"", "chip = \"\""),
+        "sensors.chip",
+        "empty path",
+    );
+    let e = rejects(&edit(&t, SD2_LINES_TEXT, ""), "sensors.lines", "required");
+    assert!(e.to_string().contains("12 for layout.strings = 6"), "{e}");
+}
+
+#[test]
+fn gpio_keys_are_refused_with_other_backends() {
+    let t = example_text();
+    for backend in ["none", "simulated"] {
+        let text = edit(
+            &t,
+            "backend = \"gpio\"",
+            &format!("backend = \"{backend}\""),
+        );
+        let e = rejects(
+            &text,
+            "sensors.chip",
+            "only used with sensors.backend = \"gpio\"",
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("the backend is \"{backend}\"")),
+            "{e}"
+        );
+        // The last one: the example's comments name the chip of other hosts first.
+        let chip_at = text.rfind("\"/dev/gpiochip0\"").unwrap();
+        assert_eq!(e.position(), Some(pos_at(&text, chip_at)));
+        let text = edit(&text, "chip = \"/dev/gpiochip0\"\n", "");
+        rejects(&text, "sensors.lines", "only used with");
+        let text = edit(&text, &format!("{SD2_LINES_TEXT}\n"), "");
+        rejects(
+            &text,
+            "sensors.active_low",
+            "remove it, or set backend = \"gpio\"",
+        );
+        let text = edit(&text, "active_low = false\n", "");
+        assert_eq!(parse(&text).unwrap().sensors.backend().to_string(), backend);
+    }
+    // Leaving the backend out means "none", so the gpio keys are refused too.
+    rejects(
+        &edit(&t, "backend = \"gpio\"\n", ""),
+        "sensors.chip",
+        "the backend is \"none\"",
+    );
+}
+
+#[test]
+fn sensor_backend_names_and_unknown_keys() {
+    let t = example_text();
+    let text = edit(&t, "backend = \"gpio\"", "backend = \"i2c\"");
+    let e = parse(&text).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+    assert_eq!(e.key(), Some("sensors.backend"), "{e}");
+    assert!(e.to_string().contains("i2c"), "{e}");
+    assert_eq!(e.position(), Some(pos(&text, "\"i2c\"")));
+    let text = edit(
+        &t,
+        "active_low = false",
+        "active_low = false\npull_up = true",
+    );
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.key(), Some("sensors.pull_up"), "{e}");
+    assert!(e.to_string().contains("unknown field `pull_up`"), "{e}");
+    let e = parse(&edit(&t, "active_low = false", "active_low = \"no\"")).unwrap_err();
+    assert_eq!(e.key(), Some("sensors.active_low"), "{e}");
+}
+
+#[test]
+fn sensors_round_trip_for_every_backend() {
+    let t = example_text();
+    let low = edit(&t, "active_low = false", "active_low = true");
+    let printed = parse(&low).unwrap().to_toml_string();
+    assert!(
+        printed.contains("[sensors]\nbackend = \"gpio\"\nchip = \"/dev/gpiochip0\"\n"),
+        "{printed}"
+    );
+    assert!(printed.contains(SD2_LINES_TEXT), "{printed}");
+    assert!(printed.contains("active_low = true"), "{printed}");
+    for text in [low, demo_text(), SD1.to_string()] {
+        let c = parse(&text).unwrap();
+        let printed = c.to_toml_string();
+        assert!(
+            printed.contains(&format!("backend = \"{}\"", c.sensors.backend())),
+            "{printed}"
+        );
+        assert_eq!(
+            parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}")),
+            c
+        );
+    }
+    let none = parse(SD1).unwrap().to_toml_string();
+    assert!(
+        !none.contains("chip =") && !none.contains("active_low"),
+        "{none}"
+    );
 }
 
 // ---------------------------------------------------------------- round trip

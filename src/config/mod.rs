@@ -26,8 +26,9 @@ pub use layout::{
 };
 pub use resolve::defaults;
 pub use sections::{
-    read_secret, BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, LogConfig,
-    OperationSettings, SnapshotConfig, SnapshotLink, SpoolConfig, Thresholds,
+    read_secret, BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig,
+    GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig,
+    SnapshotLink, SpoolConfig, Thresholds,
 };
 
 /// A checked configuration with every default resolved.
@@ -56,6 +57,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Touch sensors.
+    pub sensors: SensorsConfig,
 }
 
 /// Reads and checks the configuration file at `path`.
@@ -216,6 +219,7 @@ z_first_index = 1
         assert_eq!(c.spool.max_bytes, 1 << 30);
         assert_eq!(c.control.mode, 0o660);
         assert_eq!(c.log.level, "info");
+        assert_eq!(c.sensors, SensorsConfig::None);
         assert_eq!(c.layout.limits(0), (0, 2600));
         assert_eq!(c.layout.limits(1), (-100, 100));
         assert_eq!(c.layout.speed(0), 500.0);

@@ -8,11 +8,12 @@ use super::error::Invalid;
 use super::layout;
 use super::schema::{
     ByteSize, HumanDuration, OctalMode, PerChannel, RawBoard, RawConfig, RawControl, RawDatabase,
-    RawFeed, RawLog, RawOperations, RawSnapshot, RawSpool, RawThresholds,
+    RawFeed, RawLog, RawOperations, RawSensors, RawSnapshot, RawSpool, RawThresholds,
 };
 use super::sections::{
-    BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, LogConfig,
-    OperationSettings, SnapshotConfig, SnapshotLink, SpoolConfig, Thresholds,
+    BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, GpioSensorsConfig,
+    LogConfig, OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink,
+    SpoolConfig, Thresholds,
 };
 use super::Config;
 
@@ -133,6 +134,7 @@ pub(crate) fn resolve(
         spool: spool(raw.spool).map_err(Resolve::Invalid)?,
         control: control(raw.control).map_err(Resolve::Invalid)?,
         log: log(raw.log).map_err(Resolve::Invalid)?,
+        sensors: sensors(raw.sensors, strings).map_err(Resolve::Invalid)?,
         boards,
         layout,
     };
@@ -572,6 +574,92 @@ fn log(raw: RawLog) -> R<LogConfig> {
     Ok(LogConfig { level })
 }
 
+fn sensors(raw: RawSensors, strings: usize) -> R<SensorsConfig> {
+    let backend = raw.backend.unwrap_or(SensorBackend::None);
+    if backend != SensorBackend::Gpio {
+        // A chip or lines left behind after switching away from gpio would
+        // otherwise look as if they were in use.
+        for (k, set) in [
+            ("chip", raw.chip.is_some()),
+            ("lines", raw.lines.is_some()),
+            ("active_low", raw.active_low.is_some()),
+        ] {
+            if set {
+                return Err(Invalid::new(
+                    format!("sensors.{k}"),
+                    format!(
+                        "only used with sensors.backend = \"gpio\", but the backend is \"{backend}\": \
+                         remove it, or set backend = \"gpio\""
+                    ),
+                ));
+            }
+        }
+        return Ok(match backend {
+            SensorBackend::Simulated => SensorsConfig::Simulated,
+            _ => SensorsConfig::None,
+        });
+    }
+    let z = 2 * strings;
+    let chip = match raw.chip {
+        Some(c) => path("sensors.chip", c)?,
+        None => {
+            return Err(Invalid::new(
+                "sensors.chip",
+                "required with sensors.backend = \"gpio\": the GPIO character device, such as \
+                 \"/dev/gpiochip0\"",
+            ))
+        }
+    };
+    let Some(raw_lines) = raw.lines else {
+        return Err(Invalid::new(
+            "sensors.lines",
+            format!(
+                "required with sensors.backend = \"gpio\": one line per Z stepper ({z} for \
+                 layout.strings = {strings}), in Z stepper order"
+            ),
+        ));
+    };
+    if raw_lines.len() != z {
+        return Err(Invalid::new(
+            "sensors.lines",
+            format!(
+                "has {} lines but there are {z} Z steppers (2 per string, layout.strings = \
+                 {strings}): one line per Z stepper, in Z stepper order (string 0 in, string 0 \
+                 out, string 1 in, ...)",
+                raw_lines.len()
+            ),
+        ));
+    }
+    let mut lines: Vec<u32> = Vec::with_capacity(z);
+    for (i, &l) in raw_lines.iter().enumerate() {
+        let key = format!("sensors.lines[{i}]");
+        let line = u32::try_from(l).map_err(|_| {
+            Invalid::new(
+                &key,
+                format!("a GPIO line offset is 0 or more and fits 32 bits, not {l}"),
+            )
+        })?;
+        if let Some(first) = lines.iter().position(|&x| x == line) {
+            // Two sensors on one line would make one string's contact look
+            // like the other's.
+            return Err(Invalid::new(
+                "sensors.lines",
+                format!(
+                    "line {line} is given twice, as sensors.lines[{first}] and \
+                     sensors.lines[{i}]: every sensor needs its own line"
+                ),
+            )
+            .at(key));
+        }
+        lines.push(line);
+    }
+    Ok(SensorsConfig::Gpio(GpioSensorsConfig {
+        chip,
+        lines,
+        active_low: raw.active_low.unwrap_or(false),
+    }))
+}
+
 /// The file that resolves to `config` again, with every default written out.
 pub(crate) fn to_raw(config: &Config) -> RawConfig {
     let some_d = |d: Duration| Some(HumanDuration(d));
@@ -664,6 +752,18 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
         },
         log: RawLog {
             level: Some(config.log.level.clone()),
+        },
+        sensors: match &config.sensors {
+            SensorsConfig::Gpio(g) => RawSensors {
+                backend: Some(SensorBackend::Gpio),
+                chip: Some(g.chip.clone()),
+                lines: Some(g.lines.iter().map(|&l| i64::from(l)).collect()),
+                active_low: Some(g.active_low),
+            },
+            other => RawSensors {
+                backend: Some(other.backend()),
+                ..RawSensors::default()
+            },
         },
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::protocol::commands::{Firmware, IntWidth};
 
-use super::sections::SnapshotLink;
+use super::sections::{SensorBackend, SnapshotLink};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Serialize)]
@@ -54,6 +54,9 @@ pub(crate) struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+    /// Touch sensors.
+    #[serde(default)]
+    pub sensors: RawSensors,
 }
 
 /// One `[[boards]]` entry.
@@ -308,6 +311,25 @@ pub(crate) struct RawLog {
     /// See `LogConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
+}
+
+/// `[sensors]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSensors {
+    /// See `SensorsConfig`; default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<SensorBackend>,
+    /// GPIO character device (gpio only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chip: Option<PathBuf>,
+    /// One line offset per Z stepper, in Z stepper order (gpio only). Read
+    /// as `i64` so that a negative offset gets a message naming the element.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<i64>>,
+    /// Whether touching reads low (gpio only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_low: Option<bool>,
 }
 
 /// A duration written the humantime way ("500ms", "2s", "1m 30s").

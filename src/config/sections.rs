@@ -220,6 +220,65 @@ pub struct ControlConfig {
     pub mode: u32,
 }
 
+/// Where the touch sensors are read (`sensors.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorBackend {
+    /// No sensors: operations that need them refuse to run.
+    None,
+    /// The simulator's model of the mechanism (the demo and tests).
+    Simulated,
+    /// The host's GPIO character device (the Raspberry Pi hosts).
+    Gpio,
+}
+
+impl std::fmt::Display for SensorBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SensorBackend::None => "none",
+            SensorBackend::Simulated => "simulated",
+            SensorBackend::Gpio => "gpio",
+        })
+    }
+}
+
+/// `[sensors]`: the touch sensors, one per Z stepper ("touching" = the
+/// mechanism contacts its string).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SensorsConfig {
+    /// `backend = "none"`, the default.
+    #[default]
+    None,
+    /// `backend = "simulated"`.
+    Simulated,
+    /// `backend = "gpio"`, with its lines.
+    Gpio(GpioSensorsConfig),
+}
+
+impl SensorsConfig {
+    /// The backend this configuration selects.
+    pub fn backend(&self) -> SensorBackend {
+        match self {
+            SensorsConfig::None => SensorBackend::None,
+            SensorsConfig::Simulated => SensorBackend::Simulated,
+            SensorsConfig::Gpio(_) => SensorBackend::Gpio,
+        }
+    }
+}
+
+/// The GPIO lines of the touch sensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpioSensorsConfig {
+    /// GPIO character device, such as `/dev/gpiochip0`.
+    pub chip: PathBuf,
+    /// Line offset (BCM number on a Raspberry Pi) of each Z stepper's sensor,
+    /// in Z stepper order: string 0 in, string 0 out, string 1 in, ...;
+    /// exactly two per string, all different.
+    pub lines: Vec<u32>,
+    /// Whether a touching sensor pulls its line low (otherwise high).
+    pub active_low: bool,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {

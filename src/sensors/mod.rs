@@ -1,1 +1,225 @@
-//! Touch sensors (being written).
+//! The touch sensors: one per Z stepper, "touching" when the mechanism
+//! contacts its string (`operations.md`). bump_check, z_calibrate and
+//! z_adjust read them once per move cycle.
+//!
+//! [`TouchSensors`] is the one interface; [`from_config`] picks its backend
+//! from `[sensors]`:
+//! - `none` ([`NoSensors`]): every read fails with [`SensorError::Disabled`],
+//!   so an operation that needs the sensors refuses to run instead of
+//!   guessing;
+//! - `simulated` ([`SimulatedSensors`]): reads the simulator's model of the
+//!   mechanism, where only moves change the physical position, never counter
+//!   writes (see [`crate::sim::firmware`]);
+//! - `gpio` (`GpioSensors`, with the `gpio` feature): the host's GPIO
+//!   character device, one line per Z stepper ([`GpioLineMap`]).
+//!
+//! Steppers are named by their *global* index (carriage board first, then
+//! the tuner board, as in [`Layout::locate`]); only Z steppers have a sensor.
+
+mod gpio;
+mod simulated;
+
+use std::path::PathBuf;
+
+use crate::config::{Config, Layout, SensorsConfig};
+
+#[cfg(feature = "gpio")]
+pub use gpio::GpioSensors;
+pub use gpio::{GpioLineMap, CONSUMER};
+pub use simulated::{SimulatedSensors, TouchReader};
+
+/// Reads the touch sensor of a Z stepper.
+///
+/// Implementations are shared between tasks, so reads take `&self`; a read
+/// is quick (a GPIO ioctl or a lock) and does not wait on the boards.
+pub trait TouchSensors: Send + Sync {
+    /// Whether the mechanism of stepper `stepper` (global index) touches its
+    /// string now. [`SensorError::NoSensor`] for a stepper that is not a Z
+    /// stepper.
+    fn read(&self, stepper: usize) -> Result<bool, SensorError>;
+
+    /// One line saying what is read, for logs and the status ("GPIO
+    /// /dev/gpiochip0, 12 lines, touching reads high").
+    fn describe(&self) -> String;
+}
+
+/// Why a touch sensor could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    /// Only Z steppers have a sensor.
+    #[error("stepper {stepper} has no touch sensor (only Z steppers have one)")]
+    NoSensor {
+        /// The global stepper index asked for.
+        stepper: usize,
+    },
+    /// The configuration says there are no sensors.
+    #[error("touch sensors are disabled (sensors.backend = none): this operation needs them")]
+    Disabled,
+    /// `sensors.backend = "simulated"` without a simulator to read.
+    #[error(
+        "sensors.backend = \"simulated\" needs the simulated boards, which only the demo and \
+         tests run; use \"gpio\" or \"none\" on a machine"
+    )]
+    NoSimulator,
+    /// `sensors.backend = "gpio"` in a daemon built without GPIO support.
+    #[error(
+        "sensors.backend = \"gpio\", but this stringdriverd was built without the `gpio` \
+         feature (cargo build --features gpio)"
+    )]
+    GpioNotBuilt,
+    /// The sensor settings do not match the layout (only possible with a
+    /// configuration built by hand: a loaded one is checked).
+    #[error("touch sensor configuration: {detail}")]
+    Misconfigured {
+        /// What does not match.
+        detail: String,
+    },
+    /// The GPIO lines could not be requested (no such chip, no permission,
+    /// a line held by another program).
+    #[error("cannot request GPIO lines {lines:?} on {}: {detail}", chip.display())]
+    Request {
+        /// The GPIO character device.
+        chip: PathBuf,
+        /// The line offsets requested.
+        lines: Vec<u32>,
+        /// What the kernel said.
+        detail: String,
+    },
+    /// One line could not be read.
+    #[error("cannot read GPIO line {line} on {} (touch sensor of stepper {stepper}): {detail}", chip.display())]
+    Io {
+        /// The GPIO character device.
+        chip: PathBuf,
+        /// The line offset.
+        line: u32,
+        /// The global stepper index whose sensor it is.
+        stepper: usize,
+        /// What the kernel said.
+        detail: String,
+    },
+    /// The simulator has no reading for a sensor the layout expects.
+    #[error("simulated touch sensor of stepper {stepper}: {detail}")]
+    Simulator {
+        /// The global stepper index.
+        stepper: usize,
+        /// What is missing.
+        detail: String,
+    },
+}
+
+/// `sensors.backend = "none"`: there are no sensors, and saying so is the
+/// only answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSensors;
+
+impl TouchSensors for NoSensors {
+    fn read(&self, _stepper: usize) -> Result<bool, SensorError> {
+        Err(SensorError::Disabled)
+    }
+
+    fn describe(&self) -> String {
+        "no touch sensors (sensors.backend = none)".to_string()
+    }
+}
+
+/// The backend `cfg.sensors` selects. `simulated` is how the simulator's
+/// readings reach the `simulated` backend (see [`SimulatedSensors::from_handles`]);
+/// it is ignored by the other backends, so that the configuration alone
+/// decides what is read.
+pub fn from_config(
+    cfg: &Config,
+    simulated: Option<TouchReader>,
+) -> Result<Box<dyn TouchSensors>, SensorError> {
+    match &cfg.sensors {
+        SensorsConfig::None => Ok(Box::new(NoSensors)),
+        SensorsConfig::Simulated => {
+            let reader = simulated.ok_or(SensorError::NoSimulator)?;
+            Ok(Box::new(SimulatedSensors::new(&cfg.layout, reader)))
+        }
+        SensorsConfig::Gpio(g) => open_gpio(&cfg.layout, g),
+    }
+}
+
+#[cfg(feature = "gpio")]
+fn open_gpio(
+    layout: &Layout,
+    cfg: &crate::config::GpioSensorsConfig,
+) -> Result<Box<dyn TouchSensors>, SensorError> {
+    Ok(Box::new(GpioSensors::open(layout, cfg)?))
+}
+
+#[cfg(not(feature = "gpio"))]
+fn open_gpio(
+    layout: &Layout,
+    cfg: &crate::config::GpioSensorsConfig,
+) -> Result<Box<dyn TouchSensors>, SensorError> {
+    // Checked anyway, so that a configuration mistake is reported before the
+    // missing feature, which needs a rebuild to fix.
+    GpioLineMap::new(layout, cfg)?;
+    Err(SensorError::GpioNotBuilt)
+}
+
+/// Where each Z stepper's sensor sits in Z stepper order (string 0 in,
+/// string 0 out, string 1 in, ...), by global index; `None` for steppers
+/// without a sensor.
+fn z_order(layout: &Layout) -> Vec<Option<usize>> {
+    (0..layout.total_steppers())
+        .map(|g| match layout.role(g) {
+            crate::config::Role::ZIn { string } => Some(2 * string),
+            crate::config::Role::ZOut { string } => Some(2 * string + 1),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(sensors: &str) -> Config {
+        let text = format!(
+            "host = \"t\"\n[[boards]]\nname = \"c\"\nport = \"/dev/x\"\nint_bytes = 2\n\
+             firmware = \"v2\"\nsteppers = 13\n[layout]\nstrings = 2\nx_index = 0\n\
+             z_first_index = 1\n[sensors]\n{sensors}"
+        );
+        crate::config::parse(&text, Path::new("t.toml")).expect("parses")
+    }
+
+    #[test]
+    fn none_is_disabled_with_a_clear_message() {
+        let s = from_config(&config("backend = \"none\"\n"), None).expect("builds");
+        let e = s.read(1).expect_err("disabled");
+        assert!(matches!(e, SensorError::Disabled));
+        assert_eq!(
+            e.to_string(),
+            "touch sensors are disabled (sensors.backend = none): this operation needs them"
+        );
+    }
+
+    #[test]
+    fn simulated_without_a_simulator_is_refused() {
+        let e = from_config(&config("backend = \"simulated\"\n"), None)
+            .err()
+            .expect("refused");
+        assert!(matches!(e, SensorError::NoSimulator), "{e}");
+    }
+
+    #[test]
+    fn z_order_follows_the_roles() {
+        let c = config("");
+        let order = z_order(&c.layout);
+        assert_eq!(
+            &order[..6],
+            &[None, Some(0), Some(1), Some(2), Some(3), None]
+        );
+    }
+
+    #[cfg(not(feature = "gpio"))]
+    #[test]
+    fn gpio_without_the_feature_says_so() {
+        let c = config("backend = \"gpio\"\nchip = \"/dev/gpiochip0\"\nlines = [6, 26, 19, 5]\n");
+        let e = from_config(&c, None).err().expect("refused");
+        assert!(matches!(e, SensorError::GpioNotBuilt), "{e}");
+    }
+}

@@ -13,6 +13,30 @@
 //! - moves block for `steps / speed`; the positions reply is paced at about
 //!   2 ms per stepper.
 //!
+//! Beside the firmware, the model keeps the mechanism it drives, because the
+//! counters are not the truth (`controller-protocol.md`: "positions are the
+//! firmware's counters, not measured positions"):
+//! - every stepper has a *physical* position, which only a move changes: an
+//!   executed amove/rmove turns the motor by `target - counter` steps, so the
+//!   physical position follows the counter by the same amount. `set_stepper`,
+//!   `reset_stepper`, `reset_all` and a reset (port opened, brown-out) change
+//!   the counters only, which is exactly how counters come to disagree with
+//!   the mechanism. Physical positions start equal to the counters (0). The
+//!   mechanism arrives at once while the firmware stays deaf for the move's
+//!   duration, so a sensor read during a move already sees where it ends (a
+//!   host reads after the move is confirmed anyway);
+//! - each Z stepper has a string at a *contact* position (physical steps,
+//!   [`Profile::strings`]); its touch sensor reads touching when the physical
+//!   position is at or below the contact (lower is toward the string, as
+//!   `z_down_step < 0`). The default contact is 0, so a freshly started model
+//!   has every Z stepper touching its string. X and tuner steppers have no
+//!   string and no sensor;
+//! - the limits stay those of the firmware, applied to the *counter* target:
+//!   the firmware knows nothing of the physical position, so with a wrong
+//!   counter it will happily drive the mechanism past where it should stop;
+//! - a sensor can be forced to one reading (a stuck or disconnected switch),
+//!   see [`Board::set_sensor_stuck`].
+//!
 //! Where the real firmware corrupts its own memory (a stepper or axis number
 //! outside its arrays), the model does not imitate the damage: it records a
 //! [`SafetyViolation`] and leaves its state untouched.
@@ -51,6 +75,11 @@ pub struct Profile {
     pub groups: Vec<AxisGroup>,
     /// Limit group of each stepper.
     pub group_of: Vec<usize>,
+    /// Contact position of each stepper's string, in physical steps: the
+    /// touch sensor reads touching when the physical position is at or below
+    /// it. `None` for steppers without a string (X, tuners), whose sensor
+    /// never reads touching.
+    pub strings: Vec<Option<i64>>,
 }
 
 impl Profile {
@@ -80,26 +109,30 @@ impl Profile {
         match firmware {
             Firmware::V2 => {
                 let n = steppers.unwrap_or(13).max(1);
+                let group_of: Vec<usize> = (0..n).map(|i| usize::from(i != 0)).collect();
                 Profile {
                     firmware,
                     width: IntWidth::Two,
+                    strings: contacts_of(&group_of, 1),
                     groups: vec![x, z],
-                    group_of: (0..n).map(|i| usize::from(i != 0)).collect(),
+                    group_of,
                 }
             }
             Firmware::V1 => {
                 let n = steppers.unwrap_or(7).max(1);
+                let group_of: Vec<usize> = (0..n)
+                    .map(|i| match i {
+                        0 | 1 => 2,
+                        2 => 0,
+                        _ => 1,
+                    })
+                    .collect();
                 Profile {
                     firmware,
                     width: IntWidth::Two,
+                    strings: contacts_of(&group_of, 1),
                     groups: vec![x, z, t],
-                    group_of: (0..n)
-                        .map(|i| match i {
-                            0 | 1 => 2,
-                            2 => 0,
-                            _ => 1,
-                        })
-                        .collect(),
+                    group_of,
                 }
             }
             Firmware::Tuner => {
@@ -109,6 +142,7 @@ impl Profile {
                     width: IntWidth::Four,
                     groups: vec![t],
                     group_of: vec![0; n],
+                    strings: vec![None; n],
                 }
             }
         }
@@ -118,6 +152,15 @@ impl Profile {
     pub fn steppers(&self) -> usize {
         self.group_of.len()
     }
+}
+
+/// The default string contacts: physical 0 for every stepper of limit group
+/// `z_group`, no string for the others.
+fn contacts_of(group_of: &[usize], z_group: usize) -> Vec<Option<i64>> {
+    group_of
+        .iter()
+        .map(|&g| (g == z_group).then_some(0))
+        .collect()
 }
 
 /// What the model did with one complete message.
@@ -176,11 +219,18 @@ pub enum ParseEvent {
     },
 }
 
-/// The firmware state.
+/// The firmware state, and the mechanism it drives (physical positions,
+/// string contacts, touch sensors).
 #[derive(Debug, Clone)]
 pub struct Board {
     profile: Profile,
     counters: Vec<i32>,
+    /// Where the motors really are; only moves change it.
+    physical: Vec<i64>,
+    /// String contact of each stepper (physical steps), `None` without a string.
+    contacts: Vec<Option<i64>>,
+    /// Sensor readings forced by a test (a stuck switch), `None` when healthy.
+    stuck: Vec<Option<bool>>,
     speeds: Vec<f64>,
     groups: Vec<AxisGroup>,
     buffer: Vec<u8>,
@@ -193,8 +243,16 @@ impl Board {
     /// A freshly reset board.
     pub fn new(profile: Profile) -> Board {
         let n = profile.steppers();
+        // A profile built by hand may have fewer contacts than steppers: the
+        // missing ones have no string rather than indexing past the list.
+        let contacts = (0..n)
+            .map(|i| profile.strings.get(i).copied().flatten())
+            .collect();
         let mut b = Board {
             counters: vec![0; n],
+            physical: vec![0; n],
+            contacts,
+            stuck: vec![None; n],
             speeds: vec![0.0; n],
             groups: profile.groups.clone(),
             profile,
@@ -207,7 +265,9 @@ impl Board {
         b
     }
 
-    /// What a power-up does: counters to 0, settings to their defaults, parser empty.
+    /// What a power-up does: counters to 0, settings to their defaults, parser
+    /// empty. The mechanism does not move: physical positions, contacts and
+    /// sensor faults stay as they are.
     pub fn reset(&mut self) {
         self.counters.iter_mut().for_each(|c| *c = 0);
         self.groups = self.profile.groups.clone();
@@ -230,10 +290,66 @@ impl Board {
         &self.counters
     }
 
-    /// Sets counters directly (test set-up, as if the steppers were moved by hand).
+    /// Sets counters directly (test set-up), without motion: the physical
+    /// positions stay, as after `set_stepper`. Use [`Board::set_physical`]
+    /// too to model steppers moved by hand.
     pub fn set_counters(&mut self, values: &[i32]) {
         for (c, v) in self.counters.iter_mut().zip(values) {
             *c = *v;
+        }
+    }
+
+    /// The physical positions of the motors, in steps.
+    pub fn physical(&self) -> &[i64] {
+        &self.physical
+    }
+
+    /// Puts the motors somewhere else without the firmware knowing (moved by
+    /// hand, lost steps); counters stay. Extra values are ignored, missing
+    /// ones leave their stepper where it is.
+    pub fn set_physical(&mut self, values: &[i64]) {
+        for (p, v) in self.physical.iter_mut().zip(values) {
+            *p = *v;
+        }
+    }
+
+    /// The string contact position of every stepper (`None`: no string).
+    pub fn contacts(&self) -> &[Option<i64>] {
+        &self.contacts
+    }
+
+    /// Moves the strings (a string restrung, a mechanism rebuilt). Extra
+    /// values are ignored, missing ones leave their stepper's contact as it is.
+    pub fn set_contacts(&mut self, contacts: &[Option<i64>]) {
+        for (c, v) in self.contacts.iter_mut().zip(contacts) {
+            *c = *v;
+        }
+    }
+
+    /// What the touch sensor of `stepper` reads: a stuck reading if one is
+    /// forced, else whether the mechanism is at or below its string's
+    /// contact. `false` for a stepper without a string or past the board.
+    pub fn touching(&self, stepper: usize) -> bool {
+        if let Some(Some(forced)) = self.stuck.get(stepper) {
+            return *forced;
+        }
+        match (self.physical.get(stepper), self.contacts.get(stepper)) {
+            (Some(&p), Some(&Some(contact))) => p <= contact,
+            _ => false,
+        }
+    }
+
+    /// Every stepper's sensor reading, in index order (see [`Board::touching`]).
+    pub fn touching_all(&self) -> Vec<bool> {
+        (0..self.physical.len()).map(|s| self.touching(s)).collect()
+    }
+
+    /// Forces the sensor of `stepper` to read `touching` whatever the
+    /// mechanism does (`None`: healthy again). A stepper past the board is
+    /// ignored.
+    pub fn set_sensor_stuck(&mut self, stepper: usize, touching: Option<bool>) {
+        if let Some(s) = self.stuck.get_mut(stepper) {
+            *s = touching;
         }
     }
 
@@ -361,6 +477,9 @@ impl Board {
                 let speed = self.speeds[stepper].max(1.0);
                 done.busy = Duration::from_secs_f64(steps / speed);
                 self.counters[stepper] = target as i32;
+                // The motor turns by what the counter says is left to go,
+                // wherever the mechanism really is.
+                self.physical[stepper] += target - current;
             }
             Op::ResetAll => self.counters.iter_mut().for_each(|c| *c = 0),
             Op::ResetStepper => self.counters[stepper] = 0,
@@ -559,6 +678,81 @@ mod tests {
         let req = request(&t, Op::SetStepper, &[5, 70_000]);
         executed(send(&mut t, &req));
         assert_eq!(t.counters()[5], 70_000);
+    }
+
+    #[test]
+    fn moves_move_the_mechanism_and_counter_writes_do_not() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        assert_eq!(b.physical(), &[0; 13][..]);
+        let req = request(&b, Op::Rmove, &[1, 10]);
+        executed(send(&mut b, &req));
+        assert_eq!(b.physical()[1], 10);
+        // The counter says 50 now, the motor is still at 10.
+        let req = request(&b, Op::SetStepper, &[1, 50]);
+        executed(send(&mut b, &req));
+        assert_eq!((b.counters()[1], b.physical()[1]), (50, 10));
+        // amove to 45 turns the motor by 45 - 50 steps: physical 5.
+        let req = request(&b, Op::Amove, &[1, 45]);
+        executed(send(&mut b, &req));
+        assert_eq!((b.counters()[1], b.physical()[1]), (45, 5));
+        let req = request(&b, Op::ResetStepper, &[1]);
+        executed(send(&mut b, &req));
+        assert_eq!((b.counters()[1], b.physical()[1]), (0, 5));
+        b.set_counters(&[7; 13]);
+        let req = request(&b, Op::ResetAll, &[]);
+        executed(send(&mut b, &req));
+        assert_eq!((b.counters()[1], b.physical()[1]), (0, 5));
+        b.set_counters(&[7; 13]);
+        b.reset();
+        assert_eq!((b.counters()[1], b.physical()[1]), (0, 5));
+        b.set_physical(&[0, 30]);
+        assert_eq!((b.counters()[1], b.physical()[1]), (0, 30));
+    }
+
+    #[test]
+    fn limits_apply_to_the_counter_not_the_mechanism() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        b.set_physical(&[0, 500]);
+        // Counter 0 -> -100 is inside the limits, so the motor goes to 400.
+        let req = request(&b, Op::Rmove, &[1, -100]);
+        executed(send(&mut b, &req));
+        assert_eq!(b.physical()[1], 400);
+        // Counter -100 -> -101 is not: nothing moves.
+        let req = request(&b, Op::Rmove, &[1, -1]);
+        let e = executed(send(&mut b, &req));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: -101 });
+        assert_eq!(b.physical()[1], 400);
+    }
+
+    #[test]
+    fn sensors_read_contact_at_or_below_the_string() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        // Default contact at 0 and every motor at 0: every Z stepper touches.
+        let mut want = vec![true; 13];
+        want[0] = false;
+        assert_eq!(b.touching_all(), want);
+        b.set_contacts(&[None, Some(-4)]);
+        let req = request(&b, Op::Rmove, &[1, -3]);
+        executed(send(&mut b, &req));
+        assert!(!b.touching(1));
+        let req = request(&b, Op::Rmove, &[1, -1]);
+        executed(send(&mut b, &req));
+        assert!(b.touching(1));
+        b.set_sensor_stuck(1, Some(false));
+        assert!(!b.touching(1));
+        b.set_sensor_stuck(2, Some(false));
+        b.set_sensor_stuck(0, Some(true));
+        assert!(b.touching(0), "a stuck switch reads what it is stuck at");
+        b.set_sensor_stuck(1, None);
+        assert!(b.touching(1));
+        assert!(!b.touching(99));
+        let t = Board::new(Profile::for_firmware(Firmware::Tuner, None));
+        assert_eq!(t.touching_all(), vec![false; 6]);
+        let v1 = Board::new(Profile::for_firmware(Firmware::V1, None));
+        assert_eq!(
+            v1.touching_all(),
+            vec![false, false, false, true, true, true, true]
+        );
     }
 
     #[test]

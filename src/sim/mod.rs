@@ -14,6 +14,13 @@
 //! - unplugging ([`Fault::Vanish`]) removes the device node and hangs up the
 //!   open descriptor; [`Fault::Reappear`] brings a new device at the same path.
 //!
+//! The model also keeps the mechanism (see [`firmware`]): a physical position
+//! per stepper that only moves change, a string contact per Z stepper and a
+//! touch sensor reading per stepper ([`SimHandle::touching`]). Resets, and
+//! counter writes like `set_stepper`, change counters only, so a test can
+//! make the counters wrong and watch what a host does about it; a sensor can
+//! be stuck on purpose ([`Fault::SensorStuck`]).
+//!
 //! Every message received is kept in a timestamped [`TraceEntry`] list, and
 //! every safety violation in a separate list, both readable through
 //! [`SimHandle`] while the simulator runs.
@@ -83,6 +90,16 @@ pub enum Fault {
     Reappear,
     /// Brown-out: the board resets (counters to 0, deaf window) while the port stays open.
     Reset,
+    /// The touch sensor of `stepper` (local index on this board) reads
+    /// `touching` whatever the mechanism does: a stuck or disconnected
+    /// switch. `None` makes it healthy again. Applied at once, not when the
+    /// firmware next looks: the sensor is wired to the host, not to the board.
+    SensorStuck {
+        /// Local stepper index; one past the board is ignored.
+        stepper: usize,
+        /// The forced reading, or `None` to clear the fault.
+        touching: Option<bool>,
+    },
 }
 
 /// One entry of the simulator's trace.
@@ -218,8 +235,18 @@ impl SimHandle {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Injects a fault; it takes effect when the firmware next looks (never mid-move).
+    /// Injects a fault. A firmware fault takes effect when the firmware next
+    /// looks (never mid-move); a sensor fault at once.
     pub fn inject(&self, fault: Fault) {
+        if let Fault::SensorStuck { stepper, touching } = fault {
+            let mut shared = self.lock();
+            shared.board.set_sensor_stuck(stepper, touching);
+            shared.trace.push(TraceEntry {
+                at: Instant::now(),
+                event: TraceEvent::Fault(fault),
+            });
+            return;
+        }
         let _ = self.faults.send(Control::Fault(fault));
     }
 
@@ -238,9 +265,40 @@ impl SimHandle {
         self.lock().board.counters().to_vec()
     }
 
-    /// Sets the firmware's counters directly (as if the steppers had been moved).
+    /// Sets the firmware's counters directly, without motion: the physical
+    /// positions stay (call [`SimHandle::set_physical`] too for steppers
+    /// moved by hand).
     pub fn set_counters(&self, values: &[i32]) {
         self.lock().board.set_counters(values);
+    }
+
+    /// Where the motors physically are, in steps, in local index order.
+    pub fn physical(&self) -> Vec<i64> {
+        self.lock().board.physical().to_vec()
+    }
+
+    /// Puts the motors elsewhere without the firmware knowing (counters
+    /// stay); values past the board are ignored, missing ones leave their
+    /// stepper where it is.
+    pub fn set_physical(&self, values: &[i64]) {
+        self.lock().board.set_physical(values);
+    }
+
+    /// The string contact of every stepper, in physical steps (`None`: no string).
+    pub fn contacts(&self) -> Vec<Option<i64>> {
+        self.lock().board.contacts().to_vec()
+    }
+
+    /// Moves the strings: a Z stepper touches when its physical position is
+    /// at or below its contact. Values past the board are ignored.
+    pub fn set_contacts(&self, contacts: &[Option<i64>]) {
+        self.lock().board.set_contacts(contacts);
+    }
+
+    /// What every stepper's touch sensor reads now, in local index order;
+    /// always `false` for steppers without a string (X, tuners).
+    pub fn touching(&self) -> Vec<bool> {
+        self.lock().board.touching_all()
     }
 
     /// A copy of the trace so far.

@@ -233,6 +233,9 @@ impl Runner {
                     self.lock().board.reset();
                 }
             }
+            // The handle applies sensor faults itself, at once: the sensor is
+            // not part of the firmware and does not wait for its loop.
+            Fault::SensorStuck { .. } => {}
         }
     }
 
