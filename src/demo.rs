@@ -302,7 +302,8 @@ pub async fn run(
         }
     };
 
-    let result = drive(&cfg, &options, shipping, stop).await;
+    let touch = crate::sensors::SimulatedSensors::reader(sims.clone());
+    let result = drive(&cfg, &options, shipping, Some(touch), stop).await;
 
     feed.stop();
     let violations = stop_simulators(sims);
@@ -347,6 +348,17 @@ fn start_simulators(cfg: &Config, scale: f64) -> Result<Vec<SimHandle>, DemoErro
         opts.reset_window = b.reset_wait.mul_f64(0.8 * scale);
         match Simulator::spawn(opts, &b.port) {
             Ok(sim) => {
+                // The simulated machine stands in the starting pose; the
+                // demo then tells the daemon so (set_starting_pose).
+                let index = sims.len();
+                let physical: Vec<i64> = (0..b.steppers)
+                    .map(|local| {
+                        cfg.layout
+                            .try_global(index, local)
+                            .map_or(0, |g| starting_position(&cfg.layout, g) as i64)
+                    })
+                    .collect();
+                sim.set_physical(&physical);
                 tracing::info!(board = %b.name, link = %b.port.display(), "simulated board started");
                 sims.push(sim);
             }
@@ -453,8 +465,21 @@ fn feed_loop(
     let mut last_error: Option<String> = None;
     let mut frame_no: u64 = 0;
     loop {
-        let counters: Vec<Vec<i32>> = sims.iter().map(SimHandle::counters).collect();
-        let frame = feed_frame(layout, &counters, frame_no);
+        // How far each mechanism really is from its string (the sound does
+        // not care what the counters say).
+        let distances: Vec<Vec<i32>> = sims
+            .iter()
+            .map(|s| {
+                s.physical()
+                    .iter()
+                    .zip(s.contacts())
+                    .map(|(p, c)| {
+                        (p - c.unwrap_or(0)).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+                    })
+                    .collect()
+            })
+            .collect();
+        let frame = feed_frame(layout, &distances, frame_no);
         match writer.write_frame(&frame) {
             Ok(()) => last_error = None,
             Err(e) => {
@@ -508,6 +533,7 @@ async fn drive(
     cfg: &Config,
     options: &Options,
     shipping: Shipping,
+    touch: Option<crate::sensors::TouchReader>,
     stop: impl Future<Output = ()>,
 ) -> Result<Summary, DemoError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -519,6 +545,7 @@ async fn drive(
         options.config_path.clone(),
         cfg.clone(),
         shipping,
+        touch,
         stop_rx,
         reload_rx,
         move |p| {

@@ -16,5 +16,6 @@ pub mod protocol;
 pub mod sensors;
 pub mod sim;
 pub mod snapshot;
+pub mod state;
 pub mod store;
 pub mod supervise;

@@ -576,3 +576,48 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
         assert!(seen.contains(s), "missing {s} in:\n{seen}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stepper_disabled_at_run_time_stays_disabled_after_a_restart() {
+    let db = TestDb::create().await;
+    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    let run = start(&rig).await;
+    assert!(run.parts.settings.borrow().enabled[5]);
+    // As bump_check does for a stepper stuck on its string.
+    run.parts.settings.send_modify(|s| s.enabled[5] = false);
+    let state = rig.dir.path().join("state.json");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let saved = std::fs::read_to_string(&state).unwrap_or_default();
+        if saved.contains("false") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "enables saved: {:?} {saved:?} {:?}",
+            std::fs::read_dir(rig.dir.path()).map(|d| d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()),
+            run.parts.settings.borrow().enabled
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = run.stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), run.task)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("ok");
+
+    let again = start(&rig).await;
+    let enabled = again.parts.settings.borrow().enabled.clone();
+    assert!(!enabled[5], "still disabled after the restart");
+    assert_eq!(enabled.iter().filter(|e| !**e).count(), 1);
+    let _ = again.stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), again.task)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("ok");
+}

@@ -87,6 +87,62 @@ pub struct Parts {
     pub feed: watch::Receiver<crate::feed::FeedStatus>,
     /// The spool.
     pub spool: SpoolHandle,
+    /// The motion gate every move passes.
+    pub gate: crate::motion::MotionGate,
+    /// The operations, wired to the gate, sensors, snapshots and spool.
+    pub machine: crate::ops::Machine,
+    /// Settings and enables (changed at run time through this sender).
+    pub settings: Arc<watch::Sender<Settings>>,
+    /// Where run-time changes are kept across restarts.
+    pub state: Arc<crate::state::StateFile>,
+}
+
+/// Where run-time enables and settings are kept: beside the spool.
+pub fn state_path(cfg: &Config) -> PathBuf {
+    cfg.spool.path.with_file_name("state.json")
+}
+
+/// The run-time settings from the file plus the saved run-time changes.
+fn restored_settings(cfg: &Config, saved: &crate::state::Saved) -> Settings {
+    let mut s = settings_of(cfg, initial_enables(cfg));
+    for skipped in crate::state::StateFile::restore(saved, &mut s) {
+        tracing::warn!(%skipped, "a saved run-time change no longer applies and is ignored");
+    }
+    s
+}
+
+/// Names of the run-time settings whose value the file changed.
+fn file_changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let a = settings_of(old, Vec::new());
+    let b = settings_of(new, Vec::new());
+    crate::state::SETTINGS
+        .iter()
+        .copied()
+        .filter(|name| setting_value(&a, name) != setting_value(&b, name))
+        .collect()
+}
+
+/// One run-time setting as JSON (for comparisons and the control API).
+pub fn setting_value(s: &Settings, name: &str) -> serde_json::Value {
+    let (o, t) = (&s.operations, &s.thresholds);
+    match name {
+        "bump_check_enable" => o.bump_check_enable.into(),
+        "z_up_step" => o.z_up_step.into(),
+        "z_down_step" => o.z_down_step.into(),
+        "tune_rest" => o.tune_rest.into(),
+        "x_rest" => o.x_rest.into(),
+        "z_rest" => o.z_rest.into(),
+        "lap_rest" => o.lap_rest.into(),
+        "adjustment_level" => o.adjustment_level.into(),
+        "retry_threshold" => o.retry_threshold.into(),
+        "delta_threshold" => o.delta_threshold.into(),
+        "z_variance_threshold" => o.z_variance_threshold.into(),
+        "voice_count_min" => t.voice_count_min.clone().into(),
+        "voice_count_max" => t.voice_count_max.clone().into(),
+        "amp_sum_min" => t.amp_sum_min.clone().into(),
+        "amp_sum_max" => t.amp_sum_max.clone().into(),
+        _ => serde_json::Value::Null,
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `path` is re-read on SIGHUP.
@@ -134,7 +190,7 @@ pub async fn run_with(
     reload: tokio::sync::mpsc::Receiver<()>,
     on_start: impl FnOnce(&Parts),
 ) -> Result<(), DaemonError> {
-    run_with_shipping(path, cfg, Shipping::Database, stop, reload, on_start).await
+    run_with_shipping(path, cfg, Shipping::Database, None, stop, reload, on_start).await
 }
 
 /// [`run_with`], shipping the records or keeping them in the spool.
@@ -142,6 +198,7 @@ pub async fn run_with_shipping(
     path: PathBuf,
     cfg: Config,
     shipping: Shipping,
+    touch: Option<crate::sensors::TouchReader>,
     mut stop: watch::Receiver<bool>,
     mut reload: tokio::sync::mpsc::Receiver<()>,
     on_start: impl FnOnce(&Parts),
@@ -226,7 +283,42 @@ pub async fn run_with_shipping(
             Some(cache)
         }
     };
-    let (settings_tx, settings_rx) = watch::channel(settings_of(&cfg, initial_enables(&cfg)));
+    // Run-time changes from before this start (enables, settings).
+    let state_file = state_path(&cfg);
+    let (state, saved, problem) =
+        tokio::task::spawn_blocking(move || crate::state::StateFile::open(&state_file))
+            .await
+            .map_err(|e| DaemonError::Failed(format!("cannot read the state file: {e}")))?;
+    if let Some(p) = problem {
+        tracing::error!(problem = %p, "the state file was unreadable and has been moved aside: enables and settings come from the configuration");
+    }
+    let state = Arc::new(state);
+    let (settings_tx, settings_rx) = watch::channel(restored_settings(&cfg, &saved));
+    let settings_tx = Arc::new(settings_tx);
+    // Enables persist whoever changes them (an operation disabling a stepper
+    // for safety, an operator): saved on every change.
+    let enables_task = {
+        let mut rx = settings_rx.clone();
+        let state = state.clone();
+        // Taken now, before anyone can change them: a change made before the
+        // task first runs must still count as a change.
+        let mut last = rx.borrow_and_update().enabled.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let now = rx.borrow_and_update().enabled.clone();
+                if now != last {
+                    let st = state.clone();
+                    let e = now.clone();
+                    match tokio::task::spawn_blocking(move || st.save_enabled(&e)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot save the enables"),
+                        Err(e) => tracing::error!(error = %e, "cannot save the enables"),
+                    }
+                    last = now;
+                }
+            }
+        })
+    };
     let (interval_tx, interval_rx) = watch::channel(cfg.snapshot.interval);
     let (max_age_tx, max_age_rx) = watch::channel(cfg.snapshot.link_max_age);
     let sources = Sources {
@@ -285,12 +377,57 @@ pub async fn run_with_shipping(
         })
     };
 
+    let gate = crate::motion::MotionGate::new(
+        boards.clone(),
+        Arc::new(cfg.layout.clone()),
+        settings_tx.subscribe(),
+    );
+    let sensors: Arc<dyn crate::sensors::TouchSensors> = match crate::sensors::from_config(
+        &cfg, touch,
+    ) {
+        Ok(s) => {
+            tracing::info!(sensors = %s.describe(), "touch sensors");
+            Arc::from(s)
+        }
+        Err(e) => {
+            // Capture goes on; operations that need the sensors refuse with this.
+            tracing::error!(error = %e, "touch sensors unavailable: operations that need them will refuse");
+            Arc::new(crate::sensors::NoSensors)
+        }
+    };
+    let machine = {
+        let boards = boards.clone();
+        crate::ops::Machine {
+            host: host.clone(),
+            layout: Arc::new(cfg.layout.clone()),
+            gate: gate.clone(),
+            sensors,
+            settings: settings_tx.clone(),
+            feed: feed_rx.clone(),
+            snapshots: snapshots.clone(),
+            spool: spool.clone(),
+            positions: Arc::new(move || {
+                boards
+                    .iter()
+                    .flat_map(|b| {
+                        b.status()
+                            .positions
+                            .unwrap_or_else(|| vec![0; b.steppers()])
+                    })
+                    .collect()
+            }),
+        }
+    };
     let parts = Parts {
         boards: boards.clone(),
         snapshots: snapshots.clone(),
         shipper: shipper_rx.clone(),
         feed: feed_rx.clone(),
         spool: spool.clone(),
+        gate,
+        machine,
+        settings: settings_tx.clone(),
+        state: state.clone(),
     };
     on_start(&parts);
 
@@ -334,10 +471,18 @@ pub async fn run_with_shipping(
                         if d.applied.is_empty() && d.need_restart.is_empty() {
                             tracing::info!("SIGHUP: nothing changed");
                         }
-                        settings_tx.send_modify(|s| {
-                            s.operations = new.operations.clone();
-                            s.thresholds = new.thresholds.clone();
-                        });
+                        // The file's newer word wins over a run-time change of the same setting.
+                        let changed = file_changed(&current, &new);
+                        let st = state.clone();
+                        let names: Vec<&'static str> = changed.clone();
+                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.drop_overrides(&names)).await {
+                            tracing::error!(error = %e, "cannot update the state file");
+                        }
+                        let (_, saved, _) = crate::state::StateFile::open(&state_path(&new));
+                        let enabled = settings_tx.borrow().enabled.clone();
+                        let mut next = restored_settings(&new, &crate::state::Saved { enabled: None, ..saved });
+                        next.enabled = enabled;
+                        settings_tx.send_replace(next);
                         let _ = interval_tx.send(new.snapshot.interval);
                         let _ = max_age_tx.send(new.snapshot.link_max_age);
                         if !d.applied.is_empty() {
@@ -409,6 +554,7 @@ pub async fn run_with_shipping(
         tracing::warn!("some parts did not stop within 3 s");
     }
     event_task.abort();
+    enables_task.abort();
     let backlog = spool.status().await.map(|s| s.backlog).unwrap_or_default();
     tracing::info!(
         backlog,

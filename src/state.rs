@@ -1,0 +1,358 @@
+//! Run-time changes that must survive a restart: stepper enables (including
+//! a stepper bump_check disabled for safety) and settings changed through the
+//! control API.
+//!
+//! # File format (`state.json` beside the spool, format 1)
+//!
+//! ```json
+//! {"format": 1, "enabled": [true, false], "overrides": {"z_rest": 0.5, "voice_count_max": [12, 10]}}
+//! ```
+//!
+//! `overrides` holds only the settings changed at run time; at start they are
+//! applied over the configuration file. Editing a setting in the file and
+//! reloading (SIGHUP) drops that key's override: the newer word wins. Written
+//! whole to a temporary file, synced and renamed, so a crash leaves the old
+//! or the new file. An unreadable file is moved aside and reported; the daemon
+//! then starts from the configuration alone.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::snapshot::Settings;
+
+/// The saved state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    /// File format.
+    pub format: u32,
+    /// Per global stepper: enabled or not (`None`: never changed).
+    pub enabled: Option<Vec<bool>>,
+    /// Settings changed at run time, by name.
+    pub overrides: BTreeMap<String, Value>,
+}
+
+/// The names of the settings that can be changed at run time.
+pub const SETTINGS: &[&str] = &[
+    "bump_check_enable",
+    "z_up_step",
+    "z_down_step",
+    "tune_rest",
+    "x_rest",
+    "z_rest",
+    "lap_rest",
+    "adjustment_level",
+    "retry_threshold",
+    "delta_threshold",
+    "z_variance_threshold",
+    "voice_count_min",
+    "voice_count_max",
+    "amp_sum_min",
+    "amp_sum_max",
+];
+
+/// Applies one setting to `s`, with the configuration's rules; a clear error
+/// names the setting and what is wrong.
+pub fn apply(s: &mut Settings, name: &str, value: &Value) -> Result<(), String> {
+    let int = || {
+        value
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .ok_or_else(|| format!("{name} must be an integer, not {value}"))
+    };
+    let secs = || {
+        value
+            .as_f64()
+            .filter(|v| v.is_finite() && (0.0..=3600.0).contains(v))
+            .ok_or_else(|| {
+                format!("{name} must be a number of seconds from 0 to 3600, not {value}")
+            })
+    };
+    let channels = s.thresholds.voice_count_min.len();
+    let per_channel = || -> Result<Vec<i32>, String> {
+        match value {
+            Value::Array(items) if items.len() == channels => items
+                .iter()
+                .map(|v| v.as_i64().and_then(|v| i32::try_from(v).ok()))
+                .collect::<Option<Vec<i32>>>()
+                .ok_or_else(|| format!("{name} entries must be integers")),
+            Value::Array(items) => Err(format!(
+                "{name} needs {channels} entries (one per channel), not {}",
+                items.len()
+            )),
+            v => v
+                .as_i64()
+                .and_then(|v| i32::try_from(v).ok())
+                .map(|v| vec![v; channels])
+                .ok_or_else(|| {
+                    format!(
+                        "{name} must be an integer or an array of {channels} integers, not {value}"
+                    )
+                }),
+        }
+    };
+    let o = &mut s.operations;
+    match name {
+        "bump_check_enable" => {
+            o.bump_check_enable = value
+                .as_bool()
+                .ok_or_else(|| format!("{name} must be true or false, not {value}"))?
+        }
+        "z_up_step" => {
+            let v = int()?;
+            if v <= 0 {
+                return Err(format!(
+                    "z_up_step must be > 0 (a move away from the string), not {v}"
+                ));
+            }
+            o.z_up_step = v;
+        }
+        "z_down_step" => {
+            let v = int()?;
+            if v >= 0 {
+                return Err(format!(
+                    "z_down_step must be < 0 (a move toward the string), not {v}"
+                ));
+            }
+            o.z_down_step = v;
+        }
+        "tune_rest" => o.tune_rest = secs()?,
+        "x_rest" => o.x_rest = secs()?,
+        "z_rest" => o.z_rest = secs()?,
+        "lap_rest" => o.lap_rest = secs()?,
+        "adjustment_level" | "retry_threshold" => {
+            let v = int()?;
+            if v < 1 {
+                return Err(format!("{name} must be at least 1, not {v}"));
+            }
+            if name == "adjustment_level" {
+                o.adjustment_level = v
+            } else {
+                o.retry_threshold = v
+            }
+        }
+        "delta_threshold" | "z_variance_threshold" => {
+            let v = int()?;
+            if v < 0 {
+                return Err(format!("{name} must be at least 0, not {v}"));
+            }
+            if name == "delta_threshold" {
+                o.delta_threshold = v
+            } else {
+                o.z_variance_threshold = v
+            }
+        }
+        "voice_count_min" | "voice_count_max" | "amp_sum_min" | "amp_sum_max" => {
+            let v = per_channel()?;
+            let t = &mut s.thresholds;
+            let mut next = t.clone();
+            match name {
+                "voice_count_min" => next.voice_count_min = v,
+                "voice_count_max" => next.voice_count_max = v,
+                "amp_sum_min" => next.amp_sum_min = v,
+                _ => next.amp_sum_max = v,
+            }
+            let bad = |lo: &[i32], hi: &[i32]| lo.iter().zip(hi).position(|(a, b)| a > b);
+            if let Some(c) = bad(&next.voice_count_min, &next.voice_count_max)
+                .or(bad(&next.amp_sum_min, &next.amp_sum_max))
+            {
+                return Err(format!(
+                    "{name}: channel {c} would have a minimum above its maximum"
+                ));
+            }
+            *t = next;
+        }
+        other => {
+            return Err(format!(
+                "unknown setting `{other}` (known: {})",
+                SETTINGS.join(", ")
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The state file.
+pub struct StateFile {
+    path: PathBuf,
+    saved: Mutex<Saved>,
+}
+
+impl StateFile {
+    /// Opens the file at `path`; returns it, what it held, and a problem if
+    /// it was unreadable (then moved aside).
+    pub fn open(path: &Path) -> (StateFile, Saved, Option<String>) {
+        let mut problem = None;
+        let saved = match std::fs::read(path) {
+            Ok(b) => match serde_json::from_slice::<Saved>(&b) {
+                Ok(s) if s.format == 1 => s,
+                Ok(s) => {
+                    problem = Some(format!("{}: unknown format {}", path.display(), s.format));
+                    Saved::default()
+                }
+                Err(e) => {
+                    problem = Some(format!("{}: {e}", path.display()));
+                    Saved::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
+            Err(e) => {
+                problem = Some(format!("{}: {e}", path.display()));
+                Saved::default()
+            }
+        };
+        if problem.is_some() {
+            let _ = std::fs::rename(
+                path,
+                path.with_extension(format!(
+                    "bad-{}",
+                    chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+                )),
+            );
+        }
+        let file = StateFile {
+            path: path.to_path_buf(),
+            saved: Mutex::new(Saved {
+                format: 1,
+                ..saved.clone()
+            }),
+        };
+        (file, saved, problem)
+    }
+
+    /// Applies what was saved to `s` (enables of the right length, overrides
+    /// that still pass the rules); returns what could not be applied.
+    pub fn restore(saved: &Saved, s: &mut Settings) -> Vec<String> {
+        let mut skipped = Vec::new();
+        if let Some(e) = &saved.enabled {
+            if e.len() == s.enabled.len() {
+                s.enabled = e.clone();
+            } else {
+                skipped.push(format!(
+                    "enables for {} steppers (the host has {})",
+                    e.len(),
+                    s.enabled.len()
+                ));
+            }
+        }
+        for (k, v) in &saved.overrides {
+            if let Err(e) = apply(s, k, v) {
+                skipped.push(e);
+            }
+        }
+        skipped
+    }
+
+    /// Records the enables and writes the file.
+    pub fn save_enabled(&self, enabled: &[bool]) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        s.enabled = Some(enabled.to_vec());
+        self.write(&s)
+    }
+
+    /// Records a run-time setting change and writes the file.
+    pub fn save_override(&self, name: &str, value: Value) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        s.overrides.insert(name.to_string(), value);
+        self.write(&s)
+    }
+
+    /// Drops the overrides of settings the configuration file now changed.
+    pub fn drop_overrides(&self, names: &[&str]) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let before = s.overrides.len();
+        s.overrides.retain(|k, _| !names.contains(&k.as_str()));
+        if s.overrides.len() == before {
+            return Ok(());
+        }
+        self.write(&s)
+    }
+
+    fn write(&self, s: &Saved) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?;
+        let err = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", self.path.display());
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err("create", e))?;
+        f.write_all(&bytes).map_err(|e| err("write", e))?;
+        f.sync_all().map_err(|e| err("sync", e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| err("rename", e))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err("sync directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{OperationSettings, Thresholds};
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        Settings {
+            operations: OperationSettings::default(),
+            thresholds: Thresholds {
+                voice_count_min: vec![0; 2],
+                voice_count_max: vec![12; 2],
+                amp_sum_min: vec![20; 2],
+                amp_sum_max: vec![100; 2],
+            },
+            enabled: vec![true; 5],
+        }
+    }
+
+    #[test]
+    fn settings_follow_the_configuration_rules() {
+        let mut s = settings();
+        apply(&mut s, "z_rest", &json!(0.5)).expect("ok");
+        assert_eq!(s.operations.z_rest, 0.5);
+        assert!(apply(&mut s, "z_up_step", &json!(0))
+            .unwrap_err()
+            .contains("> 0"));
+        assert!(apply(&mut s, "z_down_step", &json!(2))
+            .unwrap_err()
+            .contains("< 0"));
+        assert!(apply(&mut s, "z_rest", &json!(-1))
+            .unwrap_err()
+            .contains("seconds"));
+        assert!(apply(&mut s, "z_rest", &json!("fast")).is_err());
+        assert!(apply(&mut s, "voice_count_max", &json!([1, 2, 3]))
+            .unwrap_err()
+            .contains("2 entries"));
+        assert!(apply(&mut s, "voice_count_min", &json!(20))
+            .unwrap_err()
+            .contains("minimum above its maximum"));
+        apply(&mut s, "voice_count_max", &json!(10)).expect("scalar for every channel");
+        assert_eq!(s.thresholds.voice_count_max, vec![10, 10]);
+        assert!(apply(&mut s, "speed", &json!(1))
+            .unwrap_err()
+            .contains("unknown setting"));
+    }
+
+    #[test]
+    fn enables_and_overrides_survive_a_reopen_and_bad_files_are_moved_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let (f, saved, problem) = StateFile::open(&path);
+        assert!(problem.is_none() && saved.enabled.is_none());
+        f.save_enabled(&[true, false, true, true, false])
+            .expect("save");
+        f.save_override("z_rest", json!(0.25)).expect("save");
+        let (_f, saved, _) = StateFile::open(&path);
+        let mut s = settings();
+        assert!(StateFile::restore(&saved, &mut s).is_empty());
+        assert_eq!(s.enabled, vec![true, false, true, true, false]);
+        assert_eq!(s.operations.z_rest, 0.25);
+        std::fs::write(&path, b"{not json").expect("write");
+        let (_f, saved, problem) = StateFile::open(&path);
+        assert!(problem.is_some() && saved == Saved::default());
+        assert!(!path.exists());
+    }
+}
