@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod board;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod feed;

@@ -430,6 +430,11 @@ pub async fn run_with_shipping(
         state: state.clone(),
     };
     on_start(&parts);
+    // Without its control socket the daemon still captures and ships.
+    match crate::control::start(&cfg.control, parts.clone(), io.clone()).await {
+        Ok(task) => other_tasks.push(task),
+        Err(e) => tracing::error!(error = %e, "control socket not started"),
+    }
 
     // READY once every board answered, or after a bounded wait: a missing
     // board must not keep the service "activating" forever.

@@ -1,0 +1,506 @@
+//! What each command does with the daemon's parts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::protocol::{ApiError, Request, COMMANDS};
+use crate::daemon::{setting_value, Parts};
+use crate::motion::{GateError, Origin};
+use crate::snapshot::SnapshotError;
+use crate::store::{OperationEvent, OperationStatus, OperationType, Record};
+
+/// Operation starts remembered for `op_report` (so that the terminal event
+/// keeps the start time); the oldest are forgotten beyond this.
+const REPORTED_KEPT: usize = 256;
+
+/// The operation state the server publishes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpState {
+    /// The kind of the operation started through this socket, while it runs.
+    pub running: Option<String>,
+    /// How the last one ended (an outcome object, or why it did not start).
+    pub last: Option<Result<Value, ApiError>>,
+}
+
+/// State shared by every client of one server.
+pub struct Shared {
+    /// The daemon's parts.
+    pub parts: Parts,
+    /// Operations started here.
+    pub op: watch::Sender<OpState>,
+    /// The running operation's task (awaited at shutdown).
+    pub op_task: Mutex<Option<JoinHandle<()>>>,
+    /// Operation start/end for `events` streams.
+    pub op_events: broadcast::Sender<String>,
+    /// Start times of operations reported by other programs, by id.
+    reported: Mutex<BTreeMap<Uuid, DateTime<Utc>>>,
+}
+
+impl Shared {
+    /// The shared state over `parts`.
+    pub fn new(parts: Parts) -> Shared {
+        Shared {
+            parts,
+            op: watch::Sender::new(OpState::default()),
+            op_task: Mutex::new(None),
+            op_events: broadcast::channel(64).0,
+            reported: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+fn gate_error(e: GateError) -> ApiError {
+    match e {
+        GateError::Board(b) => ApiError::new("board_error", b.to_string()),
+        other => ApiError::new("refused", other.to_string()),
+    }
+}
+
+fn total_steppers(sh: &Shared) -> usize {
+    sh.parts.machine.layout.total_steppers()
+}
+
+fn check_exists(sh: &Shared, stepper: usize) -> Result<(), ApiError> {
+    let count = total_steppers(sh);
+    if stepper >= count {
+        return Err(gate_error(GateError::UnknownStepper { stepper, count }));
+    }
+    Ok(())
+}
+
+/// Runs one request (everything but `events`, which the server handles).
+pub async fn handle(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
+    match req.cmd.as_str() {
+        "status" => Ok(status(sh).await),
+        "snapshot" => snapshot(sh).await,
+        "move" => move_(sh, req).await,
+        "set_position" => set_position(sh, req).await,
+        "enable" => enable(sh, req, true),
+        "disable" => enable(sh, req, false),
+        "get" => get(sh, req),
+        "set" => set(sh, req).await,
+        "op_run" => op_run(sh, req).await,
+        "op_cancel" => Ok(json!({"cancelled": sh.parts.gate.cancel()})),
+        "op_wait" => op_wait(sh).await,
+        "op_report" => op_report(sh, req).await,
+        other => Err(ApiError::new(
+            "unknown_command",
+            format!("unknown command `{other}` (known: {})", COMMANDS.join(", ")),
+        )),
+    }
+}
+
+/// Every part's status in one object.
+pub async fn status(sh: &Shared) -> Value {
+    let p = &sh.parts;
+    let boards: Vec<Value> = p
+        .boards
+        .iter()
+        .map(|b| {
+            let s = b.status();
+            json!({
+                "name": s.name,
+                "link": s.link.name(),
+                "link_detail": s.link.to_string(),
+                "positions": s.positions,
+                "trusted": s.trusted,
+                "last_good_poll": s.last_good_poll,
+                "polls_ok": s.polls_ok,
+                "polls_failed": s.polls_failed,
+                "resets": s.resets_detected,
+                "connects": s.connects,
+                "last_error": s.last_error,
+            })
+        })
+        .collect();
+    let settings = p.settings.borrow().clone();
+    let values: Map<String, Value> = crate::state::SETTINGS
+        .iter()
+        .map(|n| (n.to_string(), setting_value(&settings, n)))
+        .collect();
+    let feed = p.feed.borrow().clone();
+    let spool = match p.spool.status().await {
+        Ok(s) => serde_json::to_value(s).unwrap_or(Value::Null),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    let op = sh.op.borrow().clone();
+    json!({
+        "boards": boards,
+        "enabled": settings.enabled,
+        "settings": values,
+        "feed": {
+            "state": feed.state.name(),
+            "detail": feed.state.to_string(),
+            "channels": feed.channels,
+            "voice_count": feed.values.as_ref().map(|v| v.voice_count.clone()),
+            "amp_sum": feed.values.as_ref().map(|v| v.amp_sum.clone()),
+            "frame_changed_at": feed.frame_changed_at,
+            "read_at": feed.read_at,
+        },
+        "spool": spool,
+        "shipper": serde_json::to_value(p.shipper.borrow().clone()).unwrap_or(Value::Null),
+        "operation": {
+            "running": p.gate.running(),
+            "last": op.last.map(outcome_json),
+        },
+        "snapshots": serde_json::to_value(p.snapshots.status()).unwrap_or(Value::Null),
+    })
+}
+
+fn outcome_json(r: Result<Value, ApiError>) -> Value {
+    match r {
+        Ok(v) => v,
+        Err(e) => json!({"status": "refused", "error": {"kind": e.kind, "message": e.message}}),
+    }
+}
+
+async fn snapshot(sh: &Shared) -> Result<Value, ApiError> {
+    match sh.parts.snapshots.snapshot("control request").await {
+        Ok(id) => Ok(json!({"state_id": id})),
+        Err(e @ SnapshotError::Unknown(_)) => Err(ApiError::new("no_snapshot", e.to_string())),
+        Err(e) => Err(ApiError::new("snapshot_failed", e.to_string())),
+    }
+}
+
+/// The reply of a move or counter write: the stepper's new counter and its board's.
+fn moved(sh: &Shared, stepper: usize, board_positions: Vec<i32>) -> Value {
+    let local = sh.parts.machine.layout.locate(stepper).map(|(_, l)| l);
+    json!({
+        "stepper": stepper,
+        "position": local.and_then(|l| board_positions.get(l).copied()),
+        "board_positions": board_positions,
+    })
+}
+
+async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
+    let stepper = req.index("stepper")?;
+    let delta = req.opt_i32("delta")?;
+    let position = req.opt_i32("position")?;
+    let gate = &sh.parts.gate;
+    let r = match (delta, position) {
+        (Some(d), None) => gate.move_rel(&Origin::Manual, stepper, d).await,
+        (None, Some(p)) => gate.move_abs(&Origin::Manual, stepper, p).await,
+        _ => {
+            return Err(ApiError::new(
+                "bad_request",
+                "give exactly one of the fields `delta` (relative) and `position` (absolute)",
+            ))
+        }
+    };
+    r.map(|p| moved(sh, stepper, p)).map_err(gate_error)
+}
+
+async fn set_position(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
+    let stepper = req.index("stepper")?;
+    let position = req.i32("position")?;
+    let p = sh
+        .parts
+        .gate
+        .set_counter(&Origin::Manual, stepper, position)
+        .await
+        .map_err(gate_error)?;
+    sh.parts
+        .snapshots
+        .request(format!("stepper {stepper} counter set to {position}"));
+    Ok(moved(sh, stepper, p))
+}
+
+fn enable(sh: &Shared, req: &Request, on: bool) -> Result<Value, ApiError> {
+    let stepper = req.index("stepper")?;
+    check_exists(sh, stepper)?;
+    // The daemon's enables task persists the change.
+    sh.parts.settings.send_modify(|s| {
+        if let Some(e) = s.enabled.get_mut(stepper) {
+            *e = on;
+        }
+    });
+    let word = if on { "enabled" } else { "disabled" };
+    sh.parts
+        .snapshots
+        .request(format!("stepper {stepper} {word} by the control API"));
+    Ok(json!({"stepper": stepper, "enabled": on}))
+}
+
+fn unknown_setting(name: &str) -> ApiError {
+    ApiError::new(
+        "invalid_setting",
+        format!(
+            "unknown setting `{name}` (known: {})",
+            crate::state::SETTINGS.join(", ")
+        ),
+    )
+}
+
+fn get(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
+    let s = sh.parts.settings.borrow().clone();
+    match req.opt_str("name")? {
+        Some(name) if crate::state::SETTINGS.contains(&name) => {
+            Ok(json!({"name": name, "value": setting_value(&s, name)}))
+        }
+        Some(name) => Err(unknown_setting(name)),
+        None => {
+            let all: Map<String, Value> = crate::state::SETTINGS
+                .iter()
+                .map(|n| (n.to_string(), setting_value(&s, n)))
+                .collect();
+            Ok(json!({"settings": all, "enabled": s.enabled}))
+        }
+    }
+}
+
+async fn set(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
+    let name = req.str("name")?.to_string();
+    let value = req.any("value")?.clone();
+    if !crate::state::SETTINGS.contains(&name.as_str()) {
+        return Err(unknown_setting(&name));
+    }
+    // Applied to a copy and swapped in under the channel's lock, so a
+    // concurrent enable change (an operation disabling a stepper) is not lost
+    // and a refused value leaves the settings untouched.
+    let mut refused = None;
+    sh.parts.settings.send_if_modified(|s| {
+        let mut next = s.clone();
+        match crate::state::apply(&mut next, &name, &value) {
+            Ok(()) => {
+                *s = next;
+                true
+            }
+            Err(e) => {
+                refused = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = refused {
+        return Err(ApiError::new("invalid_setting", e));
+    }
+    let now = setting_value(&sh.parts.settings.borrow(), &name);
+    let state = sh.parts.state.clone();
+    let (n, v) = (name.clone(), value.clone());
+    let saved = tokio::task::spawn_blocking(move || state.save_override(&n, v))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    sh.parts
+        .snapshots
+        .request(format!("setting {name} changed by the control API"));
+    if let Err(e) = saved {
+        return Err(ApiError::new(
+            "not_persisted",
+            format!("{name} applied but not saved (it will not survive a restart): {e}"),
+        ));
+    }
+    Ok(json!({"name": name, "value": now}))
+}
+
+fn parse_kind(req: &Request) -> Result<OperationType, ApiError> {
+    let v = req.args.get("kind");
+    v.and_then(|k| serde_json::from_value::<OperationType>(k.clone()).ok())
+        .ok_or_else(|| ApiError::bad_field("kind", "one of bump_check, z_calibrate, z_adjust", v))
+}
+
+fn outcome_value(o: &crate::ops::Outcome, kind: OperationType) -> Value {
+    json!({
+        "kind": kind.as_str(),
+        "operation_id": o.operation_id,
+        "status": o.status.as_str(),
+        "message": o.message,
+    })
+}
+
+async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
+    let kind = parse_kind(req)?;
+    let stepper = req.opt_index("stepper")?;
+    let wait = req.flag("wait")?;
+    let mut busy = None;
+    // Checked and marked under the channel's lock: two clients starting at
+    // once cannot both pass.
+    sh.op.send_if_modified(|st| {
+        if let Some(k) = st.running.clone().or_else(|| sh.parts.gate.running()) {
+            busy = Some(k);
+            return false;
+        }
+        st.running = Some(kind.as_str().to_string());
+        true
+    });
+    if let Some(k) = busy {
+        return Err(ApiError::new(
+            "busy",
+            format!("operation {k} is running; one operation at a time"),
+        ));
+    }
+    let _ = sh.op_events.send(super::protocol::event("operation", {
+        let mut m = Map::new();
+        m.insert("phase".into(), json!("started"));
+        m.insert("kind".into(), json!(kind.as_str()));
+        m
+    }));
+    let mut rx = sh.op.subscribe();
+    let task = {
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            let r = sh.parts.machine.run(kind, stepper).await;
+            let last = match r {
+                Ok(o) => Ok(outcome_value(&o, kind)),
+                Err(e) => Err(match e {
+                    crate::ops::OpError::Gate(GateError::Busy(k)) => {
+                        ApiError::new("busy", format!("operation {k} is running"))
+                    }
+                    other => ApiError::new("refused", other.to_string()),
+                }),
+            };
+            let mut m = Map::new();
+            m.insert("phase".into(), json!("ended"));
+            m.insert("kind".into(), json!(kind.as_str()));
+            m.insert("outcome".into(), outcome_json(last.clone()));
+            let _ = sh.op_events.send(super::protocol::event("operation", m));
+            sh.op.send_modify(|st| {
+                st.running = None;
+                st.last = Some(last);
+            });
+        })
+    };
+    let old = sh
+        .op_task
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(task);
+    drop(old);
+    if !wait {
+        return Ok(json!({"started": kind.as_str()}));
+    }
+    wait_done(&mut rx).await
+}
+
+async fn wait_done(rx: &mut watch::Receiver<OpState>) -> Result<Value, ApiError> {
+    let st = rx
+        .wait_for(|s| s.running.is_none())
+        .await
+        .map_err(|_| ApiError::new("shutting_down", "the control server is stopping"))?
+        .clone();
+    match st.last {
+        Some(r) => r,
+        None => Err(ApiError::new(
+            "no_operation",
+            "no operation has run through this daemon since it started",
+        )),
+    }
+}
+
+async fn op_wait(sh: &Shared) -> Result<Value, ApiError> {
+    wait_done(&mut sh.op.subscribe()).await
+}
+
+async fn op_report(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
+    let kind = parse_kind(req)?;
+    let status_v = req.args.get("status");
+    let status = status_v
+        .and_then(|s| serde_json::from_value::<OperationStatus>(s.clone()).ok())
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                "status",
+                "one of started, completed, failed, cancelled",
+                status_v,
+            )
+        })?;
+    let steppers = req.i32_list("steppers")?;
+    let final_positions = req.i32_list("final_positions")?;
+    if steppers.len() != final_positions.len() {
+        return Err(ApiError::new(
+            "bad_request",
+            format!(
+                "`steppers` has {} entries but `final_positions` {}: one position per stepper",
+                steppers.len(),
+                final_positions.len()
+            ),
+        ));
+    }
+    for s in &steppers {
+        let s = usize::try_from(*s)
+            .map_err(|_| ApiError::bad_field("steppers", "non-negative stepper indices", None))?;
+        check_exists(sh, s)?;
+    }
+    let message = req.opt_str("message")?.map(str::to_string);
+    let id_v = req.args.get("operation_id").filter(|v| !v.is_null());
+    let given = match id_v {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| ApiError::bad_field("operation_id", "a UUID", Some(v)))?,
+        ),
+    };
+    let operation_id = match (given, status) {
+        (Some(id), _) => id,
+        (None, OperationStatus::Started) => Uuid::new_v4(),
+        (None, s) => {
+            return Err(ApiError::bad_field(
+                "operation_id",
+                &format!("the id returned when it started (status {})", s.as_str()),
+                None,
+            ))
+        }
+    };
+    let now = Utc::now();
+    let recorded_at = {
+        let mut r = sh.reported.lock().unwrap_or_else(|e| e.into_inner());
+        if status.is_terminal() {
+            r.remove(&operation_id).unwrap_or(now)
+        } else {
+            if r.len() >= REPORTED_KEPT {
+                if let Some(oldest) = r.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+                    r.remove(&oldest);
+                }
+            }
+            *r.entry(operation_id).or_insert(now)
+        }
+    };
+    // The row references the state it started from when one can be captured now.
+    let state_id = match status {
+        OperationStatus::Started => sh
+            .parts
+            .snapshots
+            .snapshot(format!("{} reported started", kind.as_str()))
+            .await
+            .ok(),
+        _ => None,
+    };
+    let event = OperationEvent {
+        operation_id,
+        state_id,
+        host: sh.parts.machine.host.clone(),
+        recorded_at,
+        operation_type: kind,
+        operation_status: status,
+        message,
+        stepper_indices: steppers,
+        final_positions,
+        completed_at: status.is_terminal().then_some(now),
+    };
+    sh.parts
+        .spool
+        .append(vec![Record::Operation { event }])
+        .await
+        .map_err(|e| ApiError::new("record_failed", e.to_string()))?;
+    let mut m = Map::new();
+    m.insert(
+        "phase".into(),
+        json!(if status.is_terminal() {
+            "ended"
+        } else {
+            "started"
+        }),
+    );
+    m.insert("kind".into(), json!(kind.as_str()));
+    m.insert("reported".into(), json!(true));
+    m.insert("operation_id".into(), json!(operation_id));
+    m.insert("status".into(), json!(status.as_str()));
+    let _ = sh.op_events.send(super::protocol::event("operation", m));
+    Ok(json!({"operation_id": operation_id, "status": status.as_str()}))
+}

@@ -1,0 +1,71 @@
+//! The control socket: how operators and programs (`stringdriverctl`, the
+//! lab's scripts) talk to the running daemon.
+//!
+//! # Transport
+//!
+//! A Unix stream socket at `control.socket` (default
+//! `/run/stringdriver/control.sock`). At start a stale socket file (nobody
+//! answers on it) is removed; if another daemon answers there the server does
+//! not start (logged as an error; the daemon goes on without it). After bind
+//! the file gets `control.mode` and, if set, `control.group`. Allowed peers
+//! (by `SO_PEERCRED`): root, the daemon's own user, and members of
+//! `control.group` (primary group, or supplementary groups read from
+//! `/proc/<pid>/status`); others get `forbidden` and are closed. The file is
+//! removed at shutdown.
+//!
+//! # Framing
+//!
+//! Newline-delimited JSON, UTF-8: one request per line, exactly one reply
+//! line per request, in order. Many clients at once, one task each. A line
+//! over 64 KiB gets `line_too_long` and the connection is closed. A client
+//! may make at most 100 requests per second (`rate_limited` beyond). Replies
+//! and events wait in a bounded per-client queue: a client that stops reading
+//! is disconnected, it never holds up the daemon.
+//!
+//! # Requests and replies
+//!
+//! ```json
+//! {"v": 1, "id": 42, "cmd": "move", "stepper": 3, "delta": -10}
+//! {"v": 1, "id": 42, "ok": true, "result": {"stepper": 3, "position": 13, "board_positions": [...]}}
+//! {"v": 1, "id": 42, "ok": false, "error": {"kind": "refused", "message": "refused: stepper 3 is disabled"}}
+//! ```
+//!
+//! `v` must be 1; `id` is any JSON value and is echoed (`null` when absent or
+//! unreadable). Commands:
+//!
+//! | cmd | arguments | result |
+//! |---|---|---|
+//! | `status` | | boards, enables, settings, feed, spool, shipper, operation, snapshots |
+//! | `snapshot` | | `{state_id}` of an event snapshot, or `no_snapshot` with the reason |
+//! | `move` | `stepper`, `delta` or `position` | `{stepper, position, board_positions}` |
+//! | `set_position` | `stepper`, `position` | as `move` (sets the counter, nothing moves) |
+//! | `enable` / `disable` | `stepper` | `{stepper, enabled}` (persisted, event snapshot) |
+//! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
+//! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
+//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust), `stepper`?, `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |
+//! | `op_cancel` | | `{cancelled}` (whether an operation was running) |
+//! | `op_wait` | | the outcome of the running operation, or of the last one |
+//! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |
+//! | `events` | | `{events: true}`, then the connection is a stream of event lines |
+//!
+//! Moves and counter writes go through the motion gate as [`Origin::Manual`](crate::motion::Origin).
+//! Event lines look like `{"v":1,"event":"snapshot","status":{...}}`,
+//! `{"v":1,"event":"board","board":"carriage","link":"connected","detail":"connected"}`,
+//! `{"v":1,"event":"operation","phase":"started"|"ended","kind":"bump_check",...}`.
+//!
+//! # Error kinds
+//!
+//! `bad_json` (serde's message), `bad_request` (names the field),
+//! `unsupported_version`, `unknown_command` (lists the known ones),
+//! `refused` (the motion gate's message: unknown or disabled stepper, limits,
+//! untrusted counter, an operation running), `board_error`, `invalid_setting`,
+//! `not_persisted`, `no_snapshot`, `snapshot_failed`, `busy`,
+//! `no_operation`, `record_failed`, `line_too_long`, `forbidden`,
+//! `rate_limited`, `too_many_clients`, `shutting_down`. Only `line_too_long`,
+//! `forbidden` and `too_many_clients` close the connection.
+
+mod handlers;
+pub mod protocol;
+mod server;
+
+pub use server::{start, ControlError};

@@ -1,0 +1,464 @@
+//! The listener and one task per client.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+
+use super::handlers::{self, Shared};
+use super::protocol::{self, ApiError, MAX_LINE};
+use crate::config::ControlConfig;
+use crate::daemon::Parts;
+
+/// Lines waiting to be written to one client; a client that lets this fill
+/// up (it stopped reading) is disconnected instead of holding the daemon.
+const CLIENT_QUEUE: usize = 256;
+/// How long one write to a client may take before the client is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one client may make per second.
+const RATE_LIMIT: u32 = 100;
+/// Clients served at once; more are refused until one leaves.
+const MAX_CLIENTS: usize = 64;
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another daemon answers on the socket.
+    #[error("another stringdriverd already answers on {0}; not starting the control socket")]
+    InUse(PathBuf),
+    /// The socket could not be created or prepared.
+    #[error("control socket {path}: {what}: {error}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// Who may talk to the daemon: root, the daemon's own user and the
+/// configured group.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    own_uid: u32,
+    gid: Option<u32>,
+}
+
+impl Access {
+    fn allows(&self, cred: &tokio::net::unix::UCred) -> bool {
+        let uid = cred.uid();
+        if uid == 0 || uid == self.own_uid {
+            return true;
+        }
+        let Some(gid) = self.gid else {
+            return false;
+        };
+        cred.gid() == gid
+            || cred
+                .pid()
+                .is_some_and(|pid| supplementary_groups(pid).contains(&gid))
+    }
+}
+
+/// The peer's supplementary groups from `/proc/<pid>/status` (empty if unreadable).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Prepares the socket (stale file removed, mode and group set) and spawns
+/// the server; it stops when `cancel` fires and removes its socket file.
+pub async fn start(
+    cfg: &ControlConfig,
+    parts: Parts,
+    cancel: CancellationToken,
+) -> Result<JoinHandle<()>, ControlError> {
+    let path = cfg.socket.clone();
+    let io = |what: &'static str| {
+        let path = path.clone();
+        move |error| ControlError::Io { path, what, error }
+    };
+    if tokio::fs::symlink_metadata(&path).await.is_ok() {
+        // A socket file that nobody answers on is left from a crash.
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(ControlError::InUse(path));
+        }
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(io("remove the stale socket"))?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io("create its directory"))?;
+    }
+    let listener = UnixListener::bind(&path).map_err(io("bind"))?;
+    let gid = match &cfg.group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => {
+                if let Err(e) = nix::unistd::chown(&path, None, Some(g.gid)) {
+                    tracing::warn!(group = %name, error = %e, "cannot give the control socket to its group");
+                }
+                Some(g.gid.as_raw())
+            }
+            Ok(None) => {
+                tracing::error!(group = %name, "control.group does not exist: only root and the daemon's user may use the control socket");
+                None
+            }
+            Err(e) => {
+                tracing::error!(group = %name, error = %e, "cannot look up control.group: only root and the daemon's user may use the control socket");
+                None
+            }
+        },
+    };
+    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.mode))
+        .await
+        .map_err(io("chmod"))?;
+    let access = Access {
+        own_uid: nix::unistd::geteuid().as_raw(),
+        gid,
+    };
+    tracing::info!(socket = %path.display(), mode = format!("{:o}", cfg.mode), "control socket listening");
+    let shared = Arc::new(Shared::new(parts));
+    Ok(tokio::spawn(serve(listener, path, access, shared, cancel)))
+}
+
+async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    access: Access,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let mut clients = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    if clients.len() >= MAX_CLIENTS {
+                        tracing::warn!("control socket: too many clients, refusing one");
+                        let mut s = stream;
+                        let line = protocol::reply(&Value::Null, Err(ApiError::new("too_many_clients", format!("at most {MAX_CLIENTS} clients at once"))));
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, s.write_all(format!("{line}\n").as_bytes())).await;
+                        continue;
+                    }
+                    clients.spawn(client(stream, access, shared.clone(), cancel.child_token()));
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "control socket: accept failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    remove_socket(&path);
+    // An operation started here must not outlive the daemon's boards.
+    shared.parts.gate.cancel();
+    let op = shared
+        .op_task
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(op) = op {
+        let _ = tokio::time::timeout(Duration::from_secs(2), op).await;
+    }
+    clients.shutdown().await;
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot remove the control socket");
+        }
+    }
+}
+
+/// Queues a line for the client; false (and the client is dropped) when its
+/// queue is full or gone.
+fn push(out: &mpsc::Sender<String>, line: String, cancel: &CancellationToken) -> bool {
+    if out.try_send(line).is_err() {
+        cancel.cancel();
+        return false;
+    }
+    true
+}
+
+async fn writer(
+    mut half: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<String>,
+    cancel: CancellationToken,
+) {
+    while let Some(mut line) = rx.recv().await {
+        line.push('\n');
+        let written = tokio::select! {
+            // Dropped (fell behind, or the daemon stops): nothing more to say.
+            _ = cancel.cancelled() => return,
+            w = tokio::time::timeout(WRITE_TIMEOUT, half.write_all(line.as_bytes())) => w,
+        };
+        if !matches!(written, Ok(Ok(()))) {
+            cancel.cancel();
+            return;
+        }
+    }
+    let _ = half.shutdown().await;
+}
+
+/// Requests counted in fixed one-second windows.
+struct RateLimit {
+    window: tokio::time::Instant,
+    count: u32,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= RATE_LIMIT
+    }
+}
+
+async fn client(
+    stream: UnixStream,
+    access: Access,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let cred = stream.peer_cred();
+    let (read, write) = stream.into_split();
+    let (out, rx) = mpsc::channel::<String>(CLIENT_QUEUE);
+    let writer = tokio::spawn(writer(write, rx, cancel.clone()));
+    let allowed = match &cred {
+        Ok(c) => access.allows(c),
+        Err(_) => false,
+    };
+    if !allowed {
+        tracing::warn!(peer = ?cred.ok(), "control socket: refused a client without permission");
+        let _ = push(
+            &out,
+            protocol::reply(
+                &Value::Null,
+                Err(ApiError::new(
+                    "forbidden",
+                    "only root, the daemon's user and members of control.group may use this socket",
+                )),
+            ),
+            &cancel,
+        );
+    } else {
+        serve_client(read, &out, &shared, &cancel).await;
+    }
+    drop(out);
+    // Lets the last reply (line_too_long, forbidden) reach the client.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer).await;
+}
+
+async fn serve_client(
+    read: tokio::net::unix::OwnedReadHalf,
+    out: &mpsc::Sender<String>,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) {
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut rate = RateLimit {
+        window: tokio::time::Instant::now(),
+        count: 0,
+    };
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return,
+            n = lines.next() => n,
+        };
+        let line = match next {
+            None => return,
+            Some(Ok(l)) => l,
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                let _ = push(
+                    out,
+                    protocol::reply(
+                        &Value::Null,
+                        Err(ApiError::new(
+                            "line_too_long",
+                            format!("a request line may hold at most {MAX_LINE} bytes; closing"),
+                        )),
+                    ),
+                    cancel,
+                );
+                return;
+            }
+            Some(Err(LinesCodecError::Io(e))) => {
+                // Invalid UTF-8 also lands here; the framing is lost, so close.
+                let _ = push(
+                    out,
+                    protocol::reply(&Value::Null, Err(ApiError::new("bad_json", e.to_string()))),
+                    cancel,
+                );
+                return;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req = match protocol::parse(&line) {
+            Ok(r) => r,
+            Err((id, e)) => {
+                if !push(out, protocol::reply(&id, Err(e)), cancel) {
+                    return;
+                }
+                continue;
+            }
+        };
+        if !rate.allow() {
+            let e = ApiError::new(
+                "rate_limited",
+                format!("at most {RATE_LIMIT} requests per second per client"),
+            );
+            if !push(out, protocol::reply(&req.id, Err(e)), cancel) {
+                return;
+            }
+            continue;
+        }
+        if req.cmd == "events" {
+            let ok = protocol::reply(&req.id, Ok(json!({"events": true})));
+            if push(out, ok, cancel) {
+                stream_events(lines, out, shared, cancel).await;
+            }
+            return;
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = handlers::handle(shared, &req) => r,
+        };
+        if !push(out, protocol::reply(&req.id, result), cancel) {
+            return;
+        }
+    }
+}
+
+fn obj(pairs: Vec<(&str, Value)>) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The connection as a stream of events until the client leaves or falls behind.
+async fn stream_events(
+    mut lines: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
+    out: &mpsc::Sender<String>,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) {
+    let mut forwarders = JoinSet::new();
+    {
+        let mut rx = shared.parts.snapshots.watch();
+        let (out, cancel) = (out.clone(), cancel.clone());
+        forwarders.spawn(async move {
+            let mut last: Option<(u64, u64, Option<String>)> = None;
+            loop {
+                let s = rx.borrow_and_update().clone();
+                // The heartbeat changes every round; only captures and the
+                // pause reason are worth a line.
+                let key = (s.timer, s.events, s.unknown.clone());
+                if last.as_ref() != Some(&key) {
+                    last = Some(key);
+                    let status = serde_json::to_value(&s).unwrap_or(Value::Null);
+                    let line = protocol::event("snapshot", obj(vec![("status", status)]));
+                    if !push(&out, line, &cancel) {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    for b in &shared.parts.boards {
+        let mut rx = b.watch();
+        let (out, cancel) = (out.clone(), cancel.clone());
+        forwarders.spawn(async move {
+            let mut last: Option<String> = None;
+            loop {
+                let s = rx.borrow_and_update().clone();
+                let link = s.link.to_string();
+                if last.as_ref() != Some(&link) {
+                    last = Some(link.clone());
+                    let line = protocol::event(
+                        "board",
+                        obj(vec![
+                            ("board", json!(s.name)),
+                            ("link", json!(s.link.name())),
+                            ("detail", json!(link)),
+                        ]),
+                    );
+                    if !push(&out, line, &cancel) {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let mut rx = shared.op_events.subscribe();
+        let (out, cancel) = (out.clone(), cancel.clone());
+        forwarders.spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(line) => {
+                        if !push(&out, line, &cancel) {
+                            return;
+                        }
+                    }
+                    // Missing an operation event would mislead the client: drop it.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    // Anything the client sends now is ignored; reading tells when it leaves.
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            n = lines.next() => match n {
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+        }
+    }
+    forwarders.shutdown().await;
+}
