@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod board;
+pub mod compat;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -1015,6 +1015,38 @@ fn spool_sizes_and_control_modes() {
 }
 
 #[test]
+fn compat_section_defaults_keys_and_round_trip() {
+    let t = example_text();
+    let c = parse(&t).unwrap();
+    assert!(!c.compat.enabled);
+    assert_eq!(c.compat.dir, Path::new("/tmp"));
+    // Absent means off, in /tmp; the demo leaves it out.
+    assert_eq!(parse(&demo_text()).unwrap().compat, c.compat);
+    assert!(!demo_text().contains("[compat]"));
+
+    let on = edit(
+        &edit(&t, "enabled = false", "enabled = true"),
+        "dir = \"/tmp\"",
+        "dir = \"/run/stringdriver\"",
+    );
+    let c = parse(&on).unwrap();
+    assert!(c.compat.enabled);
+    assert_eq!(c.compat.dir, Path::new("/run/stringdriver"));
+    let printed = c.to_toml_string();
+    assert!(printed.contains("[compat]"), "{printed}");
+    assert_eq!(parse(&printed).unwrap(), c);
+
+    rejects(
+        &edit(&t, "dir = \"/tmp\"", "dir = \"\""),
+        "compat.dir",
+        "empty",
+    );
+    let e = parse(&edit(&t, "enabled = false", "enabled = false\nport = 3")).unwrap_err();
+    assert_eq!(e.key(), Some("compat.port"), "{e}");
+    assert!(e.to_string().contains("unknown field `port`"), "{e}");
+}
+
+#[test]
 fn host_and_log_level() {
     let t = example_text();
     rejects(

@@ -26,9 +26,9 @@ pub use layout::{
 };
 pub use resolve::defaults;
 pub use sections::{
-    read_secret, BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig,
-    GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig,
-    SnapshotLink, SpoolConfig, Thresholds,
+    read_secret, BoardConfig, CompatConfig, ControlConfig, DatabaseConfig, DatabaseTarget,
+    FeedConfig, GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend, SensorsConfig,
+    SnapshotConfig, SnapshotLink, SpoolConfig, Thresholds,
 };
 
 /// A checked configuration with every default resolved.
@@ -55,6 +55,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// Local control socket.
     pub control: ControlConfig,
+    /// GUI compatibility sockets.
+    pub compat: CompatConfig,
     /// Logging.
     pub log: LogConfig,
     /// Touch sensors.

@@ -7,13 +7,13 @@ use std::time::Duration;
 use super::error::Invalid;
 use super::layout;
 use super::schema::{
-    ByteSize, HumanDuration, OctalMode, PerChannel, RawBoard, RawConfig, RawControl, RawDatabase,
-    RawFeed, RawLog, RawOperations, RawSensors, RawSnapshot, RawSpool, RawThresholds,
+    ByteSize, HumanDuration, OctalMode, PerChannel, RawBoard, RawCompat, RawConfig, RawControl,
+    RawDatabase, RawFeed, RawLog, RawOperations, RawSensors, RawSnapshot, RawSpool, RawThresholds,
 };
 use super::sections::{
-    BoardConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig, GpioSensorsConfig,
-    LogConfig, OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink,
-    SpoolConfig, Thresholds,
+    BoardConfig, CompatConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig,
+    GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig,
+    SnapshotLink, SpoolConfig, Thresholds,
 };
 use super::Config;
 
@@ -49,6 +49,8 @@ pub mod defaults {
     pub const CONTROL_SOCKET: &str = "/run/stringdriver/control.sock";
     /// Control socket permissions: owner and group.
     pub const CONTROL_MODE: u32 = 0o660;
+    /// GUI compatibility sockets: where the existing GUI tools look.
+    pub const COMPAT_DIR: &str = "/tmp";
     /// audmon's shared-memory directory on Linux.
     pub const FEED_DIR: &str = "/dev/shm";
     /// Database server when `[database]` names none.
@@ -133,6 +135,7 @@ pub(crate) fn resolve(
         database: database(raw.database).map_err(Resolve::Invalid)?,
         spool: spool(raw.spool).map_err(Resolve::Invalid)?,
         control: control(raw.control).map_err(Resolve::Invalid)?,
+        compat: compat(raw.compat).map_err(Resolve::Invalid)?,
         log: log(raw.log).map_err(Resolve::Invalid)?,
         sensors: sensors(raw.sensors, strings).map_err(Resolve::Invalid)?,
         boards,
@@ -531,6 +534,16 @@ fn spool(raw: RawSpool) -> R<SpoolConfig> {
     })
 }
 
+fn compat(raw: RawCompat) -> R<CompatConfig> {
+    Ok(CompatConfig {
+        enabled: raw.enabled.unwrap_or(false),
+        dir: path(
+            "compat.dir",
+            raw.dir.unwrap_or_else(|| defaults::COMPAT_DIR.into()),
+        )?,
+    })
+}
+
 fn control(raw: RawControl) -> R<ControlConfig> {
     Ok(ControlConfig {
         socket: path(
@@ -749,6 +762,10 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
             socket: Some(config.control.socket.clone()),
             group: config.control.group.clone(),
             mode: Some(OctalMode(config.control.mode)),
+        },
+        compat: RawCompat {
+            enabled: Some(config.compat.enabled),
+            dir: Some(config.compat.dir.clone()),
         },
         log: RawLog {
             level: Some(config.log.level.clone()),

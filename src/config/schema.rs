@@ -51,6 +51,9 @@ pub(crate) struct RawConfig {
     /// Control socket.
     #[serde(default)]
     pub control: RawControl,
+    /// GUI compatibility sockets.
+    #[serde(default)]
+    pub compat: RawCompat,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -302,6 +305,18 @@ pub(crate) struct RawControl {
     /// See `ControlConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<OctalMode>,
+}
+
+/// `[compat]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCompat {
+    /// See `CompatConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// See `CompatConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `[log]`.

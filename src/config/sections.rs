@@ -220,6 +220,15 @@ pub struct ControlConfig {
     pub mode: u32,
 }
 
+/// `[compat]`: the GUI compatibility sockets, one per board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompatConfig {
+    /// Whether the sockets are served (default off).
+    pub enabled: bool,
+    /// Directory holding `arduino_connection_<port>.sock` (default `/tmp`).
+    pub dir: PathBuf,
+}
+
 /// Where the touch sensors are read (`sensors.backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -435,6 +435,13 @@ pub async fn run_with_shipping(
         Ok(task) => other_tasks.push(task),
         Err(e) => tracing::error!(error = %e, "control socket not started"),
     }
+    // The GUI tools are optional too: a socket that cannot be served is
+    // logged, the daemon goes on.
+    if cfg.compat.enabled {
+        other_tasks.extend(
+            crate::compat::start(&cfg.compat, &cfg.boards, parts.clone(), io.clone()).await,
+        );
+    }
 
     // READY once every board answered, or after a bounded wait: a missing
     // board must not keep the service "activating" forever.

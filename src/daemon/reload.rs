@@ -128,6 +128,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     restart("database", old.database != new.database);
     restart("spool", old.spool != new.spool);
     restart("control", old.control != new.control);
+    restart("compat", old.compat != new.compat);
     restart("log", old.log != new.log);
     d
 }
