@@ -534,3 +534,54 @@ async fn link_backfills_controls_id_once_and_prints_what_it_changed() {
     let (out, _) = text(&o);
     assert!(out.contains("linked 0 machine_state rows"), "{out}");
 }
+
+#[test]
+fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_with(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
+    let socket = dir.path().join("ctl.sock");
+    let mut demo = bin()
+        .args(["demo", "--seconds", "8", "--speed-scale", "5", "--config"])
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    assert!(
+        wait_until(Duration::from_secs(10), || socket.exists()),
+        "the socket appears"
+    );
+    let ctl = || {
+        Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("status")
+            .output()
+            .expect("ctl runs")
+    };
+    let mut out = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let o = ctl();
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success() && out.contains("carriage") && out.contains("connected")
+    });
+    assert!(ok, "{out}");
+    // An operation through the socket, with progress while it runs.
+    let o = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["op", "run", "bump_check", "--wait"])
+        .output()
+        .expect("ctl runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("completed"), "{out}");
+    assert!(
+        err.contains("... operation bump_check"),
+        "progress shown: {err}"
+    );
+    let _ = demo.wait();
+}

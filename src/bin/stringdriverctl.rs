@@ -324,6 +324,48 @@ fn print_readable(cmd: &Cmd, r: &Value) {
     }
 }
 
+/// While an operation runs, prints its progress (snapshots taken, operations
+/// started and ended, board links) to stderr from a second connection that
+/// streams events. Best effort: without it the wait still works.
+fn show_progress(socket: &std::path::Path) {
+    let Ok(events) = UnixStream::connect(socket) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut req = json!({"v": 1, "id": "progress", "cmd": "events"}).to_string();
+        req.push('\n');
+        if (&events).write_all(req.as_bytes()).is_err() {
+            return;
+        }
+        let reader = BufReader::new(&events);
+        for line in reader.lines().skip(1) {
+            let Ok(line) = line else { break };
+            let Ok(ev) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let text = match ev["event"].as_str() {
+                Some("operation") => format!(
+                    "operation {} {} {}",
+                    show(&ev["kind"]),
+                    show(&ev["phase"]),
+                    ev["status"]
+                        .as_str()
+                        .or(ev["message"].as_str())
+                        .unwrap_or("")
+                ),
+                Some("snapshot") => format!(
+                    "snapshots: {} timer, {} event",
+                    show(&ev["status"]["timer"]),
+                    show(&ev["status"]["events"])
+                ),
+                Some("board") => format!("board {} {}", show(&ev["board"]), show(&ev["link"])),
+                _ => continue,
+            };
+            eprintln!("  ... {text}");
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let fail_connect = |e: std::io::Error| {
@@ -337,6 +379,15 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail_connect(e),
     };
+    let waits = matches!(
+        &cli.command,
+        Cmd::Op {
+            op: OpCmd::Run { wait: true, .. } | OpCmd::Wait
+        }
+    );
+    if waits && !cli.json {
+        show_progress(&cli.socket);
+    }
     let mut line = request(&cli.command).to_string();
     line.push('\n');
     if let Err(e) = (&stream).write_all(line.as_bytes()) {

@@ -79,6 +79,10 @@ enum Cmd {
         /// Speed scale of the simulated firmware and audmon (1 = real time).
         #[arg(long, default_value_t = 1.0)]
         speed_scale: f64,
+        /// Where to serve the control socket (stringdriverctl --socket PATH);
+        /// default: `[control] socket` of the file.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Serve a simulated board on a pseudo-terminal linked at PATH.
     SimController {
@@ -239,8 +243,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database_url,
             seconds,
             speed_scale,
+            socket,
         } => {
-            let cfg = stringdriverd::config::load(&config)?;
+            let mut cfg = stringdriverd::config::load(&config)?;
+            if let Some(s) = socket {
+                cfg.control.socket = s;
+            }
             stringdriverd::logging::init(&cfg.log.level);
             let options = stringdriverd::demo::Options {
                 config_path: stringdriverd::daemon::config_path(&config),
