@@ -120,21 +120,10 @@ pub async fn start_board(
         let path = path.clone();
         move |error| CompatError::Io { path, what, error }
     };
-    if tokio::fs::symlink_metadata(&path).await.is_ok() {
-        // A socket file that nobody answers on is left from a crash.
-        if UnixStream::connect(&path).await.is_ok() {
-            return Err(CompatError::InUse(path));
-        }
-        tokio::fs::remove_file(&path)
-            .await
-            .map_err(io("remove the stale socket"))?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io("create its directory"))?;
-    }
-    let listener = UnixListener::bind(&path).map_err(io("bind"))?;
+    let listener = crate::files::bind_fresh(&path).await.map_err(|e| match e {
+        crate::files::BindError::InUse(p) => CompatError::InUse(p),
+        crate::files::BindError::Io { path, what, error } => CompatError::Io { path, what, error },
+    })?;
     if let Err(e) = tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(MODE)).await {
         remove_socket(&path);
         return Err(io("chmod")(e));

@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod feed;
+pub mod files;
 pub mod logging;
 pub mod motion;
 pub mod ops;

@@ -16,7 +16,6 @@
 //! then starts from the configuration alone.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -186,34 +185,8 @@ impl StateFile {
     /// Opens the file at `path`; returns it, what it held, and a problem if
     /// it was unreadable (then moved aside).
     pub fn open(path: &Path) -> (StateFile, Saved, Option<String>) {
-        let mut problem = None;
-        let saved = match std::fs::read(path) {
-            Ok(b) => match serde_json::from_slice::<Saved>(&b) {
-                Ok(s) if s.format == 1 => s,
-                Ok(s) => {
-                    problem = Some(format!("{}: unknown format {}", path.display(), s.format));
-                    Saved::default()
-                }
-                Err(e) => {
-                    problem = Some(format!("{}: {e}", path.display()));
-                    Saved::default()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
-            Err(e) => {
-                problem = Some(format!("{}: {e}", path.display()));
-                Saved::default()
-            }
-        };
-        if problem.is_some() {
-            let _ = std::fs::rename(
-                path,
-                path.with_extension(format!(
-                    "bad-{}",
-                    chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-                )),
-            );
-        }
+        let (saved, problem) = crate::files::read_json::<Saved>(path, |s| s.format);
+        let saved = saved.unwrap_or_default();
         let file = StateFile {
             path: path.to_path_buf(),
             saved: Mutex::new(Saved {
@@ -274,18 +247,7 @@ impl StateFile {
 
     fn write(&self, s: &Saved) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?;
-        let err = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", self.path.display());
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| err("create", e))?;
-        f.write_all(&bytes).map_err(|e| err("write", e))?;
-        f.sync_all().map_err(|e| err("sync", e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| err("rename", e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| err("sync directory", e))?;
-        }
-        Ok(())
+        crate::files::write_atomically(&self.path, &bytes)
     }
 }
 

@@ -21,7 +21,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -71,29 +70,8 @@ impl CounterFile {
         BTreeMap<String, KnownCounters>,
         Option<String>,
     ) {
-        let mut problem = None;
-        let contents = match std::fs::read(path) {
-            Ok(bytes) => match serde_json::from_slice::<FileContents>(&bytes) {
-                Ok(c) if c.format == 1 => c,
-                Ok(c) => {
-                    problem = Some(format!("{}: unknown format {}", path.display(), c.format));
-                    FileContents::default()
-                }
-                Err(e) => {
-                    problem = Some(format!("{}: {e}", path.display()));
-                    FileContents::default()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileContents::default(),
-            Err(e) => {
-                problem = Some(format!("{}: {e}", path.display()));
-                FileContents::default()
-            }
-        };
-        if problem.is_some() {
-            let aside = path.with_extension(format!("bad-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
-            let _ = std::fs::rename(path, aside);
-        }
+        let (contents, problem) = crate::files::read_json::<FileContents>(path, |c| c.format);
+        let contents = contents.unwrap_or_default();
         let known = contents
             .boards
             .iter()
@@ -129,18 +107,7 @@ impl CounterFile {
             },
         );
         let bytes = serde_json::to_vec(&*c).map_err(|e| e.to_string())?;
-        let err = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", self.path.display());
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| err("create", e))?;
-        f.write_all(&bytes).map_err(|e| err("write", e))?;
-        f.sync_all().map_err(|e| err("sync", e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| err("rename", e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| err("sync directory", e))?;
-        }
-        Ok(())
+        crate::files::write_atomically(&self.path, &bytes)
     }
 }
 

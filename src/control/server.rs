@@ -97,21 +97,10 @@ pub async fn start(
         let path = path.clone();
         move |error| ControlError::Io { path, what, error }
     };
-    if tokio::fs::symlink_metadata(&path).await.is_ok() {
-        // A socket file that nobody answers on is left from a crash.
-        if UnixStream::connect(&path).await.is_ok() {
-            return Err(ControlError::InUse(path));
-        }
-        tokio::fs::remove_file(&path)
-            .await
-            .map_err(io("remove the stale socket"))?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io("create its directory"))?;
-    }
-    let listener = UnixListener::bind(&path).map_err(io("bind"))?;
+    let listener = crate::files::bind_fresh(&path).await.map_err(|e| match e {
+        crate::files::BindError::InUse(p) => ControlError::InUse(p),
+        crate::files::BindError::Io { path, what, error } => ControlError::Io { path, what, error },
+    })?;
     let gid = match &cfg.group {
         None => None,
         Some(name) => match nix::unistd::Group::from_name(name) {

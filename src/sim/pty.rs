@@ -375,6 +375,12 @@ impl Runner {
                 let gap = busy / (reply.len() as u32 - 1);
                 let last = reply.len() - 1;
                 for (i, piece) in reply.iter().enumerate() {
+                    if i == last {
+                        // The busy period ends with the last piece: what the
+                        // host sends once it has the whole reply arrives at an
+                        // idle board, so the buffer limit is applied before.
+                        self.after_busy(&mut queue);
+                    }
                     self.write_all(piece);
                     if i < last {
                         std::thread::sleep(gap);
@@ -385,9 +391,9 @@ impl Runner {
                     self.write_all(piece);
                 }
                 std::thread::sleep(busy);
-            }
-            if !busy.is_zero() {
-                self.after_busy(&mut queue);
+                if !busy.is_zero() {
+                    self.after_busy(&mut queue);
+                }
             }
         }
     }
