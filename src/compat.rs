@@ -125,7 +125,7 @@ pub async fn start_board(
         crate::files::BindError::Io { path, what, error } => CompatError::Io { path, what, error },
     })?;
     if let Err(e) = tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(MODE)).await {
-        remove_socket(&path);
+        crate::files::remove_socket(&path);
         return Err(io("chmod")(e));
     }
     tracing::info!(socket = %path.display(), board, "compat socket listening");
@@ -165,16 +165,8 @@ async fn serve(
         }
     }
     drop(listener);
-    remove_socket(&path);
+    crate::files::remove_socket(&path);
     clients.shutdown().await;
-}
-
-fn remove_socket(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(socket = %path.display(), error = %e, "cannot remove the compat socket");
-        }
-    }
 }
 
 fn error_reply(text: impl Into<String>) -> Value {

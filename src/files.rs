@@ -95,6 +95,16 @@ pub async fn bind_fresh(path: &Path) -> Result<UnixListener, BindError> {
     UnixListener::bind(path).map_err(io("bind"))
 }
 
+/// Removes a socket file the daemon served (at shutdown, or after a failed
+/// set-up); a file already gone is fine, anything else is logged.
+pub fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot remove the socket file");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The listener and one task per client.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,7 +167,7 @@ async fn serve(
         }
     }
     drop(listener);
-    remove_socket(&path);
+    crate::files::remove_socket(&path);
     // An operation started here must not outlive the daemon's boards.
     shared.parts.gate.cancel();
     let op = shared
@@ -179,14 +179,6 @@ async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(2), op).await;
     }
     clients.shutdown().await;
-}
-
-fn remove_socket(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(socket = %path.display(), error = %e, "cannot remove the control socket");
-        }
-    }
 }
 
 /// Queues a line for the client; false (and the client is dropped) when its
