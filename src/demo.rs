@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::board::LinkState;
-use crate::config::{Config, DatabaseTarget, Layout};
+use crate::config::{Config, Layout};
 use crate::daemon::{self, DaemonError, Parts, Shipping};
 use crate::sim::feed::{partials_for_distance, FeedWriter};
 use crate::sim::{Profile, SimHandle, SimOptions, Simulator};
@@ -262,7 +262,12 @@ pub async fn run(
     let shipping = match &options.database {
         Some(db) => {
             check_url(db)?;
-            cfg.database.target = DatabaseTarget::Url(db.url.clone());
+            cfg.database
+                .use_url(&db.url)
+                .map_err(|reason| DemoError::DatabaseUrl {
+                    from: db.from,
+                    reason,
+                })?;
             // A demo database starts empty: let the daemon create its tables.
             cfg.database.auto_migrate = true;
             eprintln!(

@@ -1103,6 +1103,7 @@ fn database(target: DatabaseTarget, password_file: Option<&Path>) -> DatabaseCon
         password_file: password_file.map(Path::to_path_buf),
         auto_migrate: false,
         connect_timeout: Duration::from_secs(3),
+        tls: config::DatabaseTls::new(config::SslMode::Disable),
     }
 }
 

@@ -173,6 +173,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::CheckConfig { config } => {
             let cfg = stringdriverd::config::load(&config)?;
+            // The TLS certificate files, read as the daemon will read them.
+            stringdriverd::store::tls::TlsConnector::new(&cfg.database.tls)?;
             print!("{}", cfg.to_toml_string());
             eprintln!("{}: configuration is valid", config.display());
             Ok(ExitCode::SUCCESS)

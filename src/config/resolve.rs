@@ -11,9 +11,9 @@ use super::schema::{
     RawDatabase, RawFeed, RawLog, RawOperations, RawSensors, RawSnapshot, RawSpool, RawThresholds,
 };
 use super::sections::{
-    BoardConfig, CompatConfig, ControlConfig, DatabaseConfig, DatabaseTarget, FeedConfig,
-    GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig,
-    SnapshotLink, SpoolConfig, Thresholds,
+    BoardConfig, ClientCert, CompatConfig, ControlConfig, DatabaseConfig, DatabaseTarget,
+    DatabaseTls, FeedConfig, GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend,
+    SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig, SslMode, Thresholds,
 };
 use super::Config;
 
@@ -451,6 +451,394 @@ fn url_has_password(url: &str) -> bool {
     in_userinfo || in_query
 }
 
+/// The libpq TLS parameters that `database.url` may carry, percent-decoded.
+/// They are taken out of the URL: tokio-postgres knows neither
+/// `verify-ca`/`verify-full` nor the certificate files, and the resolved
+/// configuration keeps them in one place, the `[database]` keys.
+#[derive(Debug, Default)]
+struct UrlTls {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
+}
+
+/// `url` without its TLS parameters, and their values. A parameter given
+/// twice, or `sslnegotiation` (direct TLS is not supported), is an error.
+/// Messages never repeat the URL.
+fn split_url_tls(url: &str) -> R<(String, UrlTls)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), UrlTls::default()));
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    let mut tls = UrlTls::default();
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match k {
+            "sslmode" => &mut tls.sslmode,
+            "sslrootcert" => &mut tls.sslrootcert,
+            "sslcert" => &mut tls.sslcert,
+            "sslkey" => &mut tls.sslkey,
+            "sslnegotiation" => {
+                return Err(Invalid::new(
+                    "database.url",
+                    "sslnegotiation is not supported: the daemon always asks the server for \
+                     TLS the PostgreSQL way (SSLRequest); remove it",
+                ))
+            }
+            _ => {
+                kept.push(pair);
+                continue;
+            }
+        };
+        if slot.is_some() {
+            return Err(Invalid::new("database.url", format!("gives {k} twice")));
+        }
+        *slot = Some(percent_decode(v).ok_or_else(|| {
+            Invalid::new(
+                "database.url",
+                format!("the value of {k} is not valid percent-encoded UTF-8"),
+            )
+        })?);
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, tls))
+}
+
+/// `%XX` escapes decoded (libpq decodes nothing else: `+` stays `+`);
+/// `None` for a bad escape or a result that is not UTF-8.
+fn percent_decode(v: &str) -> Option<String> {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// One TLS setting as written: where (the key, or `database.url`) and what.
+struct Given<T> {
+    key: &'static str,
+    value: T,
+}
+
+/// The value of `key` given as a key and/or as the URL parameter `param`;
+/// both is fine only when they agree. `show` writes a value for messages.
+fn one_place<T: PartialEq>(
+    key: &'static str,
+    param: &str,
+    as_key: Option<T>,
+    in_url: Option<T>,
+    show: impl Fn(&T) -> String,
+) -> R<Option<Given<T>>> {
+    Ok(match (as_key, in_url) {
+        (Some(a), Some(u)) if a != u => {
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "is \"{}\" but database.url says {param}={}: give it in one place \
+                     (the key, preferably)",
+                    show(&a),
+                    show(&u)
+                ),
+            ))
+        }
+        (Some(value), _) => Some(Given { key, value }),
+        (None, Some(value)) => Some(Given {
+            key: "database.url",
+            value,
+        }),
+        (None, None) => None,
+    })
+}
+
+/// The certificate file `key` (URL parameter `param`), from either place,
+/// and absolute: the daemon's working directory under systemd is `/`, so a
+/// relative path is a mistake waiting to happen.
+fn cert_path(
+    key: &'static str,
+    param: &str,
+    as_key: Option<PathBuf>,
+    in_url: Option<String>,
+) -> R<Option<Given<PathBuf>>> {
+    let given = one_place(key, param, as_key, in_url.map(PathBuf::from), |p| {
+        p.display().to_string()
+    })?;
+    let Some(g) = given else { return Ok(None) };
+    // In the URL the parameter needs naming; as a key, the key names it.
+    let what = if g.key == key {
+        String::new()
+    } else {
+        format!("{param} ")
+    };
+    if g.value.as_os_str().is_empty() {
+        return Err(Invalid::new(
+            g.key,
+            format!("{what}must not be an empty path"),
+        ));
+    }
+    if !g.value.is_absolute() {
+        return Err(Invalid::new(
+            g.key,
+            format!(
+                "{what}must be an absolute path, not \"{}\"",
+                g.value.display()
+            ),
+        ));
+    }
+    Ok(Some(g))
+}
+
+/// Where `target` connects to, as far as TLS cares.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Hosts {
+    /// Every host and address is loopback (127.0.0.0/8, ::1, `localhost`)
+    /// or a Unix-socket directory.
+    all_local: bool,
+    /// The first Unix-socket directory among the hosts, if any.
+    unix: Option<String>,
+}
+
+fn is_loopback_name(name: &str) -> bool {
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case("localhost.")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The hosts of `target`; for a URL, parsed the way the driver will parse it
+/// (so a URL it cannot use is refused here, by `check-config` too).
+fn hosts(target: &DatabaseTarget) -> R<Hosts> {
+    let mut names: Vec<String> = Vec::new();
+    let mut unix: Vec<String> = Vec::new();
+    let mut addrs: Vec<std::net::IpAddr> = Vec::new();
+    match target {
+        DatabaseTarget::Parts { host, .. } => {
+            // tokio-postgres takes a leading `/` as a socket directory.
+            if host.starts_with('/') {
+                unix.push(host.clone());
+            } else {
+                names.push(host.clone());
+            }
+        }
+        DatabaseTarget::Url(url) => {
+            let cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+                let mut reason = format!("{e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    reason = format!("{reason}: {c}");
+                    cause = c.source();
+                }
+                // The parser names the offending option, never the URL.
+                Invalid::new(
+                    "database.url",
+                    format!("is not a usable PostgreSQL URL: {reason}"),
+                )
+            })?;
+            for h in cfg.get_hosts() {
+                match h {
+                    tokio_postgres::config::Host::Tcp(name) => names.push(name.clone()),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(dir) => unix.push(dir.display().to_string()),
+                }
+            }
+            addrs.extend(cfg.get_hostaddrs());
+        }
+    }
+    let any = !(names.is_empty() && unix.is_empty() && addrs.is_empty());
+    Ok(Hosts {
+        all_local: any
+            && names.iter().all(|n| is_loopback_name(n))
+            && addrs.iter().all(|a| a.is_loopback()),
+        unix: unix.into_iter().next(),
+    })
+}
+
+/// The default `sslmode` for a server: none on this machine (loopback or a
+/// Unix socket), where TLS protects nothing; `verify-full` anywhere else.
+fn default_sslmode(hosts: &Hosts) -> SslMode {
+    if hosts.all_local {
+        SslMode::Disable
+    } else {
+        SslMode::VerifyFull
+    }
+}
+
+/// The raw TLS keys of `[database]`.
+struct RawTls {
+    sslmode: Option<String>,
+    sslrootcert: Option<PathBuf>,
+    sslcert: Option<PathBuf>,
+    sslkey: Option<PathBuf>,
+}
+
+/// The TLS settings from the keys and the URL's parameters, checked against
+/// each other and against the hosts.
+fn database_tls(target: &DatabaseTarget, keys: RawTls, url: UrlTls) -> R<DatabaseTls> {
+    let hosts = hosts(target)?;
+    let parse_mode = |key: &'static str, s: String| -> R<SslMode> {
+        s.parse::<SslMode>().map_err(|why| {
+            let why = if key == "database.url" {
+                format!("sslmode={why}")
+            } else {
+                why
+            };
+            Invalid::new(key, why)
+        })
+    };
+    let sslmode = one_place(
+        "database.sslmode",
+        "sslmode",
+        keys.sslmode
+            .map(|s| parse_mode("database.sslmode", s))
+            .transpose()?,
+        url.sslmode
+            .map(|s| parse_mode("database.url", s))
+            .transpose()?,
+        |m| m.to_string(),
+    )?;
+    let sslrootcert = cert_path(
+        "database.sslrootcert",
+        "sslrootcert",
+        keys.sslrootcert,
+        url.sslrootcert,
+    )?;
+    let sslcert = cert_path("database.sslcert", "sslcert", keys.sslcert, url.sslcert)?;
+    let sslkey = cert_path("database.sslkey", "sslkey", keys.sslkey, url.sslkey)?;
+
+    let (mode, mode_key, mode_why) = match sslmode {
+        Some(g) => (g.value, g.key, ""),
+        None => {
+            let mode = default_sslmode(&hosts);
+            let why = if mode == SslMode::Disable {
+                " (the default for a server on this machine)"
+            } else {
+                " (the default)"
+            };
+            (mode, "database.sslmode", why)
+        }
+    };
+    // In the URL a setting needs naming; as a key, the key names it.
+    let named = |key: &str, param: &str| {
+        if key == "database.url" {
+            format!("{param} ")
+        } else {
+            String::new()
+        }
+    };
+    if mode.uses_tls() {
+        if let Some(dir) = &hosts.unix {
+            return Err(Invalid::new(
+                mode_key,
+                format!(
+                    "{}is \"{mode}\" but the server is reached through the Unix socket \
+                     directory {dir}, where PostgreSQL offers no TLS: set database.sslmode = \
+                     \"disable\" (a local socket needs none), or connect over TCP",
+                    named(mode_key, "sslmode")
+                ),
+            ));
+        }
+    }
+    if let Some(root) = &sslrootcert {
+        if !mode.verifies_chain() {
+            return Err(Invalid::new(
+                root.key,
+                format!(
+                    "{}is only used by sslmode \"verify-ca\" and \"verify-full\", but \
+                     sslmode is \"{mode}\"{mode_why}: set database.sslmode = \"verify-full\" \
+                     to check the server's certificate against it, or remove sslrootcert",
+                    named(root.key, "sslrootcert")
+                ),
+            ));
+        }
+    }
+    let client_cert = match (sslcert, sslkey) {
+        (None, None) => None,
+        (Some(cert), None) => {
+            return Err(Invalid::new(
+                "database.sslkey",
+                format!(
+                    "must be set too: sslcert is set ({}), and a client certificate needs \
+                     its private key; give both or neither",
+                    cert.key
+                ),
+            ))
+        }
+        (None, Some(key)) => {
+            return Err(Invalid::new(
+                "database.sslcert",
+                format!(
+                    "must be set too: sslkey is set ({}), and a private key needs its \
+                     certificate; give both or neither",
+                    key.key
+                ),
+            ))
+        }
+        (Some(cert), Some(key)) => {
+            if !mode.uses_tls() {
+                return Err(Invalid::new(
+                    cert.key,
+                    format!(
+                        "a client certificate is only sent over TLS, but sslmode is \
+                         \"{mode}\"{mode_why}: set database.sslmode = \"verify-full\", or \
+                         remove sslcert and sslkey"
+                    ),
+                ));
+            }
+            Some(ClientCert {
+                cert: cert.value,
+                key: key.value,
+            })
+        }
+    };
+    Ok(DatabaseTls {
+        sslmode: mode,
+        sslrootcert: sslrootcert.map(|g| g.value),
+        client_cert,
+    })
+}
+
+/// `url` as the whole description of the server: the target and TLS
+/// settings that a `[database]` naming only this URL resolves to (its own
+/// TLS parameters, else the default mode for its hosts). For a URL that
+/// comes from elsewhere than the file (the demo's `--database-url`).
+pub(crate) fn database_url(url: &str) -> R<(DatabaseTarget, DatabaseTls)> {
+    if url_has_password(url) {
+        return Err(Invalid::new(
+            "database.url",
+            "contains a password; give the URL without one and put the password in a file \
+             named by database.password_file",
+        ));
+    }
+    let (url, url_tls) = split_url_tls(url)?;
+    let target = DatabaseTarget::Url(url);
+    let tls = database_tls(
+        &target,
+        RawTls {
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+        },
+        url_tls,
+    )?;
+    Ok((target, tls))
+}
+
 fn database(raw: RawDatabase) -> R<DatabaseConfig> {
     let parts_given = [
         ("database.host", raw.host.is_some()),
@@ -458,6 +846,7 @@ fn database(raw: RawDatabase) -> R<DatabaseConfig> {
         ("database.user", raw.user.is_some()),
         ("database.dbname", raw.dbname.is_some()),
     ];
+    let mut url_tls = UrlTls::default();
     let target = match raw.url {
         Some(url) => {
             if let Some((k, _)) = parts_given.iter().find(|(_, set)| *set) {
@@ -480,6 +869,8 @@ fn database(raw: RawDatabase) -> R<DatabaseConfig> {
                      own named by database.password_file",
                 ));
             }
+            let (url, tls) = split_url_tls(&url)?;
+            url_tls = tls;
             DatabaseTarget::Url(url)
         }
         None => DatabaseTarget::Parts {
@@ -503,8 +894,19 @@ fn database(raw: RawDatabase) -> R<DatabaseConfig> {
             )?,
         },
     };
+    let tls = database_tls(
+        &target,
+        RawTls {
+            sslmode: raw.sslmode,
+            sslrootcert: raw.sslrootcert,
+            sslcert: raw.sslcert,
+            sslkey: raw.sslkey,
+        },
+        url_tls,
+    )?;
     Ok(DatabaseConfig {
         target,
+        tls,
         password_file: raw
             .password_file
             .map(|p| path("database.password_file", p))
@@ -752,6 +1154,20 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
             password_file: config.database.password_file.clone(),
             auto_migrate: Some(config.database.auto_migrate),
             connect_timeout: some_d(config.database.connect_timeout),
+            sslmode: Some(config.database.tls.sslmode.as_str().to_string()),
+            sslrootcert: config.database.tls.sslrootcert.clone(),
+            sslcert: config
+                .database
+                .tls
+                .client_cert
+                .as_ref()
+                .map(|c| c.cert.clone()),
+            sslkey: config
+                .database
+                .tls
+                .client_cert
+                .as_ref()
+                .map(|c| c.key.clone()),
             password: None,
         },
         spool: RawSpool {
@@ -808,6 +1224,101 @@ mod tests {
         assert!(!url_has_password(
             "postgres://db.lab:5432/x?application_name=a:b"
         ));
+    }
+
+    #[test]
+    fn url_tls_parameters_are_taken_out_of_the_url() {
+        let (url, tls) = split_url_tls(
+            "postgres://u@db.lab/x?application_name=a&sslmode=verify-ca\
+             &sslrootcert=%2Fetc%2Fca%20file.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://u@db.lab/x?application_name=a&connect_timeout=3"
+        );
+        assert_eq!(tls.sslmode.as_deref(), Some("verify-ca"));
+        assert_eq!(tls.sslrootcert.as_deref(), Some("/etc/ca file.pem"));
+        assert_eq!(tls.sslcert, None);
+
+        let (url, tls) = split_url_tls("postgres://u@db/x?sslmode=require").unwrap();
+        assert_eq!(url, "postgres://u@db/x");
+        assert_eq!(tls.sslmode.as_deref(), Some("require"));
+        let (url, _) = split_url_tls("postgres://u@db/x").unwrap();
+        assert_eq!(url, "postgres://u@db/x");
+
+        let e = split_url_tls("postgres://u@db/x?sslmode=require&sslmode=disable").unwrap_err();
+        assert!(e.message.contains("twice"), "{e:?}");
+        let e = split_url_tls("postgres://u@db/x?sslnegotiation=direct").unwrap_err();
+        assert!(e.message.contains("sslnegotiation"), "{e:?}");
+        let e = split_url_tls("postgres://u@db/x?sslcert=%zz").unwrap_err();
+        assert!(e.message.contains("percent-encoded"), "{e:?}");
+        assert_eq!(percent_decode("a+b%41").as_deref(), Some("a+bA"));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+    }
+
+    fn mode_for(target: DatabaseTarget) -> SslMode {
+        default_sslmode(&hosts(&target).unwrap())
+    }
+
+    fn parts(host: &str) -> DatabaseTarget {
+        DatabaseTarget::Parts {
+            host: host.into(),
+            port: 5432,
+            user: "u".into(),
+            dbname: "d".into(),
+        }
+    }
+
+    #[test]
+    fn tls_is_off_by_default_only_for_servers_on_this_machine() {
+        for local in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "[::1]",
+        ] {
+            assert_eq!(mode_for(parts(local)), SslMode::Disable, "{local}");
+        }
+        assert_eq!(mode_for(parts("/run/postgresql")), SslMode::Disable);
+        for remote in ["db.lab", "10.0.0.5", "::2", "localhost.lab", "128.0.0.1"] {
+            assert_eq!(mode_for(parts(remote)), SslMode::VerifyFull, "{remote}");
+        }
+        let url = |u: &str| DatabaseTarget::Url(u.to_string());
+        assert_eq!(
+            mode_for(url("postgres://u@127.0.0.1:5/x")),
+            SslMode::Disable
+        );
+        assert_eq!(mode_for(url("postgres://u@[::1]/x")), SslMode::Disable);
+        assert_eq!(
+            mode_for(url("postgres://u@localhost,127.0.0.2/x")),
+            SslMode::Disable
+        );
+        assert_eq!(
+            mode_for(url("postgres://u@%2Frun%2Fpostgresql/x")),
+            SslMode::Disable
+        );
+        // One remote host among local ones is enough to need TLS.
+        assert_eq!(
+            mode_for(url("postgres://u@localhost,db.lab/x")),
+            SslMode::VerifyFull
+        );
+        assert_eq!(
+            mode_for(url("postgres://u@db.lab/x?hostaddr=127.0.0.1")),
+            SslMode::VerifyFull,
+            "a remote name through a local tunnel still gets its certificate checked"
+        );
+        assert_eq!(
+            mode_for(url("postgres://u@localhost/x?hostaddr=10.1.1.1")),
+            SslMode::VerifyFull
+        );
+        assert_eq!(
+            mode_for(url("postgres://u@/x?hostaddr=127.0.0.1")),
+            SslMode::Disable
+        );
     }
 
     #[test]

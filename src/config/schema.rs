@@ -272,6 +272,18 @@ pub(crate) struct RawDatabase {
     /// Connection deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<HumanDuration>,
+    /// TLS mode; a string so that `resolve` can explain why `prefer` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<String>,
+    /// PEM file of the CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM file of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslcert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslkey: Option<PathBuf>,
     /// Declared only so that its presence fails with advice instead of
     /// serde's generic "unknown field"; never serialized, and never read
     /// because deserializing it always fails.

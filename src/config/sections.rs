@@ -163,9 +163,142 @@ pub struct DatabaseConfig {
     pub auto_migrate: bool,
     /// Deadline of one connection attempt; > 0.
     pub connect_timeout: Duration,
+    /// Whether the connection is encrypted and how the server is
+    /// authenticated (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`).
+    pub tls: DatabaseTls,
+}
+
+/// `database.sslmode`: libpq's names, without the modes that fall back to
+/// plaintext (`allow`, `prefer`) — a daemon must not silently lose its
+/// encryption because a server stopped offering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plaintext. Only for a server on this machine or a trusted network.
+    Disable,
+    /// Encrypted, but the server's certificate is not checked: anyone who can
+    /// intercept the connection can pose as the server. Not recommended.
+    Require,
+    /// Encrypted; the certificate chain must lead to a trusted CA, but the
+    /// host name is not compared with the certificate.
+    VerifyCa,
+    /// Encrypted; the chain must lead to a trusted CA and the certificate
+    /// must name the host connected to (DNS name or IP address).
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Every mode, in increasing order of protection.
+    pub const ALL: [SslMode; 4] = [
+        SslMode::Disable,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+
+    /// The name written in the configuration (`"verify-full"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the connection uses TLS at all.
+    pub fn uses_tls(self) -> bool {
+        self != SslMode::Disable
+    }
+
+    /// Whether the server's certificate chain is checked against the roots.
+    pub fn verifies_chain(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = String;
+
+    /// Accepts the names of [`SslMode::as_str`]; the message for anything
+    /// else lists them, and explains why libpq's `allow` and `prefer` are
+    /// refused.
+    fn from_str(s: &str) -> Result<SslMode, String> {
+        if let Some(mode) = SslMode::ALL.into_iter().find(|m| m.as_str() == s) {
+            return Ok(mode);
+        }
+        let allowed = SslMode::ALL.map(|m| format!("\"{m}\"")).join(", ");
+        if s == "allow" || s == "prefer" {
+            Err(format!(
+                "\"{s}\" is not supported: it silently falls back to plaintext when the server \
+                 offers no TLS; use one of {allowed}"
+            ))
+        } else {
+            Err(format!("\"{s}\" is not a sslmode; use one of {allowed}"))
+        }
+    }
+}
+
+/// The TLS settings of `[database]`, checked for consistency: no
+/// certificate files with `disable`, no CA file with `require` (which would
+/// not use it), and never TLS towards a Unix socket. The files themselves
+/// are read when the connection settings are built (`store::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseTls {
+    /// Whether and how TLS is used.
+    pub sslmode: SslMode,
+    /// PEM file of the CA certificates that the server's chain must lead to;
+    /// `None`: the system's CA certificates. Only with `verify-ca` and
+    /// `verify-full`.
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate presented to the server, if any.
+    pub client_cert: Option<ClientCert>,
+}
+
+impl DatabaseTls {
+    /// `sslmode` with no certificate files: the system's roots for the
+    /// verifying modes, and no client certificate.
+    pub fn new(sslmode: SslMode) -> DatabaseTls {
+        DatabaseTls {
+            sslmode,
+            sslrootcert: None,
+            client_cert: None,
+        }
+    }
+}
+
+/// `database.sslcert` and `database.sslkey`: a client certificate with which
+/// the daemon authenticates itself (`cert` authentication in `pg_hba.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// PEM file of the certificate, optionally followed by its intermediates.
+    pub cert: PathBuf,
+    /// PEM file of its private key (PKCS#8, PKCS#1 or SEC1); readable only by
+    /// the daemon.
+    pub key: PathBuf,
 }
 
 impl DatabaseConfig {
+    /// Points the configuration at `url`, with the TLS settings that URL
+    /// resolves to on its own: its `sslmode`, `sslrootcert`, `sslcert` and
+    /// `sslkey` parameters, else the default mode for its hosts (`disable`
+    /// on this machine, `verify-full` elsewhere). For a URL given elsewhere
+    /// than the file, such as the demo's `--database-url`; the file's own TLS
+    /// keys described another server and are dropped.
+    ///
+    /// The error says what is wrong without repeating the URL.
+    pub fn use_url(&mut self, url: &str) -> Result<(), String> {
+        let (target, tls) = super::resolve::database_url(url).map_err(|e| e.message)?;
+        self.target = target;
+        self.tls = tls;
+        Ok(())
+    }
+
     /// Reads the password from `password_file`, dropping one trailing newline
     /// (editors add one). `Ok(None)` when no file is configured.
     ///

@@ -596,10 +596,7 @@ fn tokio_stream_from(
 
 /// The database at start: unreachable is fine (the spool holds records until
 /// it is back), unmigrated is not (unless `auto_migrate`): nothing could ever ship.
-async fn check_database(
-    pg_cfg: &tokio_postgres::Config,
-    auto_migrate: bool,
-) -> Result<(), DaemonError> {
+async fn check_database(pg_cfg: &pg::PgTarget, auto_migrate: bool) -> Result<(), DaemonError> {
     let mut client = match pg::connect(pg_cfg).await {
         Ok(c) => c,
         Err(e) => {

@@ -154,12 +154,13 @@ fn linkable(text: &str) -> Option<Uuid> {
 /// Pick `refresh` well below the `max_age` given to `lookup`: the row
 /// returned may be up to `refresh` older than the newest one.
 pub fn spawn_controls_cache(
-    pg: tokio_postgres::Config,
+    pg: impl Into<pg::PgTarget>,
     host: String,
     refresh: Duration,
     shutdown: CancellationToken,
 ) -> (ControlsCache, JoinHandle<()>) {
     let (tx, rx) = watch::channel(ControlsCacheStatus::default());
+    let pg = pg.into();
     let refresher = Refresher {
         target: pg::describe(&pg),
         pg,
@@ -195,7 +196,7 @@ impl IdColumn {
 }
 
 struct Refresher {
-    pg: tokio_postgres::Config,
+    pg: pg::PgTarget,
     target: String,
     host: String,
     refresh: Duration,

@@ -9,6 +9,7 @@ pub mod roles;
 pub mod ship;
 pub mod spool;
 pub mod spool_handle;
+pub mod tls;
 
 pub use record::{MachineState, OperationEvent, OperationStatus, OperationType, Record, Trigger};
 pub use spool::{Damage, Spool, SpoolError, SpoolStatus, Spooled};

@@ -1,18 +1,25 @@
 //! Connecting to the central PostgreSQL server.
 //!
+//! [`pg_config`] turns `[database]` into a [`PgTarget`]: the driver's
+//! settings and the TLS to use with them ([`super::tls`]), built once and
+//! reused by every reconnect. [`connect`] opens a session with it.
+//!
 //! The password only ever lives in the `tokio_postgres::Config` built here
 //! (whose `Debug` redacts it): [`describe`] and every error name the server
 //! and the role, never the password.
 
 use std::error::Error as _;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::{Host, SslMode as DriverSslMode};
+use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
 
-use crate::config::{ConfigError, DatabaseConfig, DatabaseTarget};
+use super::tls::{TlsConnector, TlsError};
+use crate::config::{ConfigError, DatabaseConfig, DatabaseTarget, SslMode};
 
 /// `application_name` of the daemon's sessions, so that an administrator can
 /// tell them apart in `pg_stat_activity`.
@@ -53,7 +60,12 @@ pub enum StoreConnectError {
         /// Why (never the content).
         error: std::io::Error,
     },
-    /// The server refused or did not answer.
+    /// The TLS settings cannot be used (a certificate file is missing or
+    /// broken, no system CA certificates).
+    #[error("{0}")]
+    Tls(TlsError),
+    /// The server refused or did not answer, or the TLS handshake failed
+    /// (then `cause` says why in the configuration's words).
     #[error("cannot connect to PostgreSQL at {server}: {cause}")]
     Connect {
         /// The server and role, from [`describe`].
@@ -77,13 +89,78 @@ pub enum StoreConnectError {
     },
 }
 
+/// A PostgreSQL server to connect to: the driver's settings and the TLS to
+/// use with them. Cheap to clone (the rustls configuration is shared).
+///
+/// It dereferences to its `tokio_postgres::Config`, so that the settings can
+/// be read ([`describe`]) and adjusted (another `dbname`) as before; its
+/// `ssl_mode` is not used: [`connect`] sets it from the TLS settings, so that
+/// a session never falls back to plaintext when TLS is configured.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: Config,
+    tls: Option<TlsConnector>,
+}
+
+impl PgTarget {
+    /// `config` with the TLS settings of `tls`; `None` is plaintext.
+    pub fn new(config: Config, tls: Option<TlsConnector>) -> PgTarget {
+        PgTarget { config, tls }
+    }
+
+    /// The driver's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The TLS mode of its sessions.
+    pub fn sslmode(&self) -> SslMode {
+        self.tls
+            .as_ref()
+            .map_or(SslMode::Disable, TlsConnector::mode)
+    }
+}
+
+/// A hand-built `Config` (tests, tools on this machine) is a plaintext
+/// target; the daemon's targets come from [`pg_config`].
+impl From<Config> for PgTarget {
+    fn from(config: Config) -> PgTarget {
+        PgTarget { config, tls: None }
+    }
+}
+
+impl std::ops::Deref for PgTarget {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl std::ops::DerefMut for PgTarget {
+    fn deref_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `Config`'s Debug redacts the password.
+        f.debug_struct("PgTarget")
+            .field("config", &self.config)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
 /// The connection settings of `db`: its URL or parts, the password,
-/// `connect_timeout` and `application_name = "stringdriverd"`.
+/// `connect_timeout`, `application_name = "stringdriverd"` and the TLS
+/// settings, whose certificate files are read now.
 ///
 /// The password comes from `db.password_file` if one is set; otherwise, under
 /// systemd, from the credential `$CREDENTIALS_DIRECTORY/db-password` if it
 /// exists; otherwise there is none.
-pub fn pg_config(db: &DatabaseConfig) -> Result<Config, StoreConnectError> {
+pub fn pg_config(db: &DatabaseConfig) -> Result<PgTarget, StoreConnectError> {
     let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     pg_config_with(db, credentials_dir.as_deref())
 }
@@ -94,7 +171,7 @@ pub fn pg_config(db: &DatabaseConfig) -> Result<Config, StoreConnectError> {
 fn pg_config_with(
     db: &DatabaseConfig,
     credentials_dir: Option<&Path>,
-) -> Result<Config, StoreConnectError> {
+) -> Result<PgTarget, StoreConnectError> {
     let mut cfg = match &db.target {
         DatabaseTarget::Url(url) => {
             // The parser's message names the offending option, not the URL,
@@ -129,6 +206,24 @@ fn pg_config_with(
             cfg
         }
     };
+    let tls = TlsConnector::new(&db.tls).map_err(StoreConnectError::Tls)?;
+    if tls.is_some() && cfg.get_hosts().is_empty() {
+        // tokio-postgres checks a certificate against `host` only; with
+        // addresses alone (`hostaddr=`), check it against them, as libpq does.
+        for addr in cfg.get_hostaddrs().to_vec() {
+            cfg.host(addr.to_string());
+        }
+    }
+    if let Some(tls) = &tls {
+        if tls.mode() == SslMode::Require {
+            tracing::warn!(
+                server = %describe(&cfg),
+                "database.sslmode = \"require\": the connection is encrypted but the server's \
+                 certificate is not checked, so anyone who can intercept it can pose as the \
+                 server; use \"verify-full\" (or \"verify-ca\")"
+            );
+        }
+    }
     let password = match db.password().map_err(StoreConnectError::Password)? {
         Some(password) => Some(password),
         None => match credentials_dir {
@@ -141,7 +236,7 @@ fn pg_config_with(
     }
     cfg.connect_timeout(db.connect_timeout);
     cfg.application_name(APPLICATION_NAME);
-    Ok(cfg)
+    Ok(PgTarget::new(cfg, tls))
 }
 
 /// The password in `dir/db-password`, without one trailing newline (as for
@@ -161,15 +256,44 @@ fn credential_password(dir: &Path) -> Result<Option<String>, StoreConnectError> 
     }
 }
 
-/// Opens a session (without TLS for now) and drives it on a spawned task,
-/// which logs at warn level if the connection ends with an error.
+/// Opens a session, over TLS as `target` says, and drives it on a spawned
+/// task, which logs at warn level if the connection ends with an error.
+///
+/// With TLS configured the session is TLS or nothing: a server that does not
+/// accept TLS is an error, never a plaintext session.
 ///
 /// tokio-postgres applies `connect_timeout` to the TCP connect of each host
-/// only; here it also bounds the start-up and authentication exchange, so
-/// that a server that accepts but never answers cannot hang the caller.
-pub async fn connect(cfg: &Config) -> Result<Client, StoreConnectError> {
-    let server = describe(cfg);
-    let attempt = cfg.connect(NoTls);
+/// only; here it also bounds the start-up, TLS and authentication exchange,
+/// so that a server that accepts but never answers cannot hang the caller.
+pub async fn connect(target: &PgTarget) -> Result<Client, StoreConnectError> {
+    let server = describe(target);
+    let mut cfg = target.config.clone();
+    match &target.tls {
+        None => {
+            cfg.ssl_mode(DriverSslMode::Disable);
+            let (client, connection) = within(&cfg, &server, cfg.connect(NoTls), None).await?;
+            drive(connection, server);
+            Ok(client)
+        }
+        Some(tls) => {
+            // `Require` in the driver: TLS or an error. The certificate
+            // checks of verify-ca / verify-full are the connector's.
+            cfg.ssl_mode(DriverSslMode::Require);
+            let attempt = cfg.connect(tls.make_connect());
+            let (client, connection) = within(&cfg, &server, attempt, Some(tls)).await?;
+            drive(connection, server);
+            Ok(client)
+        }
+    }
+}
+
+/// `attempt` bounded by the connect timeout of `cfg`, its error explained.
+async fn within<T>(
+    cfg: &Config,
+    server: &str,
+    attempt: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    tls: Option<&TlsConnector>,
+) -> Result<T, StoreConnectError> {
     let result = match cfg.get_connect_timeout() {
         Some(timeout) => {
             // tokio-postgres tries the hosts in turn, each with the full timeout.
@@ -177,16 +301,36 @@ pub async fn connect(cfg: &Config) -> Result<Client, StoreConnectError> {
             let after = timeout.saturating_mul(u32::try_from(hosts).unwrap_or(u32::MAX));
             match tokio::time::timeout(after, attempt).await {
                 Ok(result) => result,
-                Err(_) => return Err(StoreConnectError::Timeout { server, after }),
+                Err(_) => {
+                    return Err(StoreConnectError::Timeout {
+                        server: server.to_string(),
+                        after,
+                    })
+                }
             }
         }
         None => attempt.await,
     };
-    let (client, connection) = result.map_err(|error| StoreConnectError::Connect {
-        server: server.clone(),
-        cause: error_text(&error),
-        error,
-    })?;
+    result.map_err(|error| {
+        let raw = error_text(&error);
+        let cause = match tls.and_then(|t| super::tls::explain(&error, t.mode(), t.roots())) {
+            // The driver's own words stay, for whoever searches for them.
+            Some(why) => format!("{why} [{raw}]"),
+            None => raw,
+        };
+        StoreConnectError::Connect {
+            server: server.to_string(),
+            cause,
+            error,
+        }
+    })
+}
+
+/// Drives `connection` until it ends, warning if it ends with an error.
+fn drive<S>(connection: Connection<Socket, S>, server: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(
@@ -196,7 +340,6 @@ pub async fn connect(cfg: &Config) -> Result<Client, StoreConnectError> {
             );
         }
     });
-    Ok(client)
 }
 
 /// `host:port/dbname as user NAME`, for messages: every host of `cfg`, never
@@ -285,6 +428,7 @@ mod tests {
             password_file: password_file.map(Path::to_path_buf),
             auto_migrate: false,
             connect_timeout: Duration::from_secs(3),
+            tls: crate::config::DatabaseTls::new(SslMode::Disable),
         }
     }
 

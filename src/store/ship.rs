@@ -95,14 +95,14 @@ pub struct ShipperStatus {
 /// Starts the shipper task.
 pub fn spawn(
     spool: SpoolHandle,
-    pg: tokio_postgres::Config,
+    pg: impl Into<super::pg::PgTarget>,
     opts: ShipperOptions,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<ShipperStatus>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(ShipperStatus::default());
     let shipper = Shipper {
         spool,
-        pg,
+        pg: pg.into(),
         opts,
         status: tx,
         shutdown,
@@ -112,7 +112,7 @@ pub fn spawn(
 
 struct Shipper {
     spool: SpoolHandle,
-    pg: tokio_postgres::Config,
+    pg: super::pg::PgTarget,
     opts: ShipperOptions,
     status: watch::Sender<ShipperStatus>,
     shutdown: CancellationToken,
