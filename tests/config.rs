@@ -1123,7 +1123,9 @@ fn example_reads_stringdriver_2_sensors_on_gpio() {
 fn demo_sensors_are_simulated_and_the_default_is_none() {
     assert_eq!(
         parse(&demo_text()).unwrap().sensors,
-        SensorsConfig::Simulated
+        SensorsConfig::Simulated {
+            sockets: Vec::new()
+        }
     );
     for text in [SD1, SD3] {
         let c = parse(text).unwrap();

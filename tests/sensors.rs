@@ -1,12 +1,16 @@
 //! The touch sensors: the simulated backend against the simulator's
-//! mechanism over a real pseudo-terminal, driven by the board driver; the
-//! `none` backend's refusal; the GPIO line map of the machines in service.
+//! mechanism over a real pseudo-terminal, driven by the board driver, read in
+//! process and over the simulator's touch socket (also from a
+//! `stringdriverd sim-controller --touch-socket` child process); the
+//! `sensors.simulator_sockets` key; the `none` backend's refusal; the GPIO
+//! line map of the machines in service.
 
 mod common;
 
-use std::path::Path;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use stringdriverd::board::{BoardHandle, LinkState};
@@ -16,6 +20,7 @@ use stringdriverd::sensors::{
     self, GpioLineMap, NoSensors, SensorError, SimulatedSensors, TouchReader, TouchSensors,
     CONSUMER,
 };
+use stringdriverd::sim::touch::TouchServer;
 use stringdriverd::sim::{Fault, SimHandle, TraceEvent};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -223,9 +228,9 @@ fn simulated_sensors_address_boards_by_global_index() {
         seen.lock().unwrap_or_else(|e| e.into_inner()).push(board);
         // Board 0: only local stepper 4 touches; board 1 has no simulator.
         if board == 0 {
-            (0..13).map(|i| i == 4).collect()
+            Ok((0..13).map(|i| i == 4).collect())
         } else {
-            Vec::new()
+            Ok(Vec::new())
         }
     });
     let s = sensors::from_config(&cfg, Some(reader.clone())).expect("simulated");
@@ -246,7 +251,7 @@ fn simulated_sensors_address_boards_by_global_index() {
         .all(|&b| b == 0));
 
     // A layout whose Z steppers are on a board the reader knows nothing of.
-    let short: TouchReader = Arc::new(|_| vec![false; 3]);
+    let short: TouchReader = Arc::new(|_| Ok(vec![false; 3]));
     let s = SimulatedSensors::new(&cfg.layout, short);
     assert!(!s.read(2).unwrap());
     let e = s.read(5).expect_err("no reading");
@@ -262,6 +267,397 @@ fn simulated_backend_needs_a_simulator() {
     let e = sensors::from_config(&cfg, None).err().expect("refused");
     assert!(matches!(e, SensorError::NoSimulator), "{e}");
     assert!(e.to_string().contains("demo and tests"), "{e}");
+    assert!(e.to_string().contains("sensors.simulator_sockets"), "{e}");
+}
+
+#[test]
+fn a_reader_that_fails_is_an_error_never_not_touching() {
+    let cfg = carriage_config("backend = \"simulated\"\n");
+    let failing: TouchReader = Arc::new(|board| Err(format!("board {board} is on fire")));
+    let s = sensors::from_config(&cfg, Some(failing)).expect("simulated");
+    let e = s.read(3).expect_err("no reading");
+    assert!(
+        matches!(&e, SensorError::Simulator { stepper: 3, detail } if detail == "board 0 is on fire"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------- touch sockets
+
+/// `backend = "simulated"` reading one touch socket per board.
+fn socket_config(sockets: &[&str]) -> Config {
+    let list: Vec<String> = sockets.iter().map(|s| format!("{s:?}")).collect();
+    carriage_config(&format!(
+        "backend = \"simulated\"\nsimulator_sockets = [{}]\n",
+        list.join(", ")
+    ))
+}
+
+fn path_text(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+/// The bench, plus its simulator's touch sensors served on a socket and a
+/// second set of sensors reading them through it, as a daemon in another
+/// process would (no in-process reader: the configuration's sockets).
+struct SocketBench {
+    bench: Bench,
+    server: Option<TouchServer>,
+    over_socket: Box<dyn TouchSensors>,
+    socket: PathBuf,
+}
+
+async fn socket_bench() -> SocketBench {
+    let bench = bench(true).await;
+    let socket = bench._dir.path().join("carriage.touch");
+    let sims = bench.sims.clone();
+    let server = TouchServer::spawn(&socket, move || sims[0].touching()).expect("touch server");
+    let cfg = socket_config(&[path_text(&socket)]);
+    let over_socket = sensors::from_config(&cfg, None).expect("sensors over the socket");
+    SocketBench {
+        bench,
+        server: Some(server),
+        over_socket,
+        socket,
+    }
+}
+
+impl SocketBench {
+    /// Every Z stepper read both ways, and as the simulator says; all three
+    /// must agree.
+    fn agree(&self) -> Vec<bool> {
+        let truth = self.bench.sim().touching();
+        let in_process: Vec<bool> = (1..=12)
+            .map(|g| self.bench.sensors.read(g).expect("in process"))
+            .collect();
+        let over_socket: Vec<bool> = (1..=12)
+            .map(|g| self.over_socket.read(g).expect("over the socket"))
+            .collect();
+        assert_eq!(over_socket, in_process);
+        assert_eq!(over_socket, truth[1..=12].to_vec());
+        over_socket
+    }
+}
+
+#[tokio::test]
+async fn the_socket_reader_agrees_with_the_simulator_as_the_mechanism_moves() {
+    let b = socket_bench().await;
+    let sim = b.bench.sim();
+    let mut contacts = sim.contacts();
+    contacts[3] = Some(-6);
+    contacts[9] = Some(-100);
+    sim.set_contacts(&contacts);
+    let first = b.agree();
+    assert!(!first[2] && first[3] && !first[8], "{first:?}");
+    assert!(
+        b.over_socket.describe().contains("carriage.touch"),
+        "{}",
+        b.over_socket.describe()
+    );
+
+    // Lower stepper 3 onto its string, reading over the socket.
+    let mut moves = 0;
+    while !b.over_socket.read(3).expect("read") {
+        assert!(moves < 10, "never touched");
+        b.bench.board.rmove(3, Z_DOWN_STEP).await.expect("rmove");
+        moves += 1;
+        b.agree();
+    }
+    assert_eq!(moves, 3);
+    assert_eq!(sim.physical()[3], -6);
+
+    // Lift it off again, and every Z stepper off its string.
+    b.bench.board.rmove(3, 2).await.expect("rmove");
+    assert!(!b.agree()[2]);
+    for z in 1..=12 {
+        b.bench.board.rmove(z, 4).await.expect("rmove");
+    }
+    assert_eq!(b.agree(), vec![false; 12]);
+
+    // Stuck sensors read what they are stuck at, over the socket too.
+    sim.inject(Fault::SensorStuck {
+        stepper: 5,
+        touching: Some(true),
+    });
+    sim.inject(Fault::SensorStuck {
+        stepper: 6,
+        touching: Some(false),
+    });
+    let stuck = b.agree();
+    assert!(stuck[4] && !stuck[5], "{stuck:?}");
+    b.bench.board.rmove(6, -4).await.expect("rmove");
+    assert!(!b.agree()[5], "stuck clear on its string");
+    sim.inject(Fault::SensorStuck {
+        stepper: 6,
+        touching: None,
+    });
+    assert!(b.agree()[5], "healthy again: on its string");
+    assert!(sim.violations().is_empty());
+}
+
+#[tokio::test]
+async fn a_socket_whose_server_is_gone_is_an_error_naming_it() {
+    let mut b = socket_bench().await;
+    assert!(b.over_socket.read(1).expect("served"), "default contact 0");
+    if let Some(server) = b.server.take() {
+        server.stop();
+    }
+    assert!(!b.socket.exists(), "the server removes its socket");
+    // The cached connection is closed and the reconnect finds nothing.
+    let e = b.over_socket.read(1).expect_err("no server");
+    match &e {
+        SensorError::Simulator { stepper: 1, detail } => {
+            assert!(detail.contains(path_text(&b.socket)), "{detail}");
+            assert!(detail.contains("cannot connect"), "{detail}");
+        }
+        other => panic!("not a simulator error: {other}"),
+    }
+
+    // A server back at the same path is found again.
+    let sims = b.bench.sims.clone();
+    let _server =
+        TouchServer::spawn(&b.socket, move || sims[0].touching()).expect("touch server again");
+    assert!(b.over_socket.read(1).expect("served again"));
+}
+
+#[test]
+fn a_socket_that_never_existed_or_nobody_serves_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.touch");
+    let stale = dir.path().join("stale.touch");
+    // A socket file left by a crashed simulator: nobody listens.
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    for (path, why) in [(&missing, "No such file"), (&stale, "refused")] {
+        let cfg = socket_config(&[path_text(path)]);
+        let s = sensors::from_config(&cfg, None).expect("built without connecting");
+        let e = s.read(4).expect_err("nothing to read");
+        let text = e.to_string();
+        assert!(
+            matches!(&e, SensorError::Simulator { stepper: 4, .. }),
+            "{text}"
+        );
+        assert!(text.contains(path_text(path)), "{text}");
+        assert!(text.contains(why), "{text}");
+    }
+
+    // A board whose entry is "": its sensors have no source.
+    let reader = SimulatedSensors::reader_from_sockets(vec![None]);
+    let e = reader(0).expect_err("no socket");
+    assert!(e.contains("simulator_sockets"), "{e}");
+    let e = reader(1).expect_err("no such board");
+    assert!(e.contains("simulator_sockets"), "{e}");
+}
+
+/// What a fake simulator answers to a request line (`None`: nothing).
+type Reply = fn(&str) -> Option<String>;
+
+/// A fake simulator process on `path`: answers every line with what `reply`
+/// returns. Stops with the test process.
+fn fake_server(path: &Path, reply: Reply) {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut out = match stream.try_clone() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    if let Some(r) = reply(&line) {
+                        if out.write_all(r.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_server_that_answers_garbage_or_nothing_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&str, Reply, &str); 4] = [
+        ("garbage", |_| Some("hello there\n".into()), "bad reply"),
+        (
+            "short",
+            |_| Some("01\n".into()),
+            "no simulated sensor at stepper",
+        ),
+        (
+            "refusing",
+            |_| Some("error busy\n".into()),
+            "refused the request: busy",
+        ),
+        ("silent", |_| None, "no reply within"),
+    ];
+    for (name, reply, fragment) in cases {
+        let path = dir.path().join(format!("{name}.touch"));
+        fake_server(&path, reply);
+        let s = sensors::from_config(&socket_config(&[path_text(&path)]), None).expect("built");
+        let started = Instant::now();
+        let e = s.read(5).expect_err("no usable reading");
+        let text = e.to_string();
+        assert!(
+            matches!(&e, SensorError::Simulator { stepper: 5, .. }),
+            "{name}: {text}"
+        );
+        assert!(text.contains(fragment), "{name}: {text}");
+        assert!(text.contains(path_text(&path)), "{name}: {text}");
+        // Two attempts at most (cached connection, then a fresh one), each
+        // bounded by the read timeout.
+        assert!(
+            started.elapsed() < 3 * sensors::SOCKET_READ_TIMEOUT + Duration::from_secs(1),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn sockets_in_the_file_are_not_used_when_the_simulators_run_here() {
+    let cfg = socket_config(&["/nonexistent/carriage.touch"]);
+    let here: TouchReader = Arc::new(|_| Ok((0..13).map(|i| i == 2).collect()));
+    let s = sensors::from_config(&cfg, Some(here)).expect("simulated");
+    assert!(s.read(2).expect("in process") && !s.read(3).expect("in process"));
+}
+
+#[test]
+fn simulator_sockets_one_absolute_path_per_board_with_the_simulated_backend_only() {
+    let parse = |sensors: &str| {
+        let text = format!(
+            "host = \"t\"\n\
+             [[boards]]\nname = \"carriage\"\nport = \"/dev/null\"\nint_bytes = 2\n\
+             firmware = \"v2\"\nsteppers = 13\n\
+             [[boards]]\nname = \"tuner\"\nport = \"/dev/zero\"\nint_bytes = 4\n\
+             firmware = \"tuner\"\nsteppers = 6\n\
+             [layout]\nstrings = 6\nx_index = 0\nz_first_index = 1\ntuner_first_index = 13\n\
+             [sensors]\n{sensors}"
+        );
+        config::parse(&text, Path::new("t.toml"))
+    };
+    let c = parse("backend = \"simulated\"\nsimulator_sockets = [\"/run/sim/c.touch\", \"\"]\n")
+        .expect("valid");
+    let want = SensorsConfig::Simulated {
+        sockets: vec![Some(PathBuf::from("/run/sim/c.touch")), None],
+    };
+    assert_eq!(c.sensors, want);
+    // What check-config prints reads back the same.
+    let again = config::parse(&c.to_toml_string(), Path::new("again.toml")).expect("round trip");
+    assert_eq!(again.sensors, want);
+    let c = parse("backend = \"simulated\"\n").expect("valid");
+    assert_eq!(c.sensors, SensorsConfig::Simulated { sockets: vec![] });
+
+    let rejects = |sensors: &str, key: &str, fragment: &str| {
+        let e = parse(sensors).expect_err("should be rejected");
+        assert_eq!(e.key(), Some(key), "{e}");
+        assert!(e.to_string().contains(fragment), "`{fragment}` not in: {e}");
+    };
+    rejects(
+        "backend = \"simulated\"\nsimulator_sockets = [\"/run/sim/c.touch\"]\n",
+        "sensors.simulator_sockets",
+        "has 1 entries but there are 2 [[boards]]",
+    );
+    rejects(
+        "backend = \"simulated\"\nsimulator_sockets = [\"/a\", \"\", \"/b\"]\n",
+        "sensors.simulator_sockets",
+        "one socket path per board",
+    );
+    rejects(
+        "backend = \"simulated\"\nsimulator_sockets = [\"\", \"sim/tuner.touch\"]\n",
+        "sensors.simulator_sockets[1]",
+        "must be an absolute path, not \"sim/tuner.touch\"",
+    );
+    rejects(
+        "backend = \"simulated\"\nsimulator_sockets = [\"/a.touch\", \"/a.touch\"]\n",
+        "sensors.simulator_sockets",
+        "given twice",
+    );
+    for backend in ["none", "gpio"] {
+        rejects(
+            &format!("backend = \"{backend}\"\nsimulator_sockets = [\"/a\", \"/b\"]\n"),
+            "sensors.simulator_sockets",
+            &format!("only used with sensors.backend = \"simulated\" (simulated hardware), but the backend is \"{backend}\""),
+        );
+    }
+    rejects(
+        "simulator_sockets = [\"/a\", \"/b\"]\n",
+        "sensors.simulator_sockets",
+        "the backend is \"none\"",
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sim_controller_serves_its_touch_sensors_to_another_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("ttySIM");
+    let socket = dir.path().join("sim/carriage.touch");
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+            .args(["sim-controller", "--profile", "v2", "--speed-scale", "20"])
+            .arg("--link")
+            .arg(&link)
+            .arg("--touch-socket")
+            .arg(&socket)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sim-controller starts"),
+    );
+    let cfg = socket_config(&[path_text(&socket)]);
+    let s = sensors::from_config(&cfg, None).expect("sensors over the socket");
+    // The socket appears once the child is up; until then a read fails.
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        match s.read(1) {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(
+                    matches!(child.0.try_wait(), Ok(None)),
+                    "sim-controller exited"
+                );
+                assert!(Instant::now() < deadline, "never served: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    // The simulator's mechanism and contacts start at 0: on the strings.
+    assert!(first);
+    let all: Vec<bool> = (1..=12).map(|g| s.read(g).expect("read")).collect();
+    assert_eq!(all, vec![true; 12]);
+    let raw = SimulatedSensors::reader_from_sockets(vec![Some(socket.clone())]);
+    let readings = raw(0).expect("raw readings");
+    assert_eq!(readings.len(), 13, "one per stepper of the v2 board");
+    assert!(!readings[0], "X has no string");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sim-controller does not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit {status:?}");
+    assert!(!socket.exists(), "the touch socket is removed on exit");
+    let e = s.read(1).expect_err("gone");
+    assert!(e.to_string().contains(path_text(&socket)), "{e}");
 }
 
 // ---------------------------------------------------------------- none
@@ -272,7 +668,7 @@ fn no_sensors_refuse_every_read_with_a_clear_message() {
         let cfg = carriage_config(text);
         assert_eq!(cfg.sensors, SensorsConfig::None);
         // A simulator offered anyway is not used: the configuration decides.
-        let reader: TouchReader = Arc::new(|_| vec![true; 13]);
+        let reader: TouchReader = Arc::new(|_| Ok(vec![true; 13]));
         let s = sensors::from_config(&cfg, Some(reader)).expect("none");
         for stepper in [0, 1, 12, 50] {
             let e = s.read(stepper).expect_err("disabled");

@@ -104,6 +104,12 @@ enum Cmd {
         /// How long the board is deaf after the port is opened, before scaling.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         reset_window: Duration,
+        /// Also serve the board's touch sensors on this Unix socket, for a
+        /// daemon with sensors.backend = "simulated" and this path in
+        /// sensors.simulator_sockets. Z steppers start on their strings
+        /// (touching): the simulator's mechanism and string contacts are at 0.
+        #[arg(long)]
+        touch_socket: Option<PathBuf>,
     },
     /// Open a board, wait for its reset and print its counters.
     Probe {
@@ -279,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             speed_scale,
             int_bytes,
             reset_window,
+            touch_socket,
         } => {
             stringdriverd::logging::init("info");
             let mut p = stringdriverd::sim::Profile::for_firmware(profile, steppers);
@@ -288,17 +295,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut opts = stringdriverd::sim::SimOptions::new(p);
             opts.speed_scale = speed_scale;
             opts.reset_window = reset_window;
-            let sim = stringdriverd::sim::Simulator::spawn(opts, &link)?;
+            let sim = std::sync::Arc::new(stringdriverd::sim::Simulator::spawn(opts, &link)?);
+            let touch = match &touch_socket {
+                Some(path) => {
+                    let sim = sim.clone();
+                    Some(stringdriverd::sim::touch::TouchServer::spawn(
+                        path,
+                        move || sim.touching(),
+                    )?)
+                }
+                None => None,
+            };
             eprintln!(
-                "simulated {profile} board at {} -> {}; Ctrl-C to stop",
+                "simulated {profile} board at {} -> {}{}; Ctrl-C to stop",
                 link.display(),
                 sim.device()
                     .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                touch_socket
+                    .as_ref()
+                    .map(|p| format!(", touch sensors on {}", p.display()))
                     .unwrap_or_default()
             );
             runtime()?.block_on(stop_signal(None));
+            // The server's threads hold the other reference to the simulator;
+            // stopping it first lets the simulator be stopped, not just dropped.
+            if let Some(t) = touch {
+                t.stop();
+            }
             let violations = sim.violations();
-            sim.stop();
+            match std::sync::Arc::try_unwrap(sim) {
+                Ok(sim) => sim.stop(),
+                Err(sim) => drop(sim),
+            }
             if !violations.is_empty() {
                 eprintln!("{} safety violation(s) recorded:", violations.len());
                 for v in &violations {

@@ -137,7 +137,7 @@ pub(crate) fn resolve(
         control: control(raw.control).map_err(Resolve::Invalid)?,
         compat: compat(raw.compat).map_err(Resolve::Invalid)?,
         log: log(raw.log).map_err(Resolve::Invalid)?,
-        sensors: sensors(raw.sensors, strings).map_err(Resolve::Invalid)?,
+        sensors: sensors(raw.sensors, strings, boards.len()).map_err(Resolve::Invalid)?,
         boards,
         layout,
     };
@@ -989,8 +989,19 @@ fn log(raw: RawLog) -> R<LogConfig> {
     Ok(LogConfig { level })
 }
 
-fn sensors(raw: RawSensors, strings: usize) -> R<SensorsConfig> {
+fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
     let backend = raw.backend.unwrap_or(SensorBackend::None);
+    if backend != SensorBackend::Simulated && raw.simulator_sockets.is_some() {
+        // Sockets only a simulator serves must never look as if a machine's
+        // sensors were read through them.
+        return Err(Invalid::new(
+            "sensors.simulator_sockets",
+            format!(
+                "only used with sensors.backend = \"simulated\" (simulated hardware), but the \
+                 backend is \"{backend}\": remove it, or set backend = \"simulated\""
+            ),
+        ));
+    }
     if backend != SensorBackend::Gpio {
         // A chip or lines left behind after switching away from gpio would
         // otherwise look as if they were in use.
@@ -1010,7 +1021,9 @@ fn sensors(raw: RawSensors, strings: usize) -> R<SensorsConfig> {
             }
         }
         return Ok(match backend {
-            SensorBackend::Simulated => SensorsConfig::Simulated,
+            SensorBackend::Simulated => SensorsConfig::Simulated {
+                sockets: simulator_sockets(raw.simulator_sockets, boards)?,
+            },
             _ => SensorsConfig::None,
         });
     }
@@ -1073,6 +1086,59 @@ fn sensors(raw: RawSensors, strings: usize) -> R<SensorsConfig> {
         lines,
         active_low: raw.active_low.unwrap_or(false),
     }))
+}
+
+/// `sensors.simulator_sockets`: one absolute path per board, "" for none;
+/// absent is an empty list (only in-process simulators).
+fn simulator_sockets(raw: Option<Vec<PathBuf>>, boards: usize) -> R<Vec<Option<PathBuf>>> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    if raw.len() != boards {
+        return Err(Invalid::new(
+            "sensors.simulator_sockets",
+            format!(
+                "has {} entries but there are {boards} [[boards]]: one socket path per board, \
+                 in board order (\"\" for a board without simulated sensors)",
+                raw.len()
+            ),
+        ));
+    }
+    let mut sockets: Vec<Option<PathBuf>> = Vec::with_capacity(boards);
+    for (i, p) in raw.into_iter().enumerate() {
+        let key = format!("sensors.simulator_sockets[{i}]");
+        if p.as_os_str().is_empty() {
+            sockets.push(None);
+            continue;
+        }
+        // The daemon runs as a service or a test's child, whose working
+        // directory says nothing about where the simulator put its socket.
+        if !p.is_absolute() {
+            return Err(Invalid::new(
+                &key,
+                format!(
+                    "must be an absolute path, not \"{}\" (or \"\" for a board without \
+                     simulated sensors)",
+                    p.display()
+                ),
+            ));
+        }
+        if let Some(first) = sockets.iter().position(|s| s.as_ref() == Some(&p)) {
+            // Two boards reading one socket would give one board the other's
+            // readings.
+            return Err(Invalid::new(
+                "sensors.simulator_sockets",
+                format!(
+                    "{} is given twice, as sensors.simulator_sockets[{first}] and {key}: every \
+                     board has its own simulator",
+                    p.display()
+                ),
+            )
+            .at(key));
+        }
+        sockets.push(Some(p));
+    }
+    Ok(sockets)
 }
 
 /// The file that resolves to `config` again, with every default written out.
@@ -1192,6 +1258,17 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
                 chip: Some(g.chip.clone()),
                 lines: Some(g.lines.iter().map(|&l| i64::from(l)).collect()),
                 active_low: Some(g.active_low),
+                simulator_sockets: None,
+            },
+            SensorsConfig::Simulated { sockets } => RawSensors {
+                backend: Some(SensorBackend::Simulated),
+                simulator_sockets: (!sockets.is_empty()).then(|| {
+                    sockets
+                        .iter()
+                        .map(|s| s.clone().unwrap_or_default())
+                        .collect()
+                }),
+                ..RawSensors::default()
             },
             other => RawSensors {
                 backend: Some(other.backend()),

@@ -357,6 +357,10 @@ pub(crate) struct RawSensors {
     /// Whether touching reads low (gpio only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_low: Option<bool>,
+    /// One touch socket per board, in board order, "" for none (simulated
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulator_sockets: Option<Vec<PathBuf>>,
 }
 
 /// A duration written the humantime way ("500ms", "2s", "1m 30s").

@@ -392,7 +392,15 @@ pub enum SensorsConfig {
     #[default]
     None,
     /// `backend = "simulated"`.
-    Simulated,
+    Simulated {
+        /// `simulator_sockets`: where each board's simulated sensors are
+        /// served (`stringdriverd sim-controller --touch-socket`, or a test's
+        /// `sim::touch::TouchServer`), one entry per `[[boards]]` in board
+        /// order, `None` for a board without simulated sensors. Empty when
+        /// the key is not set: then only simulators running in the daemon's
+        /// own process (the demo, tests) can be read.
+        sockets: Vec<Option<PathBuf>>,
+    },
     /// `backend = "gpio"`, with its lines.
     Gpio(GpioSensorsConfig),
 }
@@ -402,7 +410,7 @@ impl SensorsConfig {
     pub fn backend(&self) -> SensorBackend {
         match self {
             SensorsConfig::None => SensorBackend::None,
-            SensorsConfig::Simulated => SensorBackend::Simulated,
+            SensorsConfig::Simulated { .. } => SensorBackend::Simulated,
             SensorsConfig::Gpio(_) => SensorBackend::Gpio,
         }
     }

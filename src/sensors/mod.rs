@@ -9,7 +9,9 @@
 //!   guessing;
 //! - `simulated` ([`SimulatedSensors`]): reads the simulator's model of the
 //!   mechanism, where only moves change the physical position, never counter
-//!   writes (see [`crate::sim::firmware`]);
+//!   writes (see [`crate::sim::firmware`]); the simulators run in this
+//!   process (the demo, tests) or in others, which serve their readings on
+//!   the touch sockets of `sensors.simulator_sockets` ([`crate::sim::touch`]);
 //! - `gpio` (`GpioSensors`, with the `gpio` feature): the host's GPIO
 //!   character device, one line per Z stepper ([`GpioLineMap`]).
 //!
@@ -18,6 +20,7 @@
 
 mod gpio;
 mod simulated;
+mod socket;
 
 use std::path::PathBuf;
 
@@ -27,11 +30,13 @@ use crate::config::{Config, Layout, SensorsConfig};
 pub use gpio::GpioSensors;
 pub use gpio::{GpioLineMap, CONSUMER};
 pub use simulated::{SimulatedSensors, TouchReader};
+pub use socket::READ_TIMEOUT as SOCKET_READ_TIMEOUT;
 
 /// Reads the touch sensor of a Z stepper.
 ///
 /// Implementations are shared between tasks, so reads take `&self`; a read
-/// is quick (a GPIO ioctl or a lock) and does not wait on the boards.
+/// is quick (a GPIO ioctl, a lock, or a round trip to a simulator's touch
+/// socket bounded by [`SOCKET_READ_TIMEOUT`]) and does not wait on the boards.
 pub trait TouchSensors: Send + Sync {
     /// Whether the mechanism of stepper `stepper` (global index) touches its
     /// string now. [`SensorError::NoSensor`] for a stepper that is not a Z
@@ -55,10 +60,13 @@ pub enum SensorError {
     /// The configuration says there are no sensors.
     #[error("touch sensors are disabled (sensors.backend = none): this operation needs them")]
     Disabled,
-    /// `sensors.backend = "simulated"` without a simulator to read.
+    /// `sensors.backend = "simulated"` without a simulator to read: none in
+    /// this process and no `sensors.simulator_sockets`.
     #[error(
-        "sensors.backend = \"simulated\" needs the simulated boards, which only the demo and \
-         tests run; use \"gpio\" or \"none\" on a machine"
+        "sensors.backend = \"simulated\" needs the simulated boards: in this process only the \
+         demo and tests run them; for simulators in other processes set \
+         sensors.simulator_sockets (stringdriverd sim-controller --touch-socket); use \"gpio\" \
+         or \"none\" on a machine"
     )]
     NoSimulator,
     /// `sensors.backend = "gpio"` in a daemon built without GPIO support.
@@ -97,12 +105,13 @@ pub enum SensorError {
         /// What the kernel said.
         detail: String,
     },
-    /// The simulator has no reading for a sensor the layout expects.
+    /// The simulator has no reading for a sensor the layout expects, or
+    /// its touch socket could not be read.
     #[error("simulated touch sensor of stepper {stepper}: {detail}")]
     Simulator {
         /// The global stepper index.
         stepper: usize,
-        /// What is missing.
+        /// What is missing or failed (for a socket: its path and the step).
         detail: String,
     },
 }
@@ -122,20 +131,28 @@ impl TouchSensors for NoSensors {
     }
 }
 
-/// The backend `cfg.sensors` selects. `simulated` is how the simulator's
-/// readings reach the `simulated` backend (see [`SimulatedSensors::from_handles`]);
-/// it is ignored by the other backends, so that the configuration alone
-/// decides what is read.
+/// The backend `cfg.sensors` selects. `simulated` is how the readings of
+/// simulators in this process reach the `simulated` backend (see
+/// [`SimulatedSensors::reader`]); without it, the backend reads the touch
+/// sockets of `sensors.simulator_sockets`, and with neither it is
+/// [`SensorError::NoSimulator`]. `simulated` is ignored by the other
+/// backends, so that the configuration alone decides what is read.
 pub fn from_config(
     cfg: &Config,
     simulated: Option<TouchReader>,
 ) -> Result<Box<dyn TouchSensors>, SensorError> {
     match &cfg.sensors {
         SensorsConfig::None => Ok(Box::new(NoSensors)),
-        SensorsConfig::Simulated => {
-            let reader = simulated.ok_or(SensorError::NoSimulator)?;
-            Ok(Box::new(SimulatedSensors::new(&cfg.layout, reader)))
-        }
+        SensorsConfig::Simulated { sockets } => match simulated {
+            // The simulators at hand are the ones the caller drives; sockets
+            // in the file would be other processes' (or stale).
+            Some(reader) => Ok(Box::new(SimulatedSensors::new(&cfg.layout, reader))),
+            None if !sockets.is_empty() => Ok(Box::new(SimulatedSensors::over_sockets(
+                &cfg.layout,
+                sockets.clone(),
+            ))),
+            None => Err(SensorError::NoSimulator),
+        },
         SensorsConfig::Gpio(g) => open_gpio(&cfg.layout, g),
     }
 }

@@ -1,5 +1,9 @@
-//! The `simulated` backend: the touch sensors of the simulator's mechanism.
+//! The `simulated` backend: the touch sensors of the simulator's mechanism,
+//! read in this process ([`SimulatedSensors::reader`]) or from simulators in
+//! other processes over their touch sockets
+//! ([`SimulatedSensors::reader_from_sockets`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{SensorError, TouchSensors};
@@ -8,19 +12,25 @@ use crate::sim::SimHandle;
 
 /// How the simulated backend reads the simulators: given a board index (the
 /// order of `[[boards]]`), the sensor readings of that board's steppers in
-/// local index order, as [`SimHandle::touching`] returns them; an empty list
-/// for a board without a simulator.
+/// local index order, as [`SimHandle::touching`] returns them, or why they
+/// cannot be read (no simulator for that board, a socket that does not
+/// answer). The error is an error, never "not touching": guessing would let
+/// an operation press a mechanism into its string.
 ///
 /// A function rather than the handles themselves because a [`SimHandle`]
 /// owns its simulator (it is not `Clone`, and dropping it stops the
 /// simulator): whoever runs the simulators keeps them and lends this view.
-pub type TouchReader = Arc<dyn Fn(usize) -> Vec<bool> + Send + Sync>;
+pub type TouchReader = Arc<dyn Fn(usize) -> Result<Vec<bool>, String> + Send + Sync>;
 
 /// Touch sensors read from the simulators' model of the mechanism.
 pub struct SimulatedSensors {
     /// Board and local index of each global stepper that has a sensor.
     sensors: Vec<Option<(usize, usize)>>,
     reader: TouchReader,
+    /// The touch socket of each board when read over sockets, for
+    /// [`TouchSensors::describe`] and errors; empty when the reader was
+    /// handed over as it is.
+    sockets: Vec<Option<PathBuf>>,
 }
 
 impl SimulatedSensors {
@@ -35,7 +45,21 @@ impl SimulatedSensors {
                 }
             })
             .collect();
-        SimulatedSensors { sensors, reader }
+        SimulatedSensors {
+            sensors,
+            reader,
+            sockets: Vec::new(),
+        }
+    }
+
+    /// Sensors of the Z steppers of `layout`, read from the touch sockets of
+    /// simulators in other processes, one per board in board order
+    /// (`sensors.simulator_sockets`; see [`SimulatedSensors::reader_from_sockets`]).
+    pub fn over_sockets(layout: &Layout, paths: Vec<Option<PathBuf>>) -> SimulatedSensors {
+        SimulatedSensors {
+            sockets: paths.clone(),
+            ..SimulatedSensors::new(layout, Self::reader_from_sockets(paths))
+        }
     }
 
     /// Sensors read from `sims`, one simulator per board in board order (as
@@ -47,7 +71,22 @@ impl SimulatedSensors {
     /// The [`TouchReader`] of `sims`, one simulator per board in board order,
     /// for [`super::from_config`].
     pub fn reader(sims: Arc<Vec<SimHandle>>) -> TouchReader {
-        Arc::new(move |board| sims.get(board).map(SimHandle::touching).unwrap_or_default())
+        Arc::new(move |board| {
+            sims.get(board)
+                .map(SimHandle::touching)
+                .ok_or_else(|| format!("no simulator runs for board {board}"))
+        })
+    }
+
+    /// The [`TouchReader`] of simulators in other processes: one touch socket
+    /// per board in board order (`None`: that board has no simulated
+    /// sensors), each served by a [`crate::sim::touch::TouchServer`]. A read
+    /// reuses the board's connection (reconnecting once if it fails) and
+    /// waits at most [`super::SOCKET_READ_TIMEOUT`] per attempt; a socket
+    /// that is missing, refuses, times out or answers anything but readings
+    /// gives an error naming its path and what failed.
+    pub fn reader_from_sockets(paths: Vec<Option<PathBuf>>) -> TouchReader {
+        super::socket::reader(paths)
     }
 }
 
@@ -56,18 +95,41 @@ impl TouchSensors for SimulatedSensors {
         let Some(&Some((board, local))) = self.sensors.get(stepper) else {
             return Err(SensorError::NoSensor { stepper });
         };
-        (self.reader)(board)
+        let readings =
+            (self.reader)(board).map_err(|detail| SensorError::Simulator { stepper, detail })?;
+        readings
             .get(local)
             .copied()
             .ok_or_else(|| SensorError::Simulator {
                 stepper,
-                detail: format!("board {board} has no simulated sensor at stepper {local}"),
+                detail: format!(
+                    "board {board} has no simulated sensor at stepper {local} ({} readings{})",
+                    readings.len(),
+                    match self.sockets.get(board) {
+                        Some(Some(p)) => format!(" from touch socket {}", p.display()),
+                        _ => String::new(),
+                    }
+                ),
             })
     }
 
     fn describe(&self) -> String {
         let n = self.sensors.iter().flatten().count();
-        format!("simulated touch sensors on {n} Z steppers")
+        if self.sockets.is_empty() {
+            return format!("simulated touch sensors on {n} Z steppers");
+        }
+        let listed: Vec<String> = self
+            .sockets
+            .iter()
+            .map(|p| match p {
+                Some(p) => p.display().to_string(),
+                None => "-".to_string(),
+            })
+            .collect();
+        format!(
+            "simulated touch sensors on {n} Z steppers, read from touch sockets [{}]",
+            listed.join(", ")
+        )
     }
 }
 
@@ -75,6 +137,7 @@ impl std::fmt::Debug for SimulatedSensors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimulatedSensors")
             .field("sensors", &self.sensors)
+            .field("sockets", &self.sockets)
             .finish_non_exhaustive()
     }
 }

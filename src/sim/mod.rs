@@ -19,7 +19,8 @@
 //! touch sensor reading per stepper ([`SimHandle::touching`]). Resets, and
 //! counter writes like `set_stepper`, change counters only, so a test can
 //! make the counters wrong and watch what a host does about it; a sensor can
-//! be stuck on purpose ([`Fault::SensorStuck`]).
+//! be stuck on purpose ([`Fault::SensorStuck`]). [`touch`] serves those
+//! readings on a Unix socket for a daemon in another process.
 //!
 //! Every message received is kept in a timestamped [`TraceEntry`] list, and
 //! every safety violation in a separate list, both readable through
@@ -28,6 +29,7 @@
 pub mod feed;
 pub mod firmware;
 mod pty;
+pub mod touch;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -198,6 +200,20 @@ pub enum SimError {
     /// The thread could not be started.
     #[error("cannot start the simulator thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The touch socket ([`touch::TouchServer`]) could not be set up.
+    #[error("touch socket {}: cannot {what}: {source}", path.display())]
+    TouchSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A live server already answers on the touch socket's path.
+    #[error("touch socket {}: something already answers on it", .0.display())]
+    TouchSocketInUse(PathBuf),
 }
 
 /// Entry point.
