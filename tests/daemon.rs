@@ -621,3 +621,73 @@ async fn a_stepper_disabled_at_run_time_stays_disabled_after_a_restart() {
         .expect("join")
         .expect("ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_interrupted_by_a_kill_is_closed_as_failed_at_the_next_start() {
+    use stringdriverd::store::{OperationEvent, OperationStatus, OperationType, Record, Spool};
+    let db = TestDb::create().await;
+    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    // What a daemon killed in the middle of a z_calibrate left in its spool.
+    let operation_id = uuid::Uuid::new_v4();
+    let started = OperationEvent {
+        operation_id,
+        state_id: None,
+        host: HOST.into(),
+        recorded_at: chrono::Utc::now(),
+        operation_type: OperationType::ZCalibrate,
+        operation_status: OperationStatus::Started,
+        message: None,
+        stepper_indices: vec![1, 2],
+        final_positions: vec![21, 22],
+        completed_at: None,
+    };
+    {
+        let (mut spool, _) =
+            Spool::open(&rig.dir.path().join("spool.sqlite"), 1 << 30).expect("spool");
+        spool
+            .append_run_here(&[Record::Operation { event: started }])
+            .expect("append");
+    }
+    let run = start(&rig).await;
+    let client = db.client().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let row = loop {
+        let rows = client
+            .query(
+                "SELECT operation_status, message, final_positions, completed_at IS NOT NULL \
+                 FROM operations WHERE operation_id = $1",
+                &[&operation_id],
+            )
+            .await
+            .unwrap_or_default();
+        if let Some(r) = rows.into_iter().next() {
+            if r.get::<_, String>(0) != "started" {
+                break r;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some(daemon::INTERRUPTED_MESSAGE)
+    );
+    assert_eq!(row.get::<_, Vec<i32>>(2), vec![21, 22]);
+    assert!(row.get::<_, bool>(3));
+    assert_eq!(
+        run.parts
+            .spool
+            .status()
+            .await
+            .expect("status")
+            .running_operations,
+        0
+    );
+    let _ = run.stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), run.task)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("ok");
+}

@@ -258,3 +258,33 @@ fn the_positions_reply_is_paced_per_stepper() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn an_unplug_hangs_the_host_up_even_after_the_simulating_process_started_a_child() {
+    let (_dir, sim) = common::start_sim(common::sim_options(Firmware::V2));
+    let mut port = open_raw(&sim);
+    // A child started after the simulator (as a test starts the daemon) must
+    // not inherit the pty's master: it would keep the device alive.
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep starts");
+    sim.inject(stringdriverd::sim::Fault::Vanish);
+    let deadline = Instant::now() + WAIT;
+    let hung_up = loop {
+        let mut buf = [0u8; 64];
+        match port.read(&mut buf) {
+            // EIO (or end of file) once the master is gone.
+            Ok(0) => break true,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break true,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(hung_up, "the host never saw the unplug");
+}

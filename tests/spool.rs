@@ -319,3 +319,52 @@ proptest! {
         prop_assert_eq!(contents(&mut s), model.into_iter().collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn captured_totals_account_for_every_append_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spool.sqlite");
+    let mut s = open(&path, BIG);
+    s.append(&[timer(0, 0), event_snapshot(1, 1)])
+        .expect("append");
+    s.append(&[op(0, Some(1), OperationStatus::Started, 2)])
+        .expect("append");
+    let shipped = s.peek(2).expect("peek");
+    s.remove(&shipped).expect("remove");
+    drop(s);
+    let mut s = open(&path, BIG);
+    s.append(&[op(0, Some(1), OperationStatus::Completed, 3)])
+        .expect("append");
+    let st = s.status().expect("status");
+    assert_eq!((st.captured_snapshots, st.captured_operations), (2, 2));
+    assert_eq!((st.shipped_snapshots, st.shipped_operations), (2, 0));
+    assert_eq!(st.backlog, 2);
+    assert_eq!(
+        st.captured_snapshots + st.captured_operations,
+        st.shipped_snapshots + st.shipped_operations + st.backlog + st.thinned + st.dead_letters
+    );
+}
+
+#[test]
+fn an_operation_run_here_stays_running_until_its_final_event_even_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spool.sqlite");
+    let mut s = open(&path, BIG);
+    s.append_run_here(&[op(1, None, OperationStatus::Started, 0)])
+        .expect("append");
+    // Reported by another tool: the daemon does not own it.
+    s.append(&[op(2, None, OperationStatus::Started, 0)])
+        .expect("append");
+    drop(s); // the daemon is killed here
+    let mut s = open(&path, BIG);
+    let running = s.running_operations().expect("running");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].operation_id, id(2, 1));
+    assert_eq!(running[0].operation_status, OperationStatus::Started);
+    assert_eq!(s.status().expect("status").running_operations, 1);
+    // Its final event, appended either way, ends it.
+    s.append(&[op(1, None, OperationStatus::Failed, 5)])
+        .expect("append");
+    assert!(s.running_operations().expect("running").is_empty());
+    assert_eq!(s.status().expect("status").running_operations, 0);
+}

@@ -220,6 +220,7 @@ pub async fn run_with_shipping(
         tracing::error!(problem = %d.problem, moved_to = %d.moved_to.display(), salvaged = d.salvaged, corrupt = d.corrupt, "the spool was damaged and has been salvaged");
     }
     let spool = SpoolHandle::new(spool);
+    close_interrupted_operations(&spool).await?;
 
     let pg_cfg = match shipping {
         Shipping::Database => {
@@ -671,4 +672,32 @@ pub fn counters_path(cfg: &Config) -> PathBuf {
 /// The path to hand to [`run`] for a configuration file given on the command line.
 pub fn config_path(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// What an interrupted operation's row says.
+pub const INTERRUPTED_MESSAGE: &str = "interrupted: the daemon stopped while the operation ran \
+     (killed, crashed or powered off) and closed it when it started again; final_positions \
+     are the positions at the operation's start, the ones at the interruption are unknown";
+
+/// Closes, as `failed`, every operation this daemon started and never ended
+/// (the spool's `running_operations`): a kill or crash in the middle of an
+/// operation must not leave its row `started` for ever. Runs before any
+/// operation can start, so every one found was interrupted.
+async fn close_interrupted_operations(spool: &SpoolHandle) -> Result<(), DaemonError> {
+    let running = spool.running_operations().await?;
+    for started in running {
+        let operation_id = started.operation_id;
+        let kind = started.operation_type.as_str();
+        tracing::error!(%operation_id, operation = kind, "an operation was interrupted by the daemon's stop; recording it as failed");
+        let failed = crate::store::OperationEvent {
+            operation_status: crate::store::OperationStatus::Failed,
+            message: Some(INTERRUPTED_MESSAGE.to_string()),
+            completed_at: Some(chrono::Utc::now()),
+            ..started
+        };
+        spool
+            .append(vec![crate::store::Record::Operation { event: failed }])
+            .await?;
+    }
+    Ok(())
 }

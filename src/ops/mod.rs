@@ -141,7 +141,7 @@ impl Machine {
 
     async fn record(&self, event: OperationEvent) -> Result<(), OpError> {
         self.spool
-            .append(vec![Record::Operation { event }])
+            .append_run_here(vec![Record::Operation { event }])
             .await
             .map(|_| ())
             .map_err(|e| OpError::Record(e.to_string()))

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
@@ -52,6 +52,11 @@ impl Port {
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
         .map_err(SimError::Pty)?;
+        // Close-on-exec: a child process (the daemon under test, started by
+        // the program that runs the simulator) must not inherit the master.
+        // A master held open elsewhere keeps the pty alive, so unplugging
+        // (dropping our master) would no longer hang the host up.
+        fcntl(pair.master.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(SimError::Pty)?;
         // Our own slave descriptor goes: the board sees "opened" only when a host opens it.
         drop(pair.slave);
         let link_err = |source| SimError::Link {

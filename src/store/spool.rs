@@ -18,7 +18,17 @@
 //! - `dead_letters(seq, kind, captured_at, payload, crc, error, failed_at)`:
 //!   records PostgreSQL rejected for good, or whose bytes were damaged, kept
 //!   with the reason. Nothing is ever deleted from here by the daemon.
-//! - `counters(name, value)`: shipped, thinned and rejected totals.
+//! - `counters(name, value)`: captured, shipped, thinned and rejected
+//!   totals. `captured_snapshots` and `captured_operation_events` are bumped
+//!   in the transaction that appends the records, so together with the other
+//!   totals they account for every record the spool ever took.
+//! - `running_operations(operation_id, payload)`: the `started` event of
+//!   every operation this daemon runs itself and has not ended yet, written
+//!   in the transaction that appends the `started` event and deleted in the
+//!   one that appends its final event. A row still here when the daemon
+//!   starts is an operation a crash or kill interrupted: the daemon closes it
+//!   as failed ([`Spool::running_operations`]), so no `operations` row is
+//!   left `started` without a reason.
 //! - `meta(key, value)`: `format = 1`.
 //!
 //! # Invariants
@@ -46,7 +56,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use super::record::Record;
+use super::record::{OperationEvent, Record};
 
 /// Current file format.
 pub const FORMAT: i64 = 1;
@@ -143,6 +153,12 @@ pub struct SpoolStatus {
     pub oldest: Option<DateTime<Utc>>,
     /// Records in the dead-letter table.
     pub dead_letters: u64,
+    /// machine_state rows captured since the spool was created.
+    pub captured_snapshots: u64,
+    /// Operation events captured since the spool was created.
+    pub captured_operations: u64,
+    /// Operations this daemon started and has not ended (see the module doc).
+    pub running_operations: u64,
     /// machine_state rows shipped since the spool was created.
     pub shipped_snapshots: u64,
     /// Operation events shipped since the spool was created.
@@ -218,6 +234,7 @@ const SCHEMA: &str = "
         failed_at INTEGER NOT NULL
     );
     CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS running_operations (operation_id TEXT PRIMARY KEY, payload BLOB NOT NULL);
 ";
 
 impl Spool {
@@ -470,6 +487,17 @@ impl Spool {
     /// Appends `records` in one transaction; when this returns `Ok` they are
     /// on disk. Returns their sequence numbers.
     pub fn append(&mut self, records: &[Record]) -> Result<Vec<i64>, SpoolError> {
+        self.append_inner(records, false)
+    }
+
+    /// [`Spool::append`] for the events of an operation the daemon runs
+    /// itself: a `started` event is also kept in `running_operations` until
+    /// its final event is appended, so that a restart can close it.
+    pub fn append_run_here(&mut self, records: &[Record]) -> Result<Vec<i64>, SpoolError> {
+        self.append_inner(records, true)
+    }
+
+    fn append_inner(&mut self, records: &[Record], run_here: bool) -> Result<Vec<i64>, SpoolError> {
         let path = self.path.clone();
         if records.iter().any(Record::thinnable) {
             // Checked every 64 timer snapshots (a few pragmas each); small
@@ -496,6 +524,24 @@ impl Spool {
                 Record::MachineState { .. } => KIND_STATE,
                 Record::Operation { .. } => KIND_OPERATION,
             };
+            if let Record::Operation { event } = r {
+                let id = event.operation_id.to_string();
+                // Any final event ends the operation, whoever appends it.
+                let sql = if event.operation_status.is_terminal() {
+                    tx.execute(
+                        "DELETE FROM running_operations WHERE operation_id = ?1",
+                        [&id],
+                    )
+                } else if run_here {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO running_operations (operation_id, payload) VALUES (?1, ?2)",
+                        params![id, payload],
+                    )
+                } else {
+                    Ok(0)
+                };
+                sql.map_err(|e| sqlite_err(&path, e))?;
+            }
             tx.execute(
                 "INSERT INTO records (kind, thinnable, captured_at, payload, crc) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![kind, r.thinnable() as i64, r.recorded_at().timestamp_micros(), payload, crc],
@@ -506,6 +552,14 @@ impl Spool {
         if rejected > 0 {
             bump(&tx, "rejected", rejected).map_err(|e| sqlite_err(&path, e))?;
         }
+        let states = records
+            .iter()
+            .filter(|r| matches!(r, Record::MachineState { .. }))
+            .count() as i64
+            - rejected;
+        let ops = records.len() as i64 - rejected - states;
+        bump(&tx, "captured_snapshots", states).map_err(|e| sqlite_err(&path, e))?;
+        bump(&tx, "captured_operation_events", ops).map_err(|e| sqlite_err(&path, e))?;
         tx.commit().map_err(|e| sqlite_err(&path, e))?;
         if rejected > 0 {
             tracing::error!(spool = %path.display(), rejected, limit = self.limit, "SPOOL FULL: timer snapshots refused");
@@ -687,6 +741,37 @@ impl Spool {
             .map_err(|e| sqlite_err(&self.path, e))
     }
 
+    /// The `started` events of the operations this daemon ran itself and
+    /// never ended (see the module doc): at start, each was interrupted.
+    /// A payload that no longer decodes is skipped with an error logged: the
+    /// operation cannot be closed without its row.
+    pub fn running_operations(&self) -> Result<Vec<OperationEvent>, SpoolError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT operation_id, payload FROM running_operations ORDER BY rowid")
+            .map_err(|e| sqlite_err(&self.path, e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| sqlite_err(&self.path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlite_err(&self.path, e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, payload) in rows {
+            match serde_json::from_slice::<Record>(&payload) {
+                Ok(Record::Operation { event }) => out.push(event),
+                Ok(other) => {
+                    tracing::error!(operation_id = %id, record = %other.describe(), "running_operations holds a record that is not an operation event; ignored")
+                }
+                Err(e) => {
+                    tracing::error!(operation_id = %id, error = %e, "running_operations holds an event that does not decode; the operation cannot be closed")
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Current totals.
     pub fn status(&self) -> Result<SpoolStatus, SpoolError> {
         let e = |e| sqlite_err(&self.path, e);
@@ -717,6 +802,15 @@ impl Spool {
             backlog_operations: ops as u64,
             oldest: oldest.and_then(DateTime::from_timestamp_micros),
             dead_letters: dead as u64,
+            captured_snapshots: counter("captured_snapshots")?,
+            captured_operations: counter("captured_operation_events")?,
+            running_operations: self
+                .conn
+                .query_row("SELECT count(*) FROM running_operations", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(e)?
+                .max(0) as u64,
             shipped_snapshots: counter("shipped_snapshots")?,
             shipped_operations: counter("shipped_operations")?,
             thinned: counter("thinned")?,
@@ -883,6 +977,14 @@ pub fn render_status(st: &SpoolStatus, now: DateTime<Utc>) -> String {
         },
     );
     line("dead letters", st.dead_letters.to_string());
+    line(
+        "captured",
+        format!(
+            "{} snapshots, {} operation events",
+            st.captured_snapshots, st.captured_operations
+        ),
+    );
+    line("running operations", st.running_operations.to_string());
     line(
         "shipped",
         format!(

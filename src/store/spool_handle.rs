@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use super::record::Record;
+use super::record::{OperationEvent, Record};
 use super::spool::{Spool, SpoolError, SpoolStatus, Spooled};
 
 /// A shared, cloneable handle to the spool.
@@ -49,6 +49,18 @@ impl SpoolHandle {
         let seqs = self.with(move |s| s.append(&records)).await?;
         self.appended.notify_waiters();
         Ok(seqs)
+    }
+
+    /// See [`Spool::append_run_here`].
+    pub async fn append_run_here(&self, records: Vec<Record>) -> Result<Vec<i64>, SpoolError> {
+        let seqs = self.with(move |s| s.append_run_here(&records)).await?;
+        self.appended.notify_waiters();
+        Ok(seqs)
+    }
+
+    /// See [`Spool::running_operations`].
+    pub async fn running_operations(&self) -> Result<Vec<OperationEvent>, SpoolError> {
+        self.with(|s| s.running_operations()).await
     }
 
     /// See [`Spool::peek`].
