@@ -367,6 +367,11 @@ pub(crate) struct RawSensors {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HumanDuration(pub Duration);
 
+/// Longest duration accepted for any key. In service they are all seconds or
+/// less; the daemon adds them to its clock (deadlines, a move's expected
+/// end), which humantime's largest values ("584542046090years") overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -376,13 +381,18 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration string such as \"500ms\", \"2s\" or \"1m 30s\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(s.trim())
-                    .map(HumanDuration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid duration \"{s}\" ({e}); write it like \"500ms\", \"2s\" or \"1m 30s\""
-                        ))
-                    })
+                let d = humantime::parse_duration(s.trim()).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration \"{s}\" ({e}); write it like \"500ms\", \"2s\" or \"1m 30s\""
+                    ))
+                })?;
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "duration \"{s}\" is longer than {}, the longest accepted",
+                        humantime::format_duration(MAX_DURATION)
+                    )));
+                }
+                Ok(HumanDuration(d))
             }
             // A bare number is the most likely mistake; say which unit is missing
             // rather than only "invalid type".
@@ -666,6 +676,33 @@ mod tests {
         assert!(parse_mode("").is_err());
         assert!(parse_mode("0o").is_err());
         assert!(parse_mode("1777").unwrap_err().contains("larger than 0777"));
+    }
+
+    #[test]
+    fn a_duration_that_overflows_the_clock_is_refused() {
+        // Found with fuzz/fuzz_targets/config.rs (which checks that every
+        // duration of a parsed config fits a deadline): humantime's largest
+        // values were accepted, and the board driver panicked with "overflow
+        // when adding duration to instant" on connect (`Instant::now() +
+        // reset_wait`) or after a move (`Instant::now() + move_duration`).
+        let text = |v: &str| {
+            format!(
+                "host = \"h\"\n[[boards]]\nname = \"c\"\nport = \"/dev/x\"\nint_bytes = 2\n\
+                 firmware = \"v2\"\nsteppers = 3\nmove_margin = \"{v}\"\n\
+                 [layout]\nstrings = 1\nx_index = 0\nz_first_index = 1\n"
+            )
+        };
+        let origin = std::path::Path::new("t.toml");
+        for huge in ["584542046090years", "18446744073709551615s", "1day 1ns"] {
+            let e = crate::config::parse(&text(huge), origin).unwrap_err();
+            assert_eq!(e.key(), Some("boards[0].move_margin"), "{e}");
+            assert_eq!(e.position().map(|p| p.line), Some(8), "{e}");
+            assert!(e.to_string().contains("longer than 1day"), "{e}");
+        }
+        let c = crate::config::parse(&text("1day"), origin).unwrap();
+        let spec = crate::board::BoardSpec::from_config(&c, 0).unwrap();
+        let longest = spec.move_duration(0, u64::from(u32::MAX));
+        assert!(std::time::Instant::now().checked_add(longest).is_some());
     }
 
     proptest! {
