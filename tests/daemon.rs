@@ -170,6 +170,16 @@ async fn start(rig: &Rig) -> Running {
     }
 }
 
+/// Stops the daemon as SIGTERM would and checks it ended well within 5 s.
+async fn stop(run: Running) {
+    let _ = run.stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), run.task)
+        .await
+        .expect("stops in time")
+        .expect("join")
+        .expect("ok");
+}
+
 /// Sets every counter to the pose, as an operator does after calibrating.
 async fn set_pose(parts: &Parts) {
     let pose = pose();
@@ -299,12 +309,7 @@ async fn end_to_end_rows_match_the_simulators_and_the_feed_and_the_schema_querie
     assert!(!joined.is_empty());
     assert_eq!(joined[0].get::<_, Vec<i32>>(5), pose());
 
-    let _ = run.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run.task)
-        .await
-        .expect("stops in time")
-        .expect("join")
-        .expect("ok");
+    stop(run).await;
     drop(rig);
 }
 
@@ -368,12 +373,7 @@ async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
         st.skipped.get("feed_not_ok").copied().unwrap_or(0) > 0,
         "{st:?}"
     );
-    let _ = run.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run.task)
-        .await
-        .expect("stops in time")
-        .expect("join")
-        .expect("ok");
+    stop(run).await;
     // Everything captured reached PostgreSQL, and every row is true.
     let all = rows(&db).await;
     let spool = stringdriverd::store::Spool::open_read_only(&rig.dir.path().join("spool.sqlite"))
@@ -603,23 +603,13 @@ async fn a_stepper_disabled_at_run_time_stays_disabled_after_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = run.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run.task)
-        .await
-        .expect("stops")
-        .expect("join")
-        .expect("ok");
+    stop(run).await;
 
     let again = start(&rig).await;
     let enabled = again.parts.settings.borrow().enabled.clone();
     assert!(!enabled[5], "still disabled after the restart");
     assert_eq!(enabled.iter().filter(|e| !**e).count(), 1);
-    let _ = again.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), again.task)
-        .await
-        .expect("stops")
-        .expect("join")
-        .expect("ok");
+    stop(again).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -684,10 +674,5 @@ async fn an_operation_interrupted_by_a_kill_is_closed_as_failed_at_the_next_star
             .running_operations,
         0
     );
-    let _ = run.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run.task)
-        .await
-        .expect("stops")
-        .expect("join")
-        .expect("ok");
+    stop(run).await;
 }
