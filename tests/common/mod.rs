@@ -2,6 +2,8 @@
 //! pseudo-terminals in a per-test temporary directory, and drivers for them.
 #![allow(dead_code)]
 
+pub mod control;
+pub mod machine;
 pub mod pg;
 pub mod proxy;
 pub mod records;
