@@ -60,7 +60,7 @@ async fn status_moves_enables_and_refusals() {
     let msg = c
         .err(json!({"cmd": "move", "stepper": 3, "delta": 1}), "refused")
         .await;
-    assert_eq!(msg, "refused: stepper 3 is disabled");
+    assert_eq!(msg, "stepper 3 is disabled");
     c.ok(json!({"cmd": "enable", "stepper": 3})).await;
     c.ok(json!({"cmd": "move", "stepper": 3, "delta": 1})).await;
 

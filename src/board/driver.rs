@@ -359,6 +359,19 @@ impl Driver {
                 _ = self.shutdown.cancelled() => return End::Shutdown,
                 r = self.requests.recv() => match r {
                     None => return End::Shutdown,
+                    // Nobody waits for it any more (the client that asked
+                    // left while it queued behind a move): a command sent
+                    // minutes later would surprise whoever stands at the
+                    // machine now, so it is dropped unsent.
+                    Some(r) if r.reply.is_closed() && r.command != Command::Poll => {
+                        tracing::info!(
+                            board = %self.spec.name,
+                            command = ?r.command,
+                            "dropped a queued command whose requester has gone: {:?}",
+                            r.command
+                        );
+                        None
+                    }
                     Some(r) => {
                         let (answer, fail) = self.serve(&mut io, r.command).await;
                         let _ = r.reply.send(answer);
