@@ -157,7 +157,7 @@ fn a_paced_burst_of_60_set_steppers_loses_none() {
     assert_eq!(sim.rx_lost(), 0);
     // Stepper s was last set by message 52 + s (s < 8) or 39 + s.
     let want: Vec<i32> = (0..13)
-        .map(|s| 100 + if s < 8 { 52 + s } else { 39 + s } as i32)
+        .map(|s| 100 + if s < 8 { 52 + s } else { 39 + s })
         .collect();
     assert_eq!(last_positions(Firmware::V2, &r), want);
     assert!(sim.violations().is_empty());
