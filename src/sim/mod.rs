@@ -177,6 +177,8 @@ struct Shared {
     violations: Vec<SafetyViolation>,
     /// Bytes lost in the receive ring so far.
     rx_lost: usize,
+    /// Bytes received and done with (executed, or lost), since the start.
+    rx_handled: usize,
     device: Option<PathBuf>,
 }
 
@@ -240,6 +242,7 @@ impl Simulator {
             trace: Vec::new(),
             violations: Vec::new(),
             rx_lost: 0,
+            rx_handled: 0,
             device: Some(port.device().to_path_buf()),
         }));
         let (tx, rx) = mpsc::channel();
@@ -354,6 +357,15 @@ impl SimHandle {
     /// also a [`TraceEvent::RxOverflow`]). A correct host causes none.
     pub fn rx_lost(&self) -> usize {
         self.lock().rx_lost
+    }
+
+    /// Bytes the firmware is done with since the simulator started: taken
+    /// from its receive ring and executed (busy time and reply included),
+    /// or lost. A test that wrote N bytes can wait for this to reach N
+    /// before it looks at the outcome. Bytes that arrive while the port is
+    /// closed, during the reset window or while muted are not counted.
+    pub fn rx_handled(&self) -> usize {
+        self.lock().rx_handled
     }
 
     /// Waits (polling every 5 ms) until `pred` holds for the trace, or `timeout`.

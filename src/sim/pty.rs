@@ -138,6 +138,9 @@ pub(super) struct Runner {
     epoch: Instant,
     /// The board's serial receiver (line rate, 63-byte ring).
     uart: Uart,
+    /// The firmware's clock (on the receiver's): when it is next free to
+    /// look at its receive ring.
+    fw_now: Duration,
 }
 
 impl Runner {
@@ -152,6 +155,7 @@ impl Runner {
         Runner {
             epoch: Instant::now(),
             uart: Uart::new(byte_time),
+            fw_now: Duration::ZERO,
             opts,
             port: Some(port),
             link,
@@ -335,6 +339,7 @@ impl Runner {
     fn reset_board(&mut self) {
         self.lock().board.reset();
         self.uart.clear();
+        self.fw_now = self.model_now();
         self.trace(TraceEvent::Reset);
         let window = self.opts.scaled(self.opts.reset_window);
         let deadline = Instant::now() + window;
@@ -370,17 +375,29 @@ impl Runner {
     /// The firmware's loop: drain the receive ring, execute what it held,
     /// again until nothing has arrived.
     fn serve(&mut self) {
-        // Bounded: each round drains bytes that arrived, and the host's
+        // Model time drives the firmware: while idle it jumps to the next
+        // byte's arrival, while busy it advances by the busy time, and the
+        // thread sleeps until real time catches up. So a simulator thread
+        // that runs late never makes the model lose bytes (nor spare them):
+        // only the arrival stamps come from real time.
+        // Bounded: each round takes bytes that have arrived, and the host's
         // writes are finite; a host writing without pause keeps the board
         // busy exactly as long as the real one.
         while !self.stop {
-            let drained = self.uart.drain(self.model_now());
+            let Some(next) = self.uart.next_arrival() else {
+                return;
+            };
+            if next > self.fw_now {
+                if next > self.model_now() {
+                    return; // still on the line: the main loop waits for it
+                }
+                self.fw_now = next; // idle until it arrived
+            }
+            let drained = self.uart.drain(self.fw_now);
             if drained.lost > 0 {
                 self.record_loss(drained.lost);
             }
-            if drained.bytes.is_empty() {
-                return;
-            }
+            let handled = drained.bytes.len() + drained.lost;
             for b in drained.bytes {
                 let event = self.lock().board.feed(b);
                 match event {
@@ -392,6 +409,7 @@ impl Runner {
                     Some(ParseEvent::Message(done)) => self.finish(done),
                 }
             }
+            self.lock().rx_handled += handled;
         }
     }
 
@@ -420,8 +438,9 @@ impl Runner {
             args: done.args,
             outcome: done.outcome,
         });
-        let start = Instant::now();
+        let start = self.epoch + self.fw_now;
         let busy = self.opts.scaled(done.busy);
+        self.fw_now += busy;
         let after = self.opts.scaled(done.reply_after).min(busy);
         let mut reply = done.reply;
         if !reply.is_empty() && self.drop_next {
