@@ -876,18 +876,25 @@ mod tests {
         bytes.iter().filter_map(|&b| board.feed(b)).collect()
     }
 
+    /// `id` with `args`: in `layout`'s argument layout, or every argument at
+    /// `width` without one.
+    fn encode(layout: Option<Firmware>, width: IntWidth, id: u16, args: &[i32]) -> Vec<u8> {
+        let req = Request {
+            id,
+            args: args.to_vec(),
+        };
+        match layout {
+            Some(fw) => CmdCodec::encode_for(fw, width, &req),
+            None => CmdCodec::encode_request(width, &req),
+        }
+        .expect("encodes")
+        .to_vec()
+    }
+
     fn request(board: &Board, op: Op, args: &[i32]) -> Vec<u8> {
         let fw = board.profile().firmware;
         let id = fw.id(op).expect("op exists");
-        CmdCodec::encode_request(
-            board.profile().width,
-            &Request {
-                id,
-                args: args.to_vec(),
-            },
-        )
-        .expect("encodes")
-        .to_vec()
+        encode(Some(fw), board.profile().width, id, args)
     }
 
     fn executed(events: Vec<ParseEvent>) -> Executed {
@@ -1112,30 +1119,14 @@ mod tests {
 
     fn v1_request(op: Op, args: &[i32]) -> Vec<u8> {
         let id = Firmware::V1.id(op).expect("op exists");
-        CmdCodec::encode_for(
-            Firmware::V1,
-            IntWidth::Two,
-            &Request {
-                id,
-                args: args.to_vec(),
-            },
-        )
-        .expect("encodes")
-        .to_vec()
+        encode(Some(Firmware::V1), IntWidth::Two, id, args)
     }
 
     #[test]
     fn v1_reads_a_two_byte_value_as_a_long_with_zero_upper_bytes() {
         let mut b = Board::new(Profile::for_firmware(Firmware::V1, None));
         // What an old host sent: set_stepper (7) 3, -5 at two bytes each.
-        let two = CmdCodec::encode_request(
-            IntWidth::Two,
-            &Request {
-                id: 7,
-                args: vec![3, -5],
-            },
-        )
-        .expect("encodes");
+        let two = encode(None, IntWidth::Two, 7, &[3, -5]);
         let e = executed(send(&mut b, &two));
         assert_eq!(e.args, vec![3, 65531]);
         assert_eq!(b.counters()[3], 65531);
@@ -1147,14 +1138,7 @@ mod tests {
         };
         assert_eq!(r.ints(IntWidth::Two).expect("ints")[3], -5);
         // amove (3) to -5 at two bytes: 65531, ignored as out of limits.
-        let two = CmdCodec::encode_request(
-            IntWidth::Two,
-            &Request {
-                id: 3,
-                args: vec![3, -5],
-            },
-        )
-        .expect("encodes");
+        let two = encode(None, IntWidth::Two, 3, &[3, -5]);
         let e = executed(send(&mut b, &two));
         assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 65531 });
         // Sent in v1's layout, both work.
