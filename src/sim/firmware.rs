@@ -609,7 +609,7 @@ pub fn atoi(bytes: &[u8]) -> i32 {
 }
 
 /// The board's serial receiver, in model time (a `Duration` since any fixed
-/// start): bytes reach the ring one [`Uart::byte_time`] apart (the line
+/// start): bytes reach the ring one byte time apart (the line
 /// rate), the firmware takes everything waiting when its loop comes round
 /// ([`Uart::drain`]), and bytes that arrive while [`UART_BUFFER`] are
 /// already waiting are lost.
