@@ -271,7 +271,7 @@ fn a_dead_writer_pid_is_stale() {
 }
 
 #[test]
-fn an_unchanged_frame_becomes_stale_after_stale_after() {
+fn an_unwritten_frame_becomes_stale_after_stale_after() {
     let dir = tempfile::tempdir().unwrap();
     let stale_after = Duration::from_secs(2);
     let mut w = FeedWriter::create(dir.path(), 3, 4).unwrap();
@@ -285,7 +285,7 @@ fn an_unchanged_frame_becomes_stale_after_stale_after() {
     );
     let s = m.poll(t(3));
     assert!(
-        matches!(&s.state, FeedState::Stale(r) if r.contains("unchanged since") && r.contains("2s")),
+        matches!(&s.state, FeedState::Stale(r) if r.contains("not written since") && r.contains("2s")),
         "{s:?}"
     );
     assert_eq!(s.values, None);
@@ -300,9 +300,10 @@ fn an_unchanged_frame_becomes_stale_after_stale_after() {
     assert_eq!(s.values.unwrap().voice_count, vec![3, 1, 4]);
 
     // The pure clock on its own.
+    let mark = feed::peaks_written(dir.path()).unwrap();
     let mut c = ChangeTracker::new();
-    c.observe(b"x", t(10));
-    c.observe(b"x", t(13));
+    c.observe(mark, b"x", t(10));
+    c.observe(mark, b"x", t(13));
     assert!(c.is_stale(t(13), stale_after));
     assert_eq!(c.unchanged_for(t(13)), Some(Duration::from_secs(3)));
 }

@@ -307,9 +307,9 @@ impl DatabaseConfig {
         let Some(path) = &self.password_file else {
             return Ok(None);
         };
-        let fail = |source: std::io::Error| ConfigError::PasswordFile {
+        let fail = |error: std::io::Error| ConfigError::PasswordFile {
             path: path.clone(),
-            source,
+            error,
         };
         let text = read_secret(path).map_err(fail)?;
         warn_if_world_readable(path);
@@ -442,7 +442,12 @@ pub struct LogConfig {
 /// password": it is a mistake at install time, better named here than as a
 /// refused blank password by the server.
 pub fn read_secret(path: &std::path::Path) -> std::io::Result<String> {
-    let mut text = std::fs::read_to_string(path)?;
+    // A secret is a line; 64 KiB is generous, and a FIFO or /dev/zero given
+    // by mistake is refused instead of blocking or filling memory.
+    let bytes = crate::files::read_regular(path, 64 * 1024)?;
+    let mut text = String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
+    })?;
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
