@@ -215,7 +215,10 @@ mod tests {
         let e = read_regular(&fifo, 100).expect_err("a FIFO");
         assert_eq!(e.to_string(), "not a regular file (it is a FIFO)");
         let e = read_regular(Path::new("/dev/zero"), 100).expect_err("a device");
-        assert_eq!(e.to_string(), "not a regular file (it is a character device)");
+        assert_eq!(
+            e.to_string(),
+            "not a regular file (it is a character device)"
+        );
         let e = read_regular(dir.path(), 100).expect_err("a directory");
         assert_eq!(e.to_string(), "not a regular file (it is a directory)");
     }

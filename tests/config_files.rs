@@ -96,7 +96,10 @@ fn a_configuration_over_one_mebibyte_is_refused_naming_the_cap() {
 
 #[test]
 fn a_missing_configuration_says_the_os_error_once() {
-    let (o, _) = run_with(&["check-config"], Path::new("/nonexistent/stringdriver.toml"));
+    let (o, _) = run_with(
+        &["check-config"],
+        Path::new("/nonexistent/stringdriver.toml"),
+    );
     let err = stderr(&o);
     assert!(!o.status.success(), "{err}");
     assert_eq!(
@@ -125,4 +128,31 @@ fn a_configuration_that_is_not_utf8_says_where() {
         )),
         "{err}"
     );
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/stringdriver.example.toml")
+}
+
+/// The example reads its sensors through GPIO: a build with the `gpio`
+/// feature (the default) accepts it.
+#[cfg(feature = "gpio")]
+#[test]
+fn check_config_accepts_the_gpio_example_in_a_build_with_gpio() {
+    let (o, _) = run_with(&["check-config"], &example());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("bias = \"pull-up\""), "{out}");
+}
+
+/// A build without the `gpio` feature cannot run the example: check-config
+/// says so instead of passing a configuration the daemon would refuse.
+#[cfg(not(feature = "gpio"))]
+#[test]
+fn check_config_says_a_build_without_gpio_cannot_read_the_examples_sensors() {
+    let (o, _) = run_with(&["check-config"], &example());
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("sensors.backend"), "{err}");
+    assert!(err.contains("cannot read GPIO"), "{err}");
 }

@@ -79,10 +79,16 @@ fn identical_silent_frames_rewritten_for_ten_seconds_keep_the_feed_ok_with_zeros
         let s = m.poll(now);
         assert_eq!(s.state, FeedState::Ok, "frame {frame}: {s:?}");
         assert_eq!(s.values, Some(zeros()), "frame {frame}");
-        assert_eq!(s.frame_changed_at, Some(now), "frame {frame}: a write is seen");
+        assert_eq!(
+            s.frame_changed_at,
+            Some(now),
+            "frame {frame}: a write is seen"
+        );
         let now_bytes = fs::read(&peaks).unwrap();
         assert!(
-            bytes.replace(now_bytes.clone()).is_none_or(|b| b == now_bytes),
+            bytes
+                .replace(now_bytes.clone())
+                .is_none_or(|b| b == now_bytes),
             "the frames are byte for byte the same"
         );
     }
@@ -251,9 +257,11 @@ async fn a_fifo_put_in_place_of_audio_peaks_turns_the_task_invalid_and_shutdown_
     let peaks = dir.path().join(PEAKS_FILE);
     fs::remove_file(&peaks).unwrap();
     fifo(&peaks);
-    let s = wait_for(&mut rx, "invalid", |s| {
-        matches!(&s.state, FeedState::Invalid(r) if r.contains("FIFO"))
-    })
+    let s = wait_for(
+        &mut rx,
+        "invalid",
+        |s| matches!(&s.state, FeedState::Invalid(r) if r.contains("FIFO")),
+    )
     .await;
     assert_eq!(s.values, None);
     shutdown.cancel();

@@ -27,8 +27,9 @@ pub use layout::{
 pub use resolve::defaults;
 pub use sections::{
     read_secret, BoardConfig, ClientCert, CompatConfig, ControlConfig, DatabaseConfig,
-    DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LogConfig, OperationSettings,
-    SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig, SslMode, Thresholds,
+    DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LineBias, LogConfig,
+    OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig,
+    SslMode, Thresholds,
 };
 
 /// A checked configuration with every default resolved.

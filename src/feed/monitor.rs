@@ -143,7 +143,8 @@ impl FeedMonitor {
         }
         // The mark before the bytes: a write that lands in between makes the
         // next poll see a change, never hides one.
-        let read = peaks_written(&self.dir).and_then(|mark| Ok((mark, read_consistent(&self.dir)?)));
+        let read =
+            peaks_written(&self.dir).and_then(|mark| Ok((mark, read_consistent(&self.dir)?)));
         let (mark, (ctl, bytes)) = match read {
             Ok(read) => read,
             Err(e) => {
@@ -242,9 +243,23 @@ mod tests {
         assert!(!c.is_stale(t(4), limit));
         assert_eq!(c.changed_at(), Some(t(4)));
         // A file replaced by a rename with the same time is a write too.
-        assert!(c.observe(WriteMark { inode: 8, ..mark(2) }, b"same", t(5)));
+        assert!(c.observe(
+            WriteMark {
+                inode: 8,
+                ..mark(2)
+            },
+            b"same",
+            t(5)
+        ));
         // So is new content under an unmoved time (coarse timestamps).
-        assert!(c.observe(WriteMark { inode: 8, ..mark(2) }, b"new", t(6)));
+        assert!(c.observe(
+            WriteMark {
+                inode: 8,
+                ..mark(2)
+            },
+            b"new",
+            t(6)
+        ));
     }
 
     #[test]

@@ -27,8 +27,11 @@ use std::path::PathBuf;
 use crate::config::{Config, Layout, SensorsConfig};
 
 #[cfg(feature = "gpio")]
-pub use gpio::GpioSensors;
-pub use gpio::{GpioLineMap, CONSUMER};
+pub use gpio::KernelLines;
+pub use gpio::{
+    find_chip, ChipInfo, GpioLineMap, GpioSensors, LineLevels, LineSource, CONSUMER,
+    PI_HEADER_LABELS,
+};
 pub use simulated::{SimulatedSensors, TouchReader};
 pub use socket::READ_TIMEOUT as SOCKET_READ_TIMEOUT;
 
@@ -72,7 +75,8 @@ pub enum SensorError {
     /// `sensors.backend = "gpio"` in a daemon built without GPIO support.
     #[error(
         "sensors.backend = \"gpio\", but this stringdriverd was built without the `gpio` \
-         feature (cargo build --features gpio)"
+         feature, so it cannot read GPIO (it is a default feature: build without \
+         --no-default-features, or with --features gpio)"
     )]
     GpioNotBuilt,
     /// The sensor settings do not match the layout (only possible with a
@@ -80,6 +84,12 @@ pub enum SensorError {
     #[error("touch sensor configuration: {detail}")]
     Misconfigured {
         /// What does not match.
+        detail: String,
+    },
+    /// `sensors.chip` is not set and no single chip has the lines.
+    #[error("cannot find the GPIO chip of the touch sensors: {detail}")]
+    NoChip {
+        /// What was found instead.
         detail: String,
     },
     /// The GPIO lines could not be requested (no such chip, no permission,
@@ -174,6 +184,17 @@ fn open_gpio(
     // missing feature, which needs a rebuild to fix.
     GpioLineMap::new(layout, cfg)?;
     Err(SensorError::GpioNotBuilt)
+}
+
+/// Whether this build can run the backend `cfg.sensors` selects, checked
+/// without touching any hardware (for `check-config`):
+/// [`SensorError::GpioNotBuilt`] for `gpio` in a build without the `gpio`
+/// feature.
+pub fn check_buildable(cfg: &Config) -> Result<(), SensorError> {
+    match &cfg.sensors {
+        SensorsConfig::Gpio(_) if !cfg!(feature = "gpio") => Err(SensorError::GpioNotBuilt),
+        _ => Ok(()),
+    }
 }
 
 /// Where each Z stepper's sensor sits in Z stepper order (string 0 in,
