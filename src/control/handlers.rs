@@ -143,6 +143,7 @@ pub async fn status(sh: &Shared) -> Value {
             "frame_changed_at": feed.frame_changed_at,
             "read_at": feed.read_at,
         },
+        "touch": serde_json::to_value(p.touch.borrow().clone()).unwrap_or(Value::Null),
         "spool": spool,
         "shipper": serde_json::to_value(p.shipper.borrow().clone()).unwrap_or(Value::Null),
         "operation": {

@@ -21,6 +21,7 @@
 mod gpio;
 mod simulated;
 mod socket;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,7 @@ pub use gpio::{
 };
 pub use simulated::{SimulatedSensors, TouchReader};
 pub use socket::READ_TIMEOUT as SOCKET_READ_TIMEOUT;
+pub use watch::{TouchState, TouchStates, WATCH_PERIOD};
 
 /// Reads the touch sensor of a Z stepper.
 ///
