@@ -5,17 +5,18 @@
 //! reader (issue 15 item 3). Real files in a temporary directory, written by
 //! the simulated audmon.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use stringdriverd::config::FeedConfig;
+use common::feed::{dead_pid, fast_config, wait_for};
 use stringdriverd::feed::{
     self, FeedMonitor, FeedState, FeedStatus, FeedValues, CONTROL_FILE, PEAKS_FILE,
 };
 use stringdriverd::sim::feed::FeedWriter;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const CHANNELS: usize = 3;
@@ -37,12 +38,12 @@ fn zeros() -> FeedValues {
     }
 }
 
-/// A PID that certainly belonged to a process that has exited and been reaped.
-fn dead_pid() -> i32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id() as i32;
-    child.wait().unwrap();
-    pid
+/// A feed directory with one silent frame written.
+fn silent_feed() -> (tempfile::TempDir, FeedWriter) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = FeedWriter::create(dir.path(), CHANNELS, PARTIALS).unwrap();
+    w.write_frame(&silence()).unwrap();
+    (dir, w)
 }
 
 fn fifo(path: &Path) {
@@ -135,29 +136,6 @@ fn a_dead_pid_is_stale_at_once_even_while_the_file_is_written() {
     assert_eq!(s.values, None);
 }
 
-fn fast_config(dir: &Path, stale_after: Duration) -> FeedConfig {
-    FeedConfig {
-        dir: dir.to_path_buf(),
-        interval: Duration::from_millis(20),
-        stale_after,
-    }
-}
-
-async fn wait_for(
-    rx: &mut watch::Receiver<FeedStatus>,
-    what: &str,
-    pred: impl FnMut(&FeedStatus) -> bool,
-) -> FeedStatus {
-    let outcome = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(pred))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match outcome {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) => panic!("feed task ended while waiting for {what}"),
-        Err(_) => panic!("timed out waiting for {what}; last {:?}", *rx.borrow()),
-    }
-}
-
 /// The same, with the reader task and the real clock: 2.5 s of identical
 /// silent frames at 20 a second against a `stale_after` of 500 ms (the
 /// ratio of 10 s to the default 2 s). Every status published is ok with
@@ -217,9 +195,7 @@ async fn the_reader_task_keeps_silence_ok_and_calls_a_stopped_writer_stale() {
 fn a_fifo_or_a_device_in_place_of_a_feed_file_is_invalid_at_once() {
     for name in [PEAKS_FILE, CONTROL_FILE] {
         for kind in ["fifo", "/dev/zero"] {
-            let dir = tempfile::tempdir().unwrap();
-            let mut w = FeedWriter::create(dir.path(), CHANNELS, PARTIALS).unwrap();
-            w.write_frame(&silence()).unwrap();
+            let (dir, _w) = silent_feed();
             let mut m = FeedMonitor::new(dir.path(), Duration::from_secs(2));
             assert_eq!(m.poll(t_ms(0)).state, FeedState::Ok);
             let path = dir.path().join(name);
@@ -245,9 +221,7 @@ fn a_fifo_or_a_device_in_place_of_a_feed_file_is_invalid_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_put_in_place_of_audio_peaks_turns_the_task_invalid_and_shutdown_completes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = FeedWriter::create(dir.path(), CHANNELS, PARTIALS).unwrap();
-    w.write_frame(&silence()).unwrap();
+    let (dir, _w) = silent_feed();
     let shutdown = CancellationToken::new();
     let (mut rx, task) = feed::spawn(
         fast_config(dir.path(), Duration::from_secs(2)),
@@ -273,9 +247,7 @@ async fn a_fifo_put_in_place_of_audio_peaks_turns_the_task_invalid_and_shutdown_
 
 #[test]
 fn a_reading_older_than_stale_after_is_not_usable_whatever_its_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = FeedWriter::create(dir.path(), CHANNELS, PARTIALS).unwrap();
-    w.write_frame(&silence()).unwrap();
+    let (dir, _w) = silent_feed();
     let s = FeedMonitor::new(dir.path(), Duration::from_secs(2)).poll(t_ms(0));
     assert_eq!(s.valid_until, Some(t_ms(2000)));
     assert_eq!(s.usable_at(t_ms(2000)), Ok(&zeros()));

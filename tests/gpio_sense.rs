@@ -241,39 +241,44 @@ fn found(chips: Vec<ChipInfo>) -> Result<PathBuf, String> {
 
 #[test]
 fn the_chip_is_found_by_its_lines_on_every_pi() {
-    // Pi 5, kernels numbering the RP1 gpiochip4 or gpiochip0.
-    assert_eq!(found(pi5().chips), Ok(PathBuf::from("/dev/gpiochip4")));
-    assert_eq!(
-        found(vec![
-            chip("/dev/gpiochip0", "pinctrl-rp1", 54, true),
-            chip("/dev/gpiochip10", "gpio-brcmstb@107d508500", 32, false),
-        ]),
-        Ok(PathBuf::from("/dev/gpiochip0"))
-    );
-    // Pi 4: the header's chip and the firmware's expander (8 lines).
-    assert_eq!(
-        found(vec![
-            chip("/dev/gpiochip0", "pinctrl-bcm2711", 58, true),
-            chip("/dev/gpiochip1", "raspberrypi-exp-gpio", 8, false),
-        ]),
-        Ok(PathBuf::from("/dev/gpiochip0"))
-    );
-    // Lines not named: the header's label decides.
-    assert_eq!(
-        found(vec![
-            chip("/dev/gpiochip0", "some-expander", 64, false),
-            chip("/dev/gpiochip2", "pinctrl-bcm2835", 54, false),
-        ]),
-        Ok(PathBuf::from("/dev/gpiochip2"))
-    );
-    // Neither: the only chip with enough lines.
-    assert_eq!(
-        found(vec![
-            chip("/dev/gpiochip0", "a", 64, false),
-            chip("/dev/gpiochip1", "b", 8, false),
-        ]),
-        Ok(PathBuf::from("/dev/gpiochip0"))
-    );
+    let cases = [
+        // Pi 5, kernels numbering the RP1 gpiochip4 or gpiochip0.
+        (pi5().chips, "/dev/gpiochip4"),
+        (
+            vec![
+                chip("/dev/gpiochip0", "pinctrl-rp1", 54, true),
+                chip("/dev/gpiochip10", "gpio-brcmstb@107d508500", 32, false),
+            ],
+            "/dev/gpiochip0",
+        ),
+        // Pi 4: the header's chip and the firmware's expander (8 lines).
+        (
+            vec![
+                chip("/dev/gpiochip0", "pinctrl-bcm2711", 58, true),
+                chip("/dev/gpiochip1", "raspberrypi-exp-gpio", 8, false),
+            ],
+            "/dev/gpiochip0",
+        ),
+        // Lines not named: the header's label decides.
+        (
+            vec![
+                chip("/dev/gpiochip0", "some-expander", 64, false),
+                chip("/dev/gpiochip2", "pinctrl-bcm2835", 54, false),
+            ],
+            "/dev/gpiochip2",
+        ),
+        // Neither: the only chip with enough lines.
+        (
+            vec![
+                chip("/dev/gpiochip0", "a", 64, false),
+                chip("/dev/gpiochip1", "b", 8, false),
+            ],
+            "/dev/gpiochip0",
+        ),
+    ];
+    for (chips, want) in cases {
+        assert_eq!(found(chips), Ok(PathBuf::from(want)));
+    }
 }
 
 #[test]
@@ -298,17 +303,12 @@ fn gpio_keys_are_refused_with_other_backends_and_bad_bias_names_the_key() {
     let base = "host = \"t\"\n[[boards]]\nname = \"c\"\nport = \"/dev/x\"\nint_bytes = 2\n\
                 firmware = \"v2\"\nsteppers = 13\n[layout]\nstrings = 2\nx_index = 0\n\
                 z_first_index = 1\n[sensors]\n";
-    let e = config::parse(
-        &format!("{base}backend = \"none\"\nbias = \"pull-up\"\n"),
-        Path::new("t.toml"),
-    )
-    .expect_err("refused");
+    let refused = |sensors: &str| {
+        config::parse(&format!("{base}{sensors}"), Path::new("t.toml")).expect_err("refused")
+    };
+    let e = refused("backend = \"none\"\nbias = \"pull-up\"\n");
     assert_eq!(e.key(), Some("sensors.bias"), "{e}");
-    let e = config::parse(
-        &format!("{base}backend = \"gpio\"\nlines = [6, 26, 19, 5]\nbias = \"up\"\n"),
-        Path::new("t.toml"),
-    )
-    .expect_err("refused");
+    let e = refused("backend = \"gpio\"\nlines = [6, 26, 19, 5]\nbias = \"up\"\n");
     assert!(e.to_string().contains("pull-up"), "{e}");
     assert_eq!(e.position().map(|p| p.line), Some(15), "{e}");
 }

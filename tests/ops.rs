@@ -392,10 +392,9 @@ async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_res
 
     // One of them open again: the operation runs.
     r.sims[0].set_physical(&[0, -1, 0, -2, 5]);
-    let out = r
-        .machine
-        .run(OperationType::BumpCheck, None)
-        .await
-        .expect("runs");
-    assert_eq!(out.status, OperationStatus::Completed);
+    let ran = r.machine.run(OperationType::BumpCheck, None).await;
+    assert!(
+        matches!(&ran, Ok(o) if o.status == OperationStatus::Completed),
+        "{ran:?}"
+    );
 }
