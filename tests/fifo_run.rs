@@ -1,6 +1,7 @@
 //! `stringdriverd run` as a process with FIFOs in place of audmon's feed
-//! files (issue 15 item 3): the feed is reported invalid, saying so, and
-//! SIGTERM stops the daemon within 5 s. No boards are attached (their ports
+//! files and then of its configuration (issue 15 item 3): the feed is
+//! reported invalid, saying so, a SIGHUP reload of a FIFO configuration is
+//! refused without blocking, and SIGTERM stops the daemon within 5 s. No boards are attached (their ports
 //! do not exist) and the database is unreachable: the daemon runs on,
 //! spooling, as it would on a host whose database is down.
 
@@ -51,7 +52,8 @@ impl Drop for Daemon {
 }
 
 #[test]
-fn fifos_as_feed_files_make_the_feed_invalid_and_sigterm_still_stops_the_daemon() {
+fn fifos_as_feed_files_and_as_the_reloaded_configuration_block_nothing_and_sigterm_stops_the_daemon(
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let shm = dir.path().join("shm");
     std::fs::create_dir(&shm).expect("shm");
@@ -97,7 +99,17 @@ fn fifos_as_feed_files_make_the_feed_invalid_and_sigterm_still_stops_the_daemon(
     );
     assert!(feed["voice_count"].is_null(), "{feed}");
 
+    // The configuration becomes a FIFO, and a reload is asked for: it is
+    // refused at once (it used to block the daemon's main loop for ever).
+    std::fs::remove_file(&cfg).expect("remove");
+    nix::unistd::mkfifo(&cfg, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
     let pid = Pid::from_raw(daemon.0.id() as i32);
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        status(&socket).is_some(),
+        "still answering after the reload"
+    );
+
     kill(pid, Signal::SIGTERM).expect("SIGTERM");
     let stopping = Instant::now();
     loop {
