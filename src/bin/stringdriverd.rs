@@ -179,6 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::CheckConfig { config } => {
             let cfg = stringdriverd::config::load(&config)?;
+            // A backend this build cannot run is a configuration it cannot use.
+            stringdriverd::sensors::check_buildable(&cfg)
+                .with_context(|| format!("{}: sensors.backend", config.display()))?;
             // The TLS certificate files, read as the daemon will read them.
             stringdriverd::store::tls::TlsConnector::new(&cfg.database.tls)?;
             print!("{}", cfg.to_toml_string());

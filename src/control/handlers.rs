@@ -145,7 +145,9 @@ pub async fn status(sh: &Shared) -> Value {
             "amp_sum": feed.values.as_ref().map(|v| v.amp_sum.clone()),
             "frame_changed_at": feed.frame_changed_at,
             "read_at": feed.read_at,
+            "valid_until": feed.valid_until,
         },
+        "touch": serde_json::to_value(p.touch.borrow().clone()).unwrap_or(Value::Null),
         "spool": spool,
         "shipper": serde_json::to_value(p.shipper.borrow().clone()).unwrap_or(Value::Null),
         "operation": {

@@ -430,6 +430,34 @@ async fn stream_events(
             }
         });
     }
+    {
+        // One event per Z sensor whose state changed (all of them first).
+        let mut rx = shared.parts.touch.clone();
+        let (out, cancel) = (out.clone(), cancel.clone());
+        forwarders.spawn(async move {
+            let mut last: Vec<crate::sensors::TouchState> = Vec::new();
+            loop {
+                let now = rx.borrow_and_update().sensors.clone();
+                for s in now.iter().filter(|s| !last.contains(s)) {
+                    let line = protocol::event(
+                        "touch",
+                        obj(vec![
+                            ("stepper", json!(s.stepper)),
+                            ("touching", json!(s.touching)),
+                            ("error", json!(s.error)),
+                        ]),
+                    );
+                    if !push(&out, line, &cancel) {
+                        return;
+                    }
+                }
+                last = now;
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     for b in &shared.parts.boards {
         let mut rx = b.watch();
         let (out, cancel) = (out.clone(), cancel.clone());

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod feed;
 pub mod machine;
 pub mod pg;
 pub mod proxy;
