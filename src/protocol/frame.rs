@@ -130,6 +130,17 @@ pub enum FrameError {
         /// The width of that argument.
         width: IntWidth,
     },
+    /// An axis group the firmware does not have (set_min / set_max): the
+    /// real firmware would write past its arrays, so it is never sent.
+    #[error("axis {axis} does not exist on firmware {firmware} (it has {count} axis groups)")]
+    AxisOutOfRange {
+        /// The requested axis.
+        axis: i32,
+        /// The firmware.
+        firmware: Firmware,
+        /// How many axis groups it has.
+        count: u8,
+    },
     /// The encoded message would overflow the board's receive buffer and be dropped whole.
     #[error("message of {len} bytes exceeds the board's {BOARD_RX_BUFFER}-byte buffer")]
     TooLong {
@@ -308,6 +319,19 @@ fn write_request(
     out: &mut BytesMut,
 ) -> Result<(), FrameError> {
     let before = out.len();
+    if let Some((fw, op)) = firmware.and_then(|fw| fw.op(req.id).map(|op| (fw, op))) {
+        let count = fw.axis_count();
+        match req.args.first() {
+            Some(&axis) if op.takes_axis() && !(0..i32::from(count)).contains(&axis) => {
+                return Err(FrameError::AxisOutOfRange {
+                    axis,
+                    firmware: fw,
+                    count,
+                });
+            }
+            _ => {}
+        }
+    }
     let layout = firmware.and_then(|fw| fw.op(req.id).map(|op| fw.layout(op, int)));
     out.put_slice(req.id.to_string().as_bytes());
     for (i, &value) in req.args.iter().enumerate() {
@@ -566,6 +590,35 @@ mod tests {
             .encode(Outbound::Command(req), &mut out)
             .expect("encodes");
         assert_eq!(&out[..], &v1[..]);
+    }
+
+    #[test]
+    fn an_axis_past_the_firmwares_groups_is_never_encoded() {
+        let set_max = |axis| Request {
+            id: 11,
+            args: vec![axis, 50],
+        };
+        // v1: 0 tuners, 1 X, 2 Z (set_max is 11 there).
+        assert!(CmdCodec::encode_for(Firmware::V1, IntWidth::Two, &set_max(2)).is_ok());
+        for axis in [3, -1] {
+            assert!(matches!(
+                CmdCodec::encode_for(Firmware::V1, IntWidth::Two, &set_max(axis)),
+                Err(FrameError::AxisOutOfRange { count: 3, .. })
+            ));
+        }
+        // v2: set_max is 10, two groups.
+        let v2 = Request {
+            id: 10,
+            args: vec![2, 50],
+        };
+        assert!(matches!(
+            CmdCodec::encode_for(Firmware::V2, IntWidth::Two, &v2),
+            Err(FrameError::AxisOutOfRange {
+                axis: 2,
+                count: 2,
+                ..
+            })
+        ));
     }
 
     #[test]

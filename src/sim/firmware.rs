@@ -1178,7 +1178,8 @@ mod tests {
         let e = executed(send(&mut b, &v1_request(Op::Amove, &[2, 5])));
         assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 5 });
         // Axis 3 is past the table: a safety violation, nothing changed.
-        let e = executed(send(&mut b, &v1_request(Op::SetMax, &[3, 5])));
+        // (The encoder refuses it: these bytes are what a careless host sends.)
+        let e = executed(send(&mut b, &encode(None, IntWidth::Two, 11, &[3, 5])));
         assert!(matches!(e.outcome, Outcome::SafetyViolation(_)), "{e:?}");
     }
 
