@@ -5,6 +5,7 @@
 pub mod pg;
 pub mod proxy;
 pub mod records;
+pub mod shipping;
 
 use std::path::PathBuf;
 use std::sync::Arc;
