@@ -371,16 +371,7 @@ fn a_simulator_link_in_the_way_of_a_regular_file_is_refused() {
 }
 
 fn config_with(dir: &Path, db_url: &str) -> std::path::PathBuf {
-    let cfg = std::fs::read_to_string(manifest("config/demo.toml"))
-        .expect("demo config")
-        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
-        .replace(
-            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
-            db_url,
-        );
-    let f = dir.join("stringdriver.toml");
-    std::fs::write(&f, cfg).expect("write");
-    f
+    common::demo_config(dir, db_url)
 }
 
 #[tokio::test]

@@ -193,6 +193,11 @@ impl SpoolHandle {
         .await
     }
 
+    /// See [`Spool::set_max_pages`] (tests of a full disk).
+    pub async fn set_max_pages(&self, pages: u64) -> Result<(), SpoolError> {
+        self.with(move |s| s.set_max_pages(pages)).await
+    }
+
     /// Resolves at the next append (create it before looking at the spool,
     /// so an append in between is not missed).
     pub fn notified(&self) -> Notified<'_> {

@@ -100,3 +100,19 @@ pub async fn connected(board: &BoardHandle) -> Vec<i32> {
         .unwrap_or_else(|| panic!("board never connected: {:?}", board.status()));
     s.positions.unwrap_or_default()
 }
+
+/// `config/demo.toml` with its files under `dir` and its database at
+/// `db_url`, written to `dir/stringdriver.toml`.
+pub fn demo_config(dir: &std::path::Path, db_url: &str) -> PathBuf {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
+    let cfg = std::fs::read_to_string(demo)
+        .expect("demo config")
+        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
+        .replace(
+            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
+            db_url,
+        );
+    let f = dir.join("stringdriver.toml");
+    std::fs::write(&f, cfg).expect("write");
+    f
+}
