@@ -529,18 +529,7 @@ async fn link_backfills_controls_id_once_and_prints_what_it_changed() {
 #[test]
 fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config_with(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
-    let socket = dir.path().join("ctl.sock");
-    let mut demo = bin()
-        .args(["demo", "--seconds", "8", "--speed-scale", "5", "--config"])
-        .arg(&cfg)
-        .arg("--socket")
-        .arg(&socket)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo starts");
+    let (mut demo, socket) = common::spawn_demo(dir.path(), 8);
     assert!(
         wait_until(Duration::from_secs(10), || socket.exists()),
         "the socket appears"

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -35,18 +35,7 @@ fn ctl_status(socket: &Path) -> std::process::Output {
 }
 
 async fn demo(dir: &Path) -> (Demo, std::path::PathBuf) {
-    let cfg = common::demo_config(dir, "postgres://postgres@127.0.0.1:1/nothing");
-    let socket = dir.join("ctl.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
-        .args(["demo", "--seconds", "120", "--speed-scale", "5", "--config"])
-        .arg(&cfg)
-        .arg("--socket")
-        .arg(&socket)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo starts");
+    let (child, socket) = common::spawn_demo(dir, 120);
     let demo = Demo(child);
     let deadline = tokio::time::Instant::now() + WAIT;
     // Answering: a status request succeeds.

@@ -6,12 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::Proxy;
 use common::records::*;
 use common::shipping::*;
-use stringdriverd::store::ship::{self, ShipperOptions};
+use stringdriverd::store::ship::ShipperOptions;
 use stringdriverd::store::Record;
-use tokio_util::sync::CancellationToken;
 
 fn timers(from: u64, to: u64) -> Vec<Record> {
     (from..to).map(|i| timer(i, i as i64)).collect()
@@ -28,25 +26,20 @@ fn short_deadlines() -> ShipperOptions {
 
 #[tokio::test]
 async fn a_frozen_connection_is_dropped_at_its_deadline_and_shipping_resumes() {
-    let db = migrated().await;
-    let proxy = Proxy::start(pg_addr(&db)).await;
-    proxy.restore();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spool = spool_in(&dir);
-    let shutdown = CancellationToken::new();
     let opts = short_deadlines();
     let deadline = opts.deadline(opts.batch_size);
-    let (mut rx, task) = ship::spawn(spool.clone(), via(&db, proxy.addr), opts, shutdown.clone());
+    let mut r = ProxiedShipper::start(opts).await;
+    let (spool, rx, proxy, db) = (&r.spool, &mut r.rx, &r.proxy, &r.db);
     spool.append(timers(0, 50)).await.expect("append");
-    wait_status(&mut rx, |s| s.shipped == 50).await;
+    wait_status(rx, |s| s.shipped == 50).await;
 
     // The open connection hears nothing more; new ones go through.
     proxy.freeze();
     let frozen_at = tokio::time::Instant::now();
     spool.append(timers(50, 100)).await.expect("append");
-    let s = wait_status(&mut rx, |s| s.stalls >= 1).await;
+    let s = wait_status(rx, |s| s.stalls >= 1).await;
     assert!(s.last_stall_at.is_some(), "{s:?}");
-    let s = wait_status(&mut rx, |s| s.shipped == 100).await;
+    let s = wait_status(rx, |s| s.shipped == 100).await;
     // Within the deadline, a reconnection and a retry (the deadlines are
     // short; the bound is generous for a loaded machine).
     assert!(
@@ -54,37 +47,26 @@ async fn a_frozen_connection_is_dropped_at_its_deadline_and_shipping_resumes() {
         "shipping resumed only after {:?}",
         frozen_at.elapsed()
     );
-    wait_rows(&db, "machine_state", 100).await;
+    wait_rows(db, "machine_state", 100).await;
     // Recovered: no error stands, neither in the status nor in the spool.
     assert_eq!(s.last_error, None, "{s:?}");
     assert_eq!(s.error_since, None, "{s:?}");
     assert_eq!(spool.status().await.expect("status").last_error, None);
-    shutdown.cancel();
-    task.await.expect("stops");
+    r.stop().await;
 }
 
 #[tokio::test]
 async fn the_stall_stands_in_the_status_and_the_spool_while_it_lasts() {
-    let db = migrated().await;
-    let proxy = Proxy::start(pg_addr(&db)).await;
-    proxy.restore();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spool = spool_in(&dir);
-    let shutdown = CancellationToken::new();
-    let (mut rx, task) = ship::spawn(
-        spool.clone(),
-        via(&db, proxy.addr),
-        short_deadlines(),
-        shutdown.clone(),
-    );
+    let mut r = ProxiedShipper::start(short_deadlines()).await;
+    let (spool, rx, proxy) = (&r.spool, &mut r.rx, &r.proxy);
     spool.append(timers(0, 10)).await.expect("append");
-    wait_status(&mut rx, |s| s.shipped == 10).await;
+    wait_status(rx, |s| s.shipped == 10).await;
 
     // Frozen, and no new connection gets through either: the stall stays.
     proxy.freeze();
     proxy.cut_new();
     spool.append(timers(10, 20)).await.expect("append");
-    let s = wait_status(&mut rx, |s| {
+    let s = wait_status(rx, |s| {
         s.stalls >= 1 && s.last_error.is_some() && !s.connected
     })
     .await;
@@ -110,38 +92,32 @@ async fn the_stall_stands_in_the_status_and_the_spool_while_it_lasts() {
     );
 
     proxy.restore();
-    wait_status(&mut rx, |s| s.shipped == 20 && s.last_error.is_none()).await;
+    wait_status(rx, |s| s.shipped == 20 && s.last_error.is_none()).await;
     assert_eq!(spool.status().await.expect("status").last_error, None);
-    shutdown.cancel();
-    task.await.expect("stops");
+    r.stop().await;
 }
 
 #[tokio::test]
 async fn a_session_left_mid_commit_holding_locks_is_ended_and_reshipping_proceeds() {
-    let db = migrated().await;
-    let proxy = Proxy::start(pg_addr(&db)).await;
-    proxy.restore();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spool = spool_in(&dir);
-    let shutdown = CancellationToken::new();
     let opts = ShipperOptions {
         lock_timeout: Duration::from_millis(500),
         // Far beyond the test's bounds: only ending the session frees its locks.
         idle_in_transaction_timeout: Duration::from_secs(600),
         ..short_deadlines()
     };
-    let (mut rx, task) = ship::spawn(spool.clone(), via(&db, proxy.addr), opts, shutdown.clone());
+    let mut r = ProxiedShipper::start(opts).await;
+    let (spool, rx, proxy, db) = (&r.spool, &mut r.rx, &r.proxy, &r.db);
     spool.append(timers(0, 10)).await.expect("append");
-    wait_status(&mut rx, |s| s.shipped == 10).await;
+    wait_status(rx, |s| s.shipped == 10).await;
 
     // The next commit never reaches the server: the client side closes, the
     // server keeps the session idle in its transaction, rows locked.
     proxy.half_open_at_commit();
     spool.append(timers(10, 60)).await.expect("append");
-    let s = wait_status(&mut rx, |s| s.shipped == 60).await;
+    let s = wait_status(rx, |s| s.shipped == 60).await;
     assert!(proxy.holds_half_open(), "the commit was never caught");
     assert!(s.sessions_ended >= 1, "{s:?}");
-    wait_rows(&db, "machine_state", 60).await;
+    wait_rows(db, "machine_state", 60).await;
     // The server no longer has a session of ours idle in a transaction.
     let left: i64 = db
         .client()
@@ -155,6 +131,5 @@ async fn a_session_left_mid_commit_holding_locks_is_ended_and_reshipping_proceed
         .expect("query")
         .get(0);
     assert_eq!(left, 0);
-    shutdown.cancel();
-    task.await.expect("stops");
+    r.stop().await;
 }

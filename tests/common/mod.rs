@@ -116,3 +116,23 @@ pub fn demo_config(dir: &std::path::Path, db_url: &str) -> PathBuf {
     std::fs::write(&f, cfg).expect("write");
     f
 }
+
+/// `stringdriverd demo` for `seconds` at speed scale 5, its files under
+/// `dir`, no database, serving its control socket at `dir/ctl.sock`.
+pub fn spawn_demo(dir: &std::path::Path, seconds: u32) -> (std::process::Child, PathBuf) {
+    let cfg = demo_config(dir, "postgres://postgres@127.0.0.1:1/nothing");
+    let socket = dir.join("ctl.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+        .arg("demo")
+        .args(["--seconds", &seconds.to_string(), "--speed-scale", "5"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    (child, socket)
+}

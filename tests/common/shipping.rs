@@ -104,3 +104,53 @@ pub async fn wait_rows(db: &TestDb, table: &str, n: i64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A shipper with `opts` on a fresh spool, shipping to a fresh migrated
+/// database through a [`Proxy`](super::proxy::Proxy) that lets connections through.
+pub struct ProxiedShipper {
+    /// The database.
+    pub db: TestDb,
+    /// The proxy in front of it.
+    pub proxy: super::proxy::Proxy,
+    /// Holds the spool file.
+    pub dir: tempfile::TempDir,
+    /// The spool the shipper reads.
+    pub spool: SpoolHandle,
+    /// The shipper's status.
+    pub rx: watch::Receiver<ShipperStatus>,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProxiedShipper {
+    /// Starts it all.
+    pub async fn start(opts: ShipperOptions) -> ProxiedShipper {
+        let db = migrated().await;
+        let proxy = super::proxy::Proxy::start(pg_addr(&db)).await;
+        proxy.restore();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = spool_in(&dir);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (rx, task) = stringdriverd::store::ship::spawn(
+            spool.clone(),
+            via(&db, proxy.addr),
+            opts,
+            shutdown.clone(),
+        );
+        ProxiedShipper {
+            db,
+            proxy,
+            dir,
+            spool,
+            rx,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the shipper and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("the shipper stops");
+    }
+}
