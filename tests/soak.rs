@@ -584,7 +584,8 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
         (at(0.72), Step::DbCut),
         (at(0.72) + outage, Step::DbRestore),
         (at(0.82), Step::Reload(0.05)),
-        (at(0.50), Step::DbFreeze),
+        // Between outages: a connection must be open to freeze.
+        (at(0.58), Step::DbFreeze),
         (at(0.88), Step::DbHalfOpen),
     ];
     schedule.sort_by_key(|(t, _)| *t);

@@ -171,8 +171,8 @@ enum Stop {
 }
 
 /// A server session: its backend PID and start time (together they name it
-/// even after the PID is reused).
-type BackendId = (i32, String);
+/// even after the PID is reused; no start time when the server hides it).
+type BackendId = (i32, Option<String>);
 
 /// A connection whose driving task ends with it, even if its socket froze.
 struct Session {
@@ -218,21 +218,18 @@ fn pg_error_text(e: &tokio_postgres::Error) -> String {
 impl Shipper {
     /// Records the error in the status and, when it is a new one, in the
     /// spool, so that `spool-status` can show it without the daemon.
-    fn note_error(&self, e: &str) {
+    async fn note_error(&self, e: &str) {
         let new = self.status.borrow().last_error.as_deref() != Some(e);
         let mut since = Utc::now();
         self.status.send_modify(|s| {
             s.last_error = Some(e.to_string());
             since = *s.error_since.get_or_insert(since);
         });
+        // Awaited, so that a recovery right after clears it for good.
         if new {
-            let spool = self.spool.clone();
-            let e = e.to_string();
-            tokio::spawn(async move {
-                if let Err(err) = spool.set_last_error(e, since).await {
-                    tracing::warn!(error = %err, "cannot note the shipping error in the spool");
-                }
-            });
+            if let Err(err) = self.spool.set_last_error(e.to_string(), since).await {
+                tracing::warn!(error = %err, "cannot note the shipping error in the spool");
+            }
         }
     }
 
@@ -286,7 +283,8 @@ impl Shipper {
             .await?;
         let row = client
             .query_one(
-                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                "SELECT pg_backend_pid(), \
+                 (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())",
                 &[],
             )
             .await?;
@@ -296,6 +294,14 @@ impl Shipper {
     /// Ends our earlier session if the server still has it (it may hold
     /// row locks that the records shipped again would wait on).
     async fn end_earlier(&self, client: &Client, (pid, started): &BackendId) {
+        let Some(started) = started else {
+            // Without its start time a PID may name someone else's session now.
+            tracing::debug!(
+                pid,
+                "the server did not show when our earlier session started: not ending it"
+            );
+            return;
+        };
         let ended = client
             .query_opt(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -404,7 +410,7 @@ impl Shipper {
                 Stop::Retry(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(database = %target, error = %e, retry_in = ?delay, "shipping paused");
-                    self.note_error(&e);
+                    self.note_error(&e).await;
                     if !self.pause(delay).await {
                         break;
                     }
@@ -448,6 +454,10 @@ impl Shipper {
                 let notified = self.spool.notified();
                 match self.spool.peek(n).await {
                     Ok(b) if b.is_empty() => {
+                        // Connected with nothing left to ship: recovered too.
+                        if let Err(e) = self.recovered().await {
+                            tracing::warn!(error = %e, "cannot clear the shipping error in the spool");
+                        }
                         tokio::select! {
                             _ = self.shutdown.cancelled() => break Stop::Shutdown,
                             _ = notified => {}
@@ -458,7 +468,7 @@ impl Shipper {
                     Err(e) => {
                         // The spool is local: wait and look again, the records are safe.
                         tracing::error!(error = %e, "cannot read the spool");
-                        self.note_error(&e.to_string());
+                        self.note_error(&e.to_string()).await;
                         if !self.pause(backoff.next_delay()).await {
                             break Stop::Shutdown;
                         }
@@ -514,19 +524,25 @@ impl Shipper {
         }
         let n = batch.len() as u64;
         self.spool.remove(batch).await?;
-        let recovered = self.status.borrow().last_error.is_some();
         self.status.send_modify(|s| {
             s.shipped += n;
             s.last_shipped_at = Some(Utc::now());
-            // Shipping works: no error stands any more.
+        });
+        self.recovered().await
+    }
+
+    /// Shipping works (a batch shipped, or nothing waits): no error stands
+    /// any more, neither in the status nor in the spool.
+    async fn recovered(&self) -> Result<(), SpoolError> {
+        if self.status.borrow().last_error.is_none() {
+            return Ok(());
+        }
+        self.status.send_modify(|s| {
             s.last_error = None;
             s.error_since = None;
         });
-        if recovered {
-            tracing::info!("shipping resumed");
-            self.spool.clear_last_error().await?;
-        }
-        Ok(())
+        tracing::info!("shipping resumed");
+        self.spool.clear_last_error().await
     }
 
     /// Ships each record alone; those PostgreSQL rejects go to the dead letters.
