@@ -298,8 +298,16 @@ fn crash_child() {
             }
         }));
         let cfg: tokio_postgres::Config = url.parse().expect("url");
-        let (_rx, _task) = ship::spawn(spool.clone(), cfg, opts, CancellationToken::new());
+        let (mut rx, _task) = ship::spawn(spool.clone(), cfg, opts, CancellationToken::new());
         for i in from..to {
+            // Capture no further ahead of shipping than a few batches, so
+            // that kills land between captures and commits in every round
+            // (unpaced, a fast disk captured all before the first commit).
+            while spool.status().await.expect("status").backlog > 21 {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
             spool.append(stream(i, i + 1)).await.expect("append");
             println!("captured {i}");
         }
