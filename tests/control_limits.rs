@@ -34,8 +34,8 @@ fn ctl_status(socket: &Path) -> std::process::Output {
         .expect("ctl runs")
 }
 
-async fn demo(dir: &Path) -> (Demo, std::path::PathBuf) {
-    let (child, socket) = common::spawn_demo(dir, 120);
+async fn demo(dir: &Path, control: &str) -> (Demo, std::path::PathBuf) {
+    let (child, socket) = common::spawn_demo_with(dir, 120, control);
     let demo = Demo(child);
     let deadline = tokio::time::Instant::now() + WAIT;
     // Answering: a status request succeeds.
@@ -63,7 +63,7 @@ async fn reply(stream: &mut BufReader<UnixStream>) -> Value {
 #[tokio::test]
 async fn sixty_four_silent_clients_do_not_lock_the_operator_out() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_demo, socket) = demo(dir.path()).await;
+    let (_demo, socket) = demo(dir.path(), "").await;
 
     // Every slot taken by a client that made one request and fell silent
     // (the reply proves the daemon counts it).
@@ -127,4 +127,36 @@ async fn stringdriverctl_says_the_daemon_refused_the_connection() {
     );
     assert!(err.contains("at most 64 clients"), "{err}");
     assert!(!err.contains("is the daemon running"), "{err}");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_idle_timeout_but_a_subscriber_stays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_demo, socket) = demo(dir.path(), "idle_timeout = \"300ms\"").await;
+    let mut silent = BufReader::new(UnixStream::connect(&socket).await.expect("connect"));
+    let mut events = BufReader::new(UnixStream::connect(&socket).await.expect("connect"));
+    events
+        .get_mut()
+        .write_all(b"{\"v\":1,\"id\":\"ev\",\"cmd\":\"events\"}\n")
+        .await
+        .expect("write");
+    assert_eq!(reply(&mut events).await["result"]["events"], true);
+
+    // The silent one is told why, then closed.
+    let r = reply(&mut silent).await;
+    assert_eq!(r["error"]["kind"], "idle_timeout", "{r}");
+    let mut rest = String::new();
+    let n = tokio::time::timeout(WAIT, silent.read_line(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    assert_eq!(n, 0, "still open: {rest}");
+
+    // The subscriber, silent for several idle timeouts, still gets its
+    // events and no idle_timeout.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        let ev = reply(&mut events).await;
+        assert!(ev["event"].is_string(), "{ev}");
+    }
 }

@@ -24,7 +24,8 @@
 //! once; the last slot is kept for root and the daemon's own user, and when
 //! every slot is taken such a newcomer closes the client that has waited the
 //! longest for its next request (that one gets `idle_timeout`). A client
-//! that sends no request for 60 s is closed the same way, unless it
+//! that sends no request for `control.idle_timeout` (default 60 s) is
+//! closed the same way, unless it
 //! subscribed to `events`.
 //!
 //! # Requests and replies

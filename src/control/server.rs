@@ -32,9 +32,6 @@ const RATE_LIMIT: u32 = 100;
 /// client idle the longest to get in: silent clients never lock the
 /// operator out.
 const MAX_CLIENTS: usize = 64;
-/// A client that sends no request for this long is closed (`idle_timeout`),
-/// unless it subscribed to events (whose writes have their own bound).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The clients waiting for their next request, for the idle rules.
 #[derive(Default)]
@@ -51,6 +48,8 @@ struct IdleSlot {
     idle: Arc<Mutex<Idle>>,
     /// Fired when a privileged newcomer needs this client's slot.
     close: CancellationToken,
+    /// How long the client may stay silent (`control.idle_timeout`).
+    timeout: Duration,
 }
 
 impl Idle {
@@ -58,7 +57,7 @@ impl Idle {
         idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn join(idle: &Arc<Mutex<Idle>>) -> IdleSlot {
+    fn join(idle: &Arc<Mutex<Idle>>, timeout: Duration) -> IdleSlot {
         let close = CancellationToken::new();
         let mut g = Idle::lock(idle);
         let id = g.next_id;
@@ -68,6 +67,7 @@ impl Idle {
             id,
             idle: idle.clone(),
             close,
+            timeout,
         }
     }
 
@@ -215,7 +215,15 @@ pub async fn start(
     };
     tracing::info!(socket = %path.display(), mode = format!("{:o}", cfg.mode), "control socket listening");
     let shared = Arc::new(Shared::new(parts));
-    Ok(tokio::spawn(serve(listener, path, access, shared, cancel)))
+    let idle_timeout = cfg.idle_timeout;
+    Ok(tokio::spawn(serve(
+        listener,
+        path,
+        access,
+        shared,
+        idle_timeout,
+        cancel,
+    )))
 }
 
 async fn serve(
@@ -223,6 +231,7 @@ async fn serve(
     path: PathBuf,
     access: Access,
     shared: Arc<Shared>,
+    idle_timeout: Duration,
     cancel: CancellationToken,
 ) {
     let mut clients = JoinSet::new();
@@ -245,7 +254,7 @@ async fn serve(
                         let _ = tokio::time::timeout(WRITE_TIMEOUT, s.write_all(format!("{line}\n").as_bytes())).await;
                         continue;
                     }
-                    let slot = Idle::join(&idle);
+                    let slot = Idle::join(&idle, idle_timeout);
                     clients.spawn(client(stream, access, shared.clone(), slot, cancel.child_token()));
                 }
                 Err(e) => {
@@ -386,8 +395,8 @@ async fn serve_client(
                 close_idle(out, why.to_string(), cancel);
                 return;
             }
-            _ = tokio::time::sleep(IDLE_TIMEOUT) => {
-                let why = format!("closed after {} without a request", humantime::format_duration(IDLE_TIMEOUT));
+            _ = tokio::time::sleep(slot.timeout) => {
+                let why = format!("closed after {} without a request (control.idle_timeout)", humantime::format_duration(slot.timeout));
                 close_idle(out, why, cancel);
                 return;
             }

@@ -120,7 +120,19 @@ pub fn demo_config(dir: &std::path::Path, db_url: &str) -> PathBuf {
 /// `stringdriverd demo` for `seconds` at speed scale 5, its files under
 /// `dir`, no database, serving its control socket at `dir/ctl.sock`.
 pub fn spawn_demo(dir: &std::path::Path, seconds: u32) -> (std::process::Child, PathBuf) {
+    spawn_demo_with(dir, seconds, "")
+}
+
+/// [`spawn_demo`] with `control` (TOML lines) added to its `[control]` table.
+pub fn spawn_demo_with(
+    dir: &std::path::Path,
+    seconds: u32,
+    control: &str,
+) -> (std::process::Child, PathBuf) {
     let cfg = demo_config(dir, "postgres://postgres@127.0.0.1:1/nothing");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let text = text.replacen("[control]\n", &format!("[control]\n{control}\n"), 1);
+    std::fs::write(&cfg, text).expect("config");
     let socket = dir.join("ctl.sock");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
         .arg("demo")
