@@ -462,7 +462,9 @@ impl Engine {
                 Ok(state_id)
             }
             Err(e) => {
-                if !matches!(e, SpoolError::Full { .. }) {
+                // A full spool counts its refusals; a full disk is logged
+                // once, with a summary at its end, by the spool handle.
+                if !matches!(e, SpoolError::Full { .. } | SpoolError::DiskFull { .. }) {
                     tracing::error!(error = %e, "snapshot not captured");
                 }
                 self.status.send_modify(|s| s.spool_errors += 1);

@@ -371,16 +371,7 @@ fn a_simulator_link_in_the_way_of_a_regular_file_is_refused() {
 }
 
 fn config_with(dir: &Path, db_url: &str) -> std::path::PathBuf {
-    let cfg = std::fs::read_to_string(manifest("config/demo.toml"))
-        .expect("demo config")
-        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
-        .replace(
-            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
-            db_url,
-        );
-    let f = dir.join("stringdriver.toml");
-    std::fs::write(&f, cfg).expect("write");
-    f
+    common::demo_config(dir, db_url)
 }
 
 #[tokio::test]
@@ -538,18 +529,7 @@ async fn link_backfills_controls_id_once_and_prints_what_it_changed() {
 #[test]
 fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config_with(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
-    let socket = dir.path().join("ctl.sock");
-    let mut demo = bin()
-        .args(["demo", "--seconds", "60", "--speed-scale", "5", "--config"])
-        .arg(&cfg)
-        .arg("--socket")
-        .arg(&socket)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo starts");
+    let (mut demo, socket) = common::spawn_demo(dir.path(), 60);
     assert!(
         wait_until(Duration::from_secs(30), || socket.exists()),
         "the socket appears"

@@ -2,7 +2,8 @@
 //! simulated boards on real pseudo-terminals, a simulated audmon writing real
 //! feed files, and a real PostgreSQL behind a TCP proxy the run cuts and
 //! restores — at 20 snapshots a second, an operation every few seconds, and a
-//! schedule of faults: the database cut three times, each board unplugged
+//! schedule of faults: the database cut three times, its connection frozen
+//! (a partition) and left half-open mid-commit once each, each board unplugged
 //! and plugged back, the feed removed and restored, the daemon killed with
 //! SIGKILL twice (once in the middle of an operation) and restarted, two
 //! SIGHUP reloads.
@@ -328,6 +329,8 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
         Kill,
         KillMidOperation,
         Reload(f64),
+        DbFreeze,
+        DbHalfOpen,
     }
     let mut schedule = vec![
         (at(0.10), Step::DbCut),
@@ -346,6 +349,9 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
         (at(0.72), Step::DbCut),
         (at(0.72) + outage, Step::DbRestore),
         (at(0.82), Step::Reload(0.05)),
+        // Between outages: a connection must be open to freeze.
+        (at(0.58), Step::DbFreeze),
+        (at(0.88), Step::DbHalfOpen),
     ];
     schedule.sort_by_key(|(t, _)| *t);
 
@@ -451,6 +457,34 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
                 (
                     "daemon killed (SIGKILL) and restarted".to_string(),
                     format!("{note}{}", describe(up)),
+                )
+            }
+            Step::DbFreeze => {
+                // The open connection hears nothing more; new ones go through.
+                let shipper = |s: Value| s["shipper"]["stalls"].as_u64();
+                let before = shipper(status(&socket).await.unwrap_or_default()).unwrap_or(0);
+                proxy.freeze();
+                let seen = wait_for(
+                    "the shipper to see the stall",
+                    Duration::from_secs(90),
+                    || async { (shipper(status(&socket).await?)? > before).then_some(()) },
+                )
+                .await;
+                ("database connection frozen".to_string(), describe(seen))
+            }
+            Step::DbHalfOpen => {
+                // The next commit is lost with the client side; the server
+                // keeps the session, holding the batch's row locks.
+                let ended = |s: Value| s["shipper"]["sessions_ended"].as_u64();
+                let before = ended(status(&socket).await.unwrap_or_default()).unwrap_or(0);
+                proxy.half_open_at_commit();
+                let seen = wait_for("the old session ended", WAIT, || async {
+                    (ended(status(&socket).await?)? > before).then_some(())
+                })
+                .await;
+                (
+                    "database session left half-open mid-commit".to_string(),
+                    describe(seen),
                 )
             }
             Step::Reload(z_rest) => {
@@ -612,12 +646,12 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
         bad_shape == 0,
     );
     c.check(
-        "dead letters / thinned / refused",
+        "dead letters / thinned / refused / lost",
         format!(
-            "{} / {} / {}",
-            spool.dead_letters, spool.thinned, spool.rejected
+            "{} / {} / {} / {}",
+            spool.dead_letters, spool.thinned, spool.rejected, spool.lost_captures
         ),
-        spool.dead_letters == 0 && spool.rejected == 0,
+        spool.dead_letters == 0 && spool.rejected == 0 && spool.lost_captures == 0,
     );
     c.check(
         "safety violations seen by the simulators",

@@ -227,11 +227,15 @@ fn print_status(r: &Value) {
     );
     let sp = &r["spool"];
     println!(
-        "spool: backlog {}, dead letters {}, {} of {} bytes",
+        "spool: backlog {}, dead letters {}, {} of {} bytes{}",
         show(&sp["backlog"]),
         show(&sp["dead_letters"]),
         show(&sp["used_bytes"]),
-        show(&sp["limit_bytes"])
+        show(&sp["limit_bytes"]),
+        match sp["lost_captures"].as_u64() {
+            Some(n) if n > 0 => format!(", {n} captures lost ({})", show(&sp["lost"])),
+            _ => String::new(),
+        }
     );
     let sh = &r["shipper"];
     println!(
@@ -244,9 +248,15 @@ fn print_status(r: &Value) {
         show(&sh["shipped"]),
         sh["last_error"]
             .as_str()
-            .map(|e| format!(", last error: {e}"))
+            .map(|e| format!(", error since {}: {e}", show(&sh["error_since"])))
             .unwrap_or_default()
     );
+    if let Some(n) = sh["stalls"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "shipper stalls: {n}, the latest at {} (connection dropped and reopened)",
+            show(&sh["last_stall_at"])
+        );
+    }
     println!(
         "operation: {}",
         r["operation"]["running"].as_str().unwrap_or("none running")
@@ -403,20 +413,26 @@ fn main() -> ExitCode {
     };
     let mut line = request(&cli.command).to_string();
     line.push('\n');
-    if let Err(e) = (&stream).write_all(line.as_bytes()) {
-        return fail_connect(e);
-    }
+    // A daemon that refuses the connection says why at once and closes: the
+    // request may then not go out, but the reason is there to read.
+    let written = (&stream).write_all(line.as_bytes());
     let mut reader = BufReader::new(&stream);
     let mut reply = String::new();
+    let closed = |e: std::io::Error| {
+        eprintln!(
+            "stringdriverctl: stringdriverd at {} accepted the connection and then closed it without a reply: {e}",
+            cli.socket.display()
+        );
+        ExitCode::from(2)
+    };
     match reader.read_line(&mut reply) {
         Ok(0) => {
-            return fail_connect(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the daemon closed the connection without a reply",
-            ))
+            return closed(written.err().unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream")
+            }))
         }
         Ok(_) => {}
-        Err(e) => return fail_connect(e),
+        Err(e) => return closed(written.err().unwrap_or(e)),
     }
     let reply: Value = match serde_json::from_str(&reply) {
         Ok(v) => v,
@@ -427,6 +443,18 @@ fn main() -> ExitCode {
     };
     if reply["ok"].as_bool() != Some(true) {
         let e = &reply["error"];
+        if matches!(
+            e["kind"].as_str(),
+            Some("too_many_clients" | "forbidden" | "idle_timeout")
+        ) {
+            eprintln!(
+                "stringdriverctl: stringdriverd at {} refused the connection ({}): {}",
+                cli.socket.display(),
+                show(&e["kind"]),
+                show(&e["message"])
+            );
+            return ExitCode::from(2);
+        }
         eprintln!("{}: {}", show(&e["kind"]), show(&e["message"]));
         return ExitCode::from(1);
     }

@@ -955,6 +955,10 @@ fn control(raw: RawControl) -> R<ControlConfig> {
         )?,
         group: raw.group.map(|g| text("control.group", g)).transpose()?,
         mode: raw.mode.map_or(defaults::CONTROL_MODE, |m| m.0),
+        idle_timeout: positive(
+            "control.idle_timeout",
+            dur(raw.idle_timeout, Duration::from_secs(60)),
+        )?,
     })
 }
 
@@ -1241,6 +1245,7 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
             socket: Some(config.control.socket.clone()),
             group: config.control.group.clone(),
             mode: Some(OctalMode(config.control.mode)),
+            idle_timeout: some_d(config.control.idle_timeout),
         },
         compat: RawCompat {
             enabled: Some(config.compat.enabled),

@@ -317,6 +317,9 @@ pub(crate) struct RawControl {
     /// See `ControlConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<OctalMode>,
+    /// See `ControlConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
 }
 
 /// `[compat]`.

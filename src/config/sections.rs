@@ -351,6 +351,9 @@ pub struct ControlConfig {
     pub group: Option<String>,
     /// Permission bits of the socket (<= 0o777).
     pub mode: u32,
+    /// A client that sends no request for this long is closed, unless it
+    /// subscribed to events; > 0.
+    pub idle_timeout: Duration,
 }
 
 /// `[compat]`: the GUI compatibility sockets, one per board.

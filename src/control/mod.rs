@@ -20,7 +20,13 @@
 //! over 64 KiB gets `line_too_long` and the connection is closed. A client
 //! may make at most 100 requests per second (`rate_limited` beyond). Replies
 //! and events wait in a bounded per-client queue: a client that stops reading
-//! is disconnected, it never holds up the daemon.
+//! is disconnected, it never holds up the daemon. At most 64 clients at
+//! once; the last slot is kept for root and the daemon's own user, and when
+//! every slot is taken such a newcomer closes the client that has waited the
+//! longest for its next request (that one gets `idle_timeout`). A client
+//! that sends no request for `control.idle_timeout` (default 60 s) is
+//! closed the same way, unless it
+//! subscribed to `events`.
 //!
 //! # Requests and replies
 //!
@@ -61,8 +67,9 @@
 //! untrusted counter, an operation running), `board_error`, `invalid_setting`,
 //! `not_persisted`, `no_snapshot`, `snapshot_failed`, `busy`,
 //! `no_operation`, `record_failed`, `line_too_long`, `forbidden`,
-//! `rate_limited`, `too_many_clients`, `shutting_down`. Only `line_too_long`,
-//! `forbidden` and `too_many_clients` close the connection.
+//! `rate_limited`, `too_many_clients`, `idle_timeout`, `shutting_down`. Only
+//! `line_too_long`, `forbidden`, `too_many_clients` and `idle_timeout` close
+//! the connection.
 
 mod handlers;
 pub mod protocol;

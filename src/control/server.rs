@@ -1,8 +1,9 @@
 //! The listener and one task per client.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -26,11 +27,91 @@ const CLIENT_QUEUE: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests one client may make per second.
 const RATE_LIMIT: u32 = 100;
-/// Clients served at once; more are refused until one leaves.
+/// Clients served at once; more are refused until one leaves. The last
+/// slot is kept for root and the daemon's own user, who may also close the
+/// client idle the longest to get in: silent clients never lock the
+/// operator out.
 const MAX_CLIENTS: usize = 64;
 /// How often a request that is still waiting checks whether its client is
 /// still there.
 const HANGUP_CHECK: Duration = Duration::from_millis(100);
+
+/// The clients waiting for their next request, for the idle rules.
+#[derive(Default)]
+struct Idle {
+    next_id: u64,
+    /// Since when each waits (`None` while its request is handled), and how
+    /// to close it.
+    waiting: HashMap<u64, (Option<tokio::time::Instant>, CancellationToken)>,
+}
+
+/// One client's entry in [`Idle`]; leaves it when dropped.
+struct IdleSlot {
+    id: u64,
+    idle: Arc<Mutex<Idle>>,
+    /// Fired when a privileged newcomer needs this client's slot.
+    close: CancellationToken,
+    /// How long the client may stay silent (`control.idle_timeout`).
+    timeout: Duration,
+}
+
+impl Idle {
+    fn lock(idle: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
+        idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn join(idle: &Arc<Mutex<Idle>>, timeout: Duration) -> IdleSlot {
+        let close = CancellationToken::new();
+        let mut g = Idle::lock(idle);
+        let id = g.next_id;
+        g.next_id += 1;
+        g.waiting.insert(id, (None, close.clone()));
+        IdleSlot {
+            id,
+            idle: idle.clone(),
+            close,
+            timeout,
+        }
+    }
+
+    /// Closes the client that has waited the longest; false if none waits.
+    fn close_idlest(idle: &Mutex<Idle>) -> bool {
+        let g = Idle::lock(idle);
+        let idlest = g
+            .waiting
+            .values()
+            .filter_map(|(since, close)| since.map(|s| (s, close)))
+            .filter(|(_, close)| !close.is_cancelled())
+            .min_by_key(|(since, _)| *since);
+        match idlest {
+            Some((_, close)) => {
+                close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl IdleSlot {
+    /// Waiting for the next request from now on (`false`: handling one).
+    fn waiting(&self, yes: bool) {
+        if let Some(e) = Idle::lock(&self.idle).waiting.get_mut(&self.id) {
+            e.0 = yes.then(tokio::time::Instant::now);
+        }
+    }
+
+    /// Subscribed to events: never closed for idleness.
+    fn subscribed(&self) {
+        Idle::lock(&self.idle).waiting.remove(&self.id);
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        Idle::lock(&self.idle).waiting.remove(&self.id);
+    }
+}
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +140,11 @@ struct Access {
 }
 
 impl Access {
+    /// Root or the daemon's own user: may use the last slot.
+    fn privileged(&self, cred: &tokio::net::unix::UCred) -> bool {
+        cred.uid() == 0 || cred.uid() == self.own_uid
+    }
+
     fn allows(&self, cred: &tokio::net::unix::UCred) -> bool {
         let uid = cred.uid();
         if uid == 0 || uid == self.own_uid {
@@ -132,7 +218,15 @@ pub async fn start(
     };
     tracing::info!(socket = %path.display(), mode = format!("{:o}", cfg.mode), "control socket listening");
     let shared = Arc::new(Shared::new(parts));
-    Ok(tokio::spawn(serve(listener, path, access, shared, cancel)))
+    let idle_timeout = cfg.idle_timeout;
+    Ok(tokio::spawn(serve(
+        listener,
+        path,
+        access,
+        shared,
+        idle_timeout,
+        cancel,
+    )))
 }
 
 async fn serve(
@@ -140,23 +234,31 @@ async fn serve(
     path: PathBuf,
     access: Access,
     shared: Arc<Shared>,
+    idle_timeout: Duration,
     cancel: CancellationToken,
 ) {
     let mut clients = JoinSet::new();
+    let idle = Arc::new(Mutex::new(Idle::default()));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(_) = clients.join_next(), if !clients.is_empty() => {}
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    if clients.len() >= MAX_CLIENTS {
+                    let privileged = stream.peer_cred().is_ok_and(|c| access.privileged(&c));
+                    let room = if privileged { MAX_CLIENTS } else { MAX_CLIENTS - 1 };
+                    let full = clients.len() >= room;
+                    if full && privileged && Idle::close_idlest(&idle) {
+                        tracing::warn!("control socket: all slots taken; closed the client idle the longest for root or the daemon's user");
+                    } else if full {
                         tracing::warn!("control socket: too many clients, refusing one");
                         let mut s = stream;
-                        let line = protocol::reply(&Value::Null, Err(ApiError::new("too_many_clients", format!("at most {MAX_CLIENTS} clients at once"))));
+                        let line = protocol::reply(&Value::Null, Err(ApiError::new("too_many_clients", format!("at most {MAX_CLIENTS} clients at once, the last slot kept for root and the daemon's user"))));
                         let _ = tokio::time::timeout(WRITE_TIMEOUT, s.write_all(format!("{line}\n").as_bytes())).await;
                         continue;
                     }
-                    clients.spawn(client(stream, access, shared.clone(), cancel.child_token()));
+                    let slot = Idle::join(&idle, idle_timeout);
+                    clients.spawn(client(stream, access, shared.clone(), slot, cancel.child_token()));
                 }
                 Err(e) => {
                     // Out of descriptors and the like: pause instead of spinning.
@@ -236,6 +338,7 @@ async fn client(
     stream: UnixStream,
     access: Access,
     shared: Arc<Shared>,
+    slot: IdleSlot,
     cancel: CancellationToken,
 ) {
     let cred = stream.peer_cred();
@@ -260,17 +363,25 @@ async fn client(
             &cancel,
         );
     } else {
-        serve_client(read, &out, &shared, &cancel).await;
+        serve_client(read, &out, &shared, &slot, &cancel).await;
     }
+    drop(slot);
     drop(out);
     // Lets the last reply (line_too_long, forbidden) reach the client.
     let _ = tokio::time::timeout(WRITE_TIMEOUT, writer).await;
+}
+
+/// Closes `out`'s client with an `idle_timeout` reply saying why.
+fn close_idle(out: &mpsc::Sender<String>, why: String, cancel: &CancellationToken) {
+    let e = ApiError::new("idle_timeout", why);
+    let _ = push(out, protocol::reply(&Value::Null, Err(e)), cancel);
 }
 
 async fn serve_client(
     read: tokio::net::unix::OwnedReadHalf,
     out: &mpsc::Sender<String>,
     shared: &Arc<Shared>,
+    slot: &IdleSlot,
     cancel: &CancellationToken,
 ) {
     let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
@@ -279,10 +390,22 @@ async fn serve_client(
         count: 0,
     };
     loop {
+        slot.waiting(true);
         let next = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = slot.close.cancelled() => {
+                let why = "closed to make room for root or the daemon's user (all slots were taken; this client was idle the longest)";
+                close_idle(out, why.to_string(), cancel);
+                return;
+            }
+            _ = tokio::time::sleep(slot.timeout) => {
+                let why = format!("closed after {} without a request (control.idle_timeout)", humantime::format_duration(slot.timeout));
+                close_idle(out, why, cancel);
+                return;
+            }
             n = lines.next() => n,
         };
+        slot.waiting(false);
         let line = match next {
             None => return,
             Some(Ok(l)) => l,
@@ -333,6 +456,7 @@ async fn serve_client(
             continue;
         }
         if req.cmd == "events" {
+            slot.subscribed();
             // Subscribed before the reply: a client that starts an operation
             // once it has the reply cannot miss that operation's events.
             let operations = shared.op_events.subscribe();

@@ -675,6 +675,13 @@ pub fn status_line(
     if let Some(u) = s.unknown {
         line.push_str(&format!("; paused: {u}"));
     }
+    // A stalled or failing shipper is never silent, even while connected.
+    if let (Some(since), true) = (sh.error_since, sh.last_error.is_some()) {
+        line.push_str(&format!(
+            "; shipping failing since {}",
+            since.format("%H:%M:%S")
+        ));
+    }
     line
 }
 

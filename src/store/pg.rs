@@ -266,14 +266,23 @@ fn credential_password(dir: &Path) -> Result<Option<String>, StoreConnectError> 
 /// only; here it also bounds the start-up, TLS and authentication exchange,
 /// so that a server that accepts but never answers cannot hang the caller.
 pub async fn connect(target: &PgTarget) -> Result<Client, StoreConnectError> {
+    // Detached: the connection task ends with the client.
+    connect_owned(target).await.map(|(client, _task)| client)
+}
+
+/// [`connect`], also returning the task that drives the connection, so that
+/// a caller that gives up on a frozen connection can end it at once
+/// (dropping the client alone leaves the task waiting on the socket).
+pub async fn connect_owned(
+    target: &PgTarget,
+) -> Result<(Client, tokio::task::JoinHandle<()>), StoreConnectError> {
     let server = describe(target);
     let mut cfg = target.config.clone();
     match &target.tls {
         None => {
             cfg.ssl_mode(DriverSslMode::Disable);
             let (client, connection) = within(&cfg, &server, cfg.connect(NoTls), None).await?;
-            drive(connection, server);
-            Ok(client)
+            Ok((client, drive(connection, server)))
         }
         Some(tls) => {
             // `Require` in the driver: TLS or an error. The certificate
@@ -281,10 +290,23 @@ pub async fn connect(target: &PgTarget) -> Result<Client, StoreConnectError> {
             cfg.ssl_mode(DriverSslMode::Require);
             let attempt = cfg.connect(tls.make_connect());
             let (client, connection) = within(&cfg, &server, attempt, Some(tls)).await?;
-            drive(connection, server);
-            Ok(client)
+            Ok((client, drive(connection, server)))
         }
     }
+}
+
+/// Socket settings that let the kernel notice a dead peer: keepalive probes
+/// after `idle` of silence, and `TCP_USER_TIMEOUT` (data unacknowledged for
+/// `user_timeout` ends the connection).
+pub fn harden(target: &mut PgTarget, idle: Duration, user_timeout: Duration) {
+    let interval = (idle / 3).max(Duration::from_secs(1));
+    target
+        .config
+        .keepalives(true)
+        .keepalives_idle(idle)
+        .keepalives_interval(interval)
+        .keepalives_retries(3)
+        .tcp_user_timeout(user_timeout);
 }
 
 /// `attempt` bounded by the connect timeout of `cfg`, its error explained.
@@ -326,8 +348,9 @@ async fn within<T>(
     })
 }
 
-/// Drives `connection` until it ends, warning if it ends with an error.
-fn drive<S>(connection: Connection<Socket, S>, server: String)
+/// Drives `connection` until it ends, warning if it ends with an error;
+/// the task's handle lets a caller end it sooner.
+fn drive<S>(connection: Connection<Socket, S>, server: String) -> tokio::task::JoinHandle<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -339,7 +362,7 @@ where
                 "PostgreSQL connection ended with an error"
             );
         }
-    });
+    })
 }
 
 /// `host:port/dbname as user NAME`, for messages: every host of `cfg`, never

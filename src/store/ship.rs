@@ -17,6 +17,19 @@
 //!   23 integrity violation): the batch is retried record by record and each
 //!   record that fails alone goes to the spool's dead letters with the error.
 //!   The records behind it ship.
+//!
+//! Never stuck: every round trip has a deadline (a batch's grows with its
+//! size, [`ShipperOptions::deadline`]); the socket has TCP keepalives and a
+//! user timeout; the session has a `statement_timeout`, a `lock_timeout`
+//! and an `idle_in_transaction_session_timeout`. A round trip past its
+//! deadline is a stall: logged, counted, shown (`last_error` and since
+//! when), and the connection is dropped and opened again. A session left
+//! behind on the server (connection lost mid-transaction, holding row
+//! locks) is ended at the next connection with `pg_terminate_backend`: the
+//! shipper remembers its backend PID and start time. That needs the same
+//! role (or `pg_signal_backend`); when not permitted a warning says so and
+//! re-shipping waits for the server's `lock_timeout` retries until the old
+//! session's `idle_in_transaction_session_timeout` ends it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +38,7 @@ use chrono::{DateTime, Utc};
 use futures::pin_mut;
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::task::JoinHandle as TaskHandle;
 use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -59,6 +73,25 @@ pub struct ShipperOptions {
     pub auto_migrate: bool,
     /// See [`CommitHook`].
     pub after_commit: Option<CommitHook>,
+    /// Deadline of any round trip, and of a batch before its records count.
+    pub deadline_base: Duration,
+    /// What each record of a batch adds to its deadline.
+    pub deadline_per_record: Duration,
+    /// The session's `lock_timeout`: how long a write waits on a row lock
+    /// (held by a session left behind) before the batch is retried.
+    pub lock_timeout: Duration,
+    /// The session's `idle_in_transaction_session_timeout`: a session of
+    /// ours left mid-transaction is ended by the server after this.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl ShipperOptions {
+    /// How long a round trip writing `records` records may take.
+    pub fn deadline(&self, records: usize) -> Duration {
+        let n = u32::try_from(records).unwrap_or(u32::MAX);
+        self.deadline_base
+            .saturating_add(self.deadline_per_record.saturating_mul(n))
+    }
 }
 
 impl Default for ShipperOptions {
@@ -66,11 +99,16 @@ impl Default for ShipperOptions {
         ShipperOptions {
             batch_size: 2000,
             backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(60),
+            // A database back from an outage is used within ~10 s.
+            backoff_max: Duration::from_secs(10),
             idle_wait: Duration::from_secs(1),
             roles: None,
             auto_migrate: false,
             after_commit: None,
+            deadline_base: Duration::from_secs(20),
+            deadline_per_record: Duration::from_millis(5),
+            lock_timeout: Duration::from_secs(15),
+            idle_in_transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -80,8 +118,16 @@ impl Default for ShipperOptions {
 pub struct ShipperStatus {
     /// Whether it holds a working connection to a migrated database.
     pub connected: bool,
-    /// The last error, for the operator.
+    /// The standing error, for the operator; cleared when a batch ships.
     pub last_error: Option<String>,
+    /// Since when shipping has failed (the first error of the run).
+    pub error_since: Option<DateTime<Utc>>,
+    /// Round trips that passed their deadline (each dropped its connection).
+    pub stalls: u64,
+    /// When the latest stall was detected.
+    pub last_stall_at: Option<DateTime<Utc>>,
+    /// Earlier sessions of ours ended with `pg_terminate_backend`.
+    pub sessions_ended: u64,
     /// When it last committed a batch.
     pub last_shipped_at: Option<DateTime<Utc>>,
     /// Records shipped since start.
@@ -124,6 +170,22 @@ enum Stop {
     Retry(String),
 }
 
+/// A server session: its backend PID and start time (together they name it
+/// even after the PID is reused; no start time when the server hides it).
+type BackendId = (i32, Option<String>);
+
+/// A connection whose driving task ends with it, even if its socket froze.
+struct Session {
+    client: Client,
+    task: TaskHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Whether retrying the same statement later may succeed (see module doc).
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
@@ -156,18 +218,18 @@ fn pg_error_text(e: &tokio_postgres::Error) -> String {
 impl Shipper {
     /// Records the error in the status and, when it is a new one, in the
     /// spool, so that `spool-status` can show it without the daemon.
-    fn note_error(&self, e: &str) {
+    async fn note_error(&self, e: &str) {
         let new = self.status.borrow().last_error.as_deref() != Some(e);
-        self.status
-            .send_modify(|s| s.last_error = Some(e.to_string()));
+        let mut since = Utc::now();
+        self.status.send_modify(|s| {
+            s.last_error = Some(e.to_string());
+            since = *s.error_since.get_or_insert(since);
+        });
+        // Awaited, so that a recovery right after clears it for good.
         if new {
-            let spool = self.spool.clone();
-            let e = e.to_string();
-            tokio::spawn(async move {
-                if let Err(err) = spool.set_last_error(e).await {
-                    tracing::warn!(error = %err, "cannot note the shipping error in the spool");
-                }
-            });
+            if let Err(err) = self.spool.set_last_error(e.to_string(), since).await {
+                tracing::warn!(error = %err, "cannot note the shipping error in the spool");
+            }
         }
     }
 
@@ -193,25 +255,145 @@ impl Shipper {
         }
     }
 
+    /// Past `deadline`: logged, counted and shown; the caller drops the connection.
+    fn stalled(&self, what: &str, deadline: Duration) -> Stop {
+        let e = format!(
+            "no answer from PostgreSQL within {} ({what}): connection dropped, reconnecting",
+            humantime::format_duration(deadline)
+        );
+        tracing::error!(database = %super::pg::describe(&self.pg), error = %e, "shipping stalled");
+        self.status.send_modify(|s| {
+            s.stalls += 1;
+            s.last_stall_at = Some(Utc::now());
+        });
+        Stop::Retry(e)
+    }
+
+    /// The session's limits, and who it is on the server.
+    async fn prepare(&self, client: &Client) -> Result<BackendId, tokio_postgres::Error> {
+        let ms = |d: Duration| d.as_millis().max(1);
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}; SET lock_timeout = {}; \
+                 SET idle_in_transaction_session_timeout = {}",
+                ms(self.opts.deadline(self.opts.batch_size.max(1))),
+                ms(self.opts.lock_timeout),
+                ms(self.opts.idle_in_transaction_timeout),
+            ))
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT pg_backend_pid(), \
+                 (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+                &[],
+            )
+            .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Ends our earlier session if the server still has it (it may hold
+    /// row locks that the records shipped again would wait on).
+    async fn end_earlier(&self, client: &Client, (pid, started): &BackendId) {
+        let Some(started) = started else {
+            // Without its start time a PID may name someone else's session now.
+            tracing::debug!(
+                pid,
+                "the server did not show when our earlier session started: not ending it"
+            );
+            return;
+        };
+        let ended = client
+            .query_opt(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = $1 AND backend_start::text = $2",
+                &[pid, started],
+            )
+            .await;
+        match ended {
+            Ok(None) => {}
+            Ok(Some(row)) if row.try_get::<_, bool>(0).unwrap_or(false) => {
+                tracing::warn!(
+                    pid,
+                    "ended our earlier database session, which the server still had"
+                );
+                self.status.send_modify(|s| s.sessions_ended += 1);
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(pid, "our earlier database session is still on the server and could not be signalled; records it locks wait until the server ends it (idle_in_transaction_session_timeout)");
+            }
+            Err(e) => tracing::warn!(
+                pid,
+                error = %pg_error_text(&e),
+                "cannot end our earlier database session (pg_terminate_backend needs the same role or pg_signal_backend); records it locks wait until the server ends it (idle_in_transaction_session_timeout)"
+            ),
+        }
+    }
+
+    /// Connected: checks the schema, sets the session up, ends the earlier
+    /// session, updates the roles, each bounded by the base deadline.
+    async fn open(
+        &self,
+        client: &mut Client,
+        earlier: &mut Option<BackendId>,
+    ) -> Result<migrate::SchemaInfo, Stop> {
+        let limit = self.opts.deadline_base;
+        // Applying migrations takes what it takes; checking is a round trip.
+        let info = if self.opts.auto_migrate {
+            self.schema(client).await.map_err(Stop::Retry)?
+        } else {
+            match tokio::time::timeout(limit, self.schema(client)).await {
+                Ok(info) => info.map_err(Stop::Retry)?,
+                Err(_) => return Err(self.stalled("checking the schema", limit)),
+            }
+        };
+        let setup = async {
+            let me = self
+                .prepare(client)
+                .await
+                .map_err(|e| Stop::Retry(pg_error_text(&e)))?;
+            if let Some(old) = earlier.replace(me) {
+                self.end_earlier(client, &old).await;
+            }
+            self.sync_roles(client).await;
+            Ok(())
+        };
+        match tokio::time::timeout(limit, setup).await {
+            Ok(r) => r.map(|()| info),
+            Err(_) => Err(self.stalled("setting up the session", limit)),
+        }
+    }
+
     async fn run(self) {
         let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
         let target = super::pg::describe(&self.pg);
+        let mut pg = self.pg.clone();
+        super::pg::harden(
+            &mut pg,
+            self.opts.deadline_base,
+            self.opts.deadline(self.opts.batch_size.max(1)),
+        );
+        // Our latest server session, ended at the next connection if the
+        // server still has it.
+        let mut earlier: Option<BackendId> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
             let round = crate::supervise::guarded("shipper", async {
-                match super::pg::connect(&self.pg).await {
-                    Ok(mut client) => match self.schema(&mut client).await {
-                        Ok(info) => {
-                            tracing::info!(database = %target, version = info.version, "shipper connected");
-                            self.status.send_modify(|s| s.connected = true);
-                            backoff.reset();
-                            self.sync_roles(&mut client).await;
-                            self.session(&mut client, info.controls_id, &mut backoff).await
+                match super::pg::connect_owned(&pg).await {
+                    Ok((client, task)) => {
+                        let mut session = Session { client, task };
+                        match self.open(&mut session.client, &mut earlier).await {
+                            Ok(info) => {
+                                tracing::info!(database = %target, version = info.version, "shipper connected");
+                                self.status.send_modify(|s| s.connected = true);
+                                backoff.reset();
+                                self.session(&mut session.client, info.controls_id, &mut backoff)
+                                    .await
+                            }
+                            Err(stop) => stop,
                         }
-                        Err(e) => Stop::Retry(e),
-                    },
+                    }
                     Err(e) => {
                         self.status.send_modify(|s| s.connect_failures += 1);
                         Stop::Retry(e.to_string())
@@ -228,7 +410,7 @@ impl Shipper {
                 Stop::Retry(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(database = %target, error = %e, retry_in = ?delay, "shipping paused");
-                    self.note_error(&e);
+                    self.note_error(&e).await;
                     if !self.pause(delay).await {
                         break;
                     }
@@ -272,6 +454,10 @@ impl Shipper {
                 let notified = self.spool.notified();
                 match self.spool.peek(n).await {
                     Ok(b) if b.is_empty() => {
+                        // Connected with nothing left to ship: recovered too.
+                        if let Err(e) = self.recovered().await {
+                            tracing::warn!(error = %e, "cannot clear the shipping error in the spool");
+                        }
                         tokio::select! {
                             _ = self.shutdown.cancelled() => break Stop::Shutdown,
                             _ = notified => {}
@@ -282,7 +468,7 @@ impl Shipper {
                     Err(e) => {
                         // The spool is local: wait and look again, the records are safe.
                         tracing::error!(error = %e, "cannot read the spool");
-                        self.note_error(&e.to_string());
+                        self.note_error(&e.to_string()).await;
                         if !self.pause(backoff.next_delay()).await {
                             break Stop::Shutdown;
                         }
@@ -291,14 +477,18 @@ impl Shipper {
                 continue;
             }
             let last = batch.last().map_or(0, |s| s.seq);
+            let deadline = self.opts.deadline(batch.len());
             let (result, next, removed) = tokio::join!(
-                ship(client, &batch, ctl),
+                tokio::time::timeout(deadline, ship(client, &batch, ctl)),
                 self.spool.peek_after(last, n),
                 self.shipped(std::mem::take(&mut committed)),
             );
             if let Err(e) = removed {
                 break Stop::Retry(e.to_string());
             }
+            let Ok(result) = result else {
+                break self.stalled(&format!("a batch of {} records", batch.len()), deadline);
+            };
             match result {
                 Ok(()) => {
                     if let Some(hook) = &self.opts.after_commit {
@@ -338,7 +528,21 @@ impl Shipper {
             s.shipped += n;
             s.last_shipped_at = Some(Utc::now());
         });
-        Ok(())
+        self.recovered().await
+    }
+
+    /// Shipping works (a batch shipped, or nothing waits): no error stands
+    /// any more, neither in the status nor in the spool.
+    async fn recovered(&self) -> Result<(), SpoolError> {
+        if self.status.borrow().last_error.is_none() {
+            return Ok(());
+        }
+        self.status.send_modify(|s| {
+            s.last_error = None;
+            s.error_since = None;
+        });
+        tracing::info!("shipping resumed");
+        self.spool.clear_last_error().await
     }
 
     /// Ships each record alone; those PostgreSQL rejects go to the dead letters.
@@ -348,8 +552,13 @@ impl Shipper {
         batch: Vec<Spooled>,
         ctl: ControlsIdType,
     ) -> Option<Stop> {
+        let deadline = self.opts.deadline(1);
         for mut rec in batch {
-            let mut result = ship(client, std::slice::from_ref(&rec), ctl).await;
+            let one = std::slice::from_ref(&rec);
+            let Ok(mut result) = tokio::time::timeout(deadline, ship(client, one, ctl)).await
+            else {
+                return Some(self.stalled("one record", deadline));
+            };
             // The audmon frame a snapshot was linked to can be gone by the
             // time it ships (audmon pruned it during a long outage). The
             // snapshot is still true: ship it unlinked rather than lose it.
@@ -361,7 +570,11 @@ impl Shipper {
                 if lost_link && row.controls_id.is_some() {
                     tracing::warn!(state_id = %row.state_id, controls_id = ?row.controls_id, "the linked controls row is gone: shipping the snapshot without controls_id");
                     row.controls_id = None;
-                    result = ship(client, std::slice::from_ref(&rec), ctl).await;
+                    let one = std::slice::from_ref(&rec);
+                    match tokio::time::timeout(deadline, ship(client, one, ctl)).await {
+                        Ok(r) => result = r,
+                        Err(_) => return Some(self.stalled("one record", deadline)),
+                    }
                 }
             }
             let one = std::slice::from_ref(&rec);
@@ -585,4 +798,36 @@ async fn upsert_operation(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15 item 6: with a 60 s cap, shipping resumed up to a minute
+    /// after the database came back. The schedule of a long outage, as the
+    /// shipper runs it, must look again at least every ~11 s.
+    #[test]
+    fn a_database_back_from_a_long_outage_is_retried_within_eleven_seconds() {
+        let o = ShipperOptions::default();
+        let mut b = Backoff::new(o.backoff_initial, o.backoff_max);
+        let delays: Vec<Duration> = (0..50).map(|_| b.next_delay()).collect();
+        let longest = delays.iter().max().copied().unwrap_or_default();
+        assert!(longest <= Duration::from_secs(11), "{longest:?}");
+        // Still a backoff: it grows to near the cap during the outage.
+        assert!(longest >= Duration::from_secs(9), "{longest:?}");
+        assert!(delays[0] < Duration::from_secs(1), "{:?}", delays[0]);
+    }
+
+    #[test]
+    fn a_batch_deadline_grows_with_its_size() {
+        let o = ShipperOptions {
+            deadline_base: Duration::from_secs(2),
+            deadline_per_record: Duration::from_millis(10),
+            ..ShipperOptions::default()
+        };
+        assert_eq!(o.deadline(0), Duration::from_secs(2));
+        assert_eq!(o.deadline(100), Duration::from_secs(3));
+        assert_eq!(o.deadline(usize::MAX), o.deadline(u32::MAX as usize));
+    }
 }

@@ -29,7 +29,18 @@
 //!   starts is an operation a crash or kill interrupted: the daemon closes it
 //!   as failed ([`Spool::running_operations`]), so no `operations` row is
 //!   left `started` without a reason.
-//! - `meta(key, value)`: `format = 1`.
+//! - `meta(key, value)`: `format = 1`; the shipper's standing error
+//!   (`last_error`, and `last_error_at`: since when), removed when a batch
+//!   ships again.
+//!
+//! Captures the spool could not take (a full disk) are counted as
+//! `lost:<reason>` rows of `counters`. The file itself is what is full, so
+//! [`SpoolHandle`](super::SpoolHandle) keeps the count in memory while it
+//! cannot be written and adds it here at the first write that succeeds (it
+//! tries after every failure, and with every append). A daemon killed while
+//! the disk is still full loses that count with the captures: the log's
+//! summary line is then the only record. A side file would not help: it
+//! lives on the same full disk.
 //!
 //! # Invariants
 //!
@@ -167,8 +178,13 @@ pub struct SpoolStatus {
     pub thinned: u64,
     /// Timer snapshots refused because the spool was full after thinning.
     pub rejected: u64,
-    /// The shipper's latest error and when it happened (RFC 3339), if any.
+    /// The shipper's standing error and since when (RFC 3339), if any;
+    /// cleared when a batch ships again.
     pub last_error: Option<(String, String)>,
+    /// Captures the spool could not take (full disk), in total.
+    pub lost_captures: u64,
+    /// The same by reason (`disk_full`, `spool_error`).
+    pub lost: std::collections::BTreeMap<String, u64>,
     /// Bytes in use.
     pub used_bytes: u64,
     /// The configured limit.
@@ -713,16 +729,51 @@ impl Spool {
         tx.commit().map_err(|e| sqlite_err(&path, e))
     }
 
-    /// Keeps the shipper's latest error (and when it happened) for status reports.
+    /// Keeps the shipper's latest error (as of now) for status reports.
     pub fn set_last_error(&self, error: &str) -> Result<(), SpoolError> {
+        self.set_last_error_since(error, Utc::now())
+    }
+
+    /// Keeps the shipper's standing error (and since when it stands) for
+    /// status reports.
+    pub fn set_last_error_since(
+        &self,
+        error: &str,
+        since: DateTime<Utc>,
+    ) -> Result<(), SpoolError> {
         self.conn
             .execute(
                 "INSERT INTO meta (key, value) VALUES ('last_error', ?1), ('last_error_at', ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![error, Utc::now().to_rfc3339()],
+                params![error, since.to_rfc3339()],
             )
             .map(|_| ())
             .map_err(|e| sqlite_err(&self.path, e))
+    }
+
+    /// Forgets the shipper's error: shipping works again.
+    pub fn clear_last_error(&self) -> Result<(), SpoolError> {
+        self.conn
+            .execute(
+                "DELETE FROM meta WHERE key IN ('last_error', 'last_error_at')",
+                [],
+            )
+            .map(|_| ())
+            .map_err(|e| sqlite_err(&self.path, e))
+    }
+
+    /// Adds captures that could not be written, by reason, to the totals.
+    pub fn add_lost(
+        &mut self,
+        lost: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<(), SpoolError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sqlite_err(&path, e))?;
+        for (reason, n) in lost {
+            let n = i64::try_from(*n).unwrap_or(i64::MAX);
+            bump(&tx, &format!("lost:{reason}"), n).map_err(|e| sqlite_err(&path, e))?;
+        }
+        tx.commit().map_err(|e| sqlite_err(&path, e))
     }
 
     /// The dead letters: sequence number, reason and record (if it still decodes).
@@ -797,7 +848,25 @@ impl Spool {
                 .map_err(|err| sqlite_err(&self.path, err))?;
             Ok(v.unwrap_or(0).max(0) as u64)
         };
+        let lost: std::collections::BTreeMap<String, u64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name, value FROM counters WHERE name LIKE 'lost:%'")
+                .map_err(e)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(e)?;
+            let mut lost = std::collections::BTreeMap::new();
+            for row in rows {
+                let (name, n) = row.map_err(e)?;
+                let reason = name.strip_prefix("lost:").unwrap_or(&name).to_string();
+                lost.insert(reason, n.max(0) as u64);
+            }
+            lost
+        };
         Ok(SpoolStatus {
+            lost_captures: lost.values().sum(),
+            lost,
             backlog: backlog as u64,
             backlog_operations: ops as u64,
             oldest: oldest.and_then(DateTime::from_timestamp_micros),
@@ -997,6 +1066,15 @@ pub fn render_status(st: &SpoolStatus, now: DateTime<Utc>) -> String {
         format!("{} / {} timer snapshots", st.thinned, st.rejected),
     );
     line(
+        "lost captures",
+        if st.lost.is_empty() {
+            "none".into()
+        } else {
+            let why: Vec<String> = st.lost.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            format!("{} ({})", st.lost_captures, why.join(", "))
+        },
+    );
+    line(
         "size",
         format!("{} of {} bytes", st.used_bytes, st.limit_bytes),
     );
@@ -1004,7 +1082,7 @@ pub fn render_status(st: &SpoolStatus, now: DateTime<Utc>) -> String {
         "last shipping error",
         st.last_error
             .as_ref()
-            .map_or_else(|| "none".into(), |(e, at)| format!("{at}: {e}")),
+            .map_or_else(|| "none".into(), |(e, at)| format!("since {at}: {e}")),
     );
     out
 }

@@ -9,6 +9,7 @@ pub mod pg;
 pub mod proxy;
 pub mod raw;
 pub mod records;
+pub mod shipping;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,4 +106,52 @@ pub async fn connected(board: &BoardHandle) -> Vec<i32> {
         .await
         .unwrap_or_else(|| panic!("board never connected: {:?}", board.status()));
     s.positions.unwrap_or_default()
+}
+
+/// `config/demo.toml` with its files under `dir` and its database at
+/// `db_url`, written to `dir/stringdriver.toml`.
+pub fn demo_config(dir: &std::path::Path, db_url: &str) -> PathBuf {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
+    let cfg = std::fs::read_to_string(demo)
+        .expect("demo config")
+        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
+        .replace(
+            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
+            db_url,
+        );
+    let f = dir.join("stringdriver.toml");
+    std::fs::write(&f, cfg).expect("write");
+    f
+}
+
+/// `stringdriverd demo` for `seconds` at speed scale 5, its files under
+/// `dir`, no database, serving its control socket at `dir/ctl.sock`.
+pub fn spawn_demo(dir: &std::path::Path, seconds: u32) -> (std::process::Child, PathBuf) {
+    spawn_demo_with(dir, seconds, "")
+}
+
+/// [`spawn_demo`] with `control` (TOML lines) added to its `[control]` table.
+pub fn spawn_demo_with(
+    dir: &std::path::Path,
+    seconds: u32,
+    control: &str,
+) -> (std::process::Child, PathBuf) {
+    let cfg = demo_config(dir, "postgres://postgres@127.0.0.1:1/nothing");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let text = text.replacen("[control]\n", &format!("[control]\n{control}\n"), 1);
+    std::fs::write(&cfg, text).expect("config");
+    let socket = dir.join("ctl.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+        .arg("demo")
+        .args(["--seconds", &seconds.to_string(), "--speed-scale", "5"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    (child, socket)
 }
