@@ -327,6 +327,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 t.stop();
             }
             let violations = sim.violations();
+            let lost = sim.rx_lost();
+            if lost > 0 {
+                // Not a violation (nothing was corrupted here), but the real
+                // board would have lost them too: the host sent too fast.
+                eprintln!("{lost} byte(s) lost in the board's receive buffer (sent faster than the firmware reads)");
+            }
             match std::sync::Arc::try_unwrap(sim) {
                 Ok(sim) => sim.stop(),
                 Err(sim) => drop(sim),

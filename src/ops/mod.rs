@@ -37,7 +37,7 @@ pub const FINAL_BUMP_ROUNDS: u32 = 10;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OpError {
     /// Refused by the gate, or a move failed.
-    #[error(transparent)]
+    #[error("{}", gate_text(.0))]
     Gate(#[from] GateError),
     /// A sensor could not be read.
     #[error("touch sensor: {0}")]
@@ -63,6 +63,16 @@ pub enum OpError {
         /// The enabled Z steppers whose sensors all read touching.
         steppers: Vec<usize>,
     },
+}
+
+/// A gate error inside an operation's message: refusals say so (the
+/// control API's error kind is not there to say it).
+fn gate_text(e: &GateError) -> String {
+    if e.is_refusal() {
+        format!("refused: {e}")
+    } else {
+        e.to_string()
+    }
 }
 
 impl From<SensorError> for OpError {
