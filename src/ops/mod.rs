@@ -54,10 +54,10 @@ pub enum OpError {
     /// Every enabled touch sensor reads touching before the operation
     /// starts: at rest that is wiring or configuration, not contact.
     #[error(
-        "refused: every enabled touch sensor (steppers {steppers:?}) reads touching at rest, \
-         which almost surely means the sensors are mis-wired or mis-configured \
-         (sensors.active_low, sensors.bias), not that every mechanism touches its string; \
-         check them before running an operation"
+        "every enabled touch sensor (steppers {steppers:?}) reads touching at rest, which \
+         almost surely means the sensors are mis-wired or mis-configured (sensors.active_low, \
+         sensors.bias), not that every mechanism touches its string: the operation is not \
+         started; check the sensors first"
     )]
     SensorsAllTouching {
         /// The enabled Z steppers whose sensors all read touching.
