@@ -126,6 +126,8 @@ pub(super) struct Runner {
     drop_next: bool,
     corrupt_next: bool,
     stop: bool,
+    /// Jog switches held at the machine.
+    switches: super::jog::Switches,
 }
 
 impl Runner {
@@ -147,6 +149,7 @@ impl Runner {
             drop_next: false,
             corrupt_next: false,
             stop: false,
+            switches: super::jog::Switches::default(),
         }
     }
 
@@ -167,6 +170,7 @@ impl Runner {
             if self.stop {
                 break;
             }
+            self.advance_jogs();
             match self.look(TICK) {
                 None => std::thread::sleep(TICK), // unplugged
                 Some(Seen::Closed) => {
@@ -195,6 +199,16 @@ impl Runner {
         if self.port.take().is_some() {
             let _ = fs::remove_file(&self.link);
         }
+    }
+
+    /// Moves the steppers whose jog switches are held (between messages only).
+    fn advance_jogs(&mut self) {
+        if !self.switches.any() {
+            return;
+        }
+        let scale = self.opts.speed_scale;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        self.switches.advance(&mut shared.board, scale);
     }
 
     fn handle_control(&mut self) {
@@ -237,6 +251,26 @@ impl Runner {
                 } else {
                     self.lock().board.reset();
                 }
+            }
+            Fault::ResetThenMotion(motion) => {
+                if self.open {
+                    self.reset_board();
+                } else {
+                    self.lock().board.reset();
+                }
+                let mut shared = self.lock();
+                for (stepper, steps) in motion {
+                    super::jog::step(&mut shared.board, stepper, steps as i64);
+                }
+            }
+            Fault::JogPress {
+                stepper,
+                toward_max,
+            } => self.switches.press(stepper, toward_max),
+            Fault::JogRelease { stepper } => {
+                // The steps held so far count before the switch lets go.
+                self.advance_jogs();
+                self.switches.release(stepper);
             }
             // The handle applies sensor faults itself, at once: the sensor is
             // not part of the firmware and does not wait for its loop.
