@@ -133,8 +133,6 @@ pub struct Judgements {
     pub resets_after_silence: u64,
     /// Counters distrusted because they moved after a reset.
     pub moved_after_reset: u64,
-    /// Changes of counters that were already untrusted (nothing to judge).
-    pub untrusted_changes: u64,
 }
 
 /// How a restore of counters after a reset went.
