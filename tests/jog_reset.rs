@@ -9,23 +9,17 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::ops_rig::{events, moves, rig, CONFIG};
 use common::*;
-use stringdriverd::board::{
-    self, BoardEvent, BoardStatus, KnownCounters, LinkState, SerialConnector,
-};
+use stringdriverd::board::{self, BoardEvent, BoardStatus, KnownCounters, LinkState};
 use stringdriverd::feed::{FeedState, FeedStatus, FeedValues};
-use stringdriverd::motion::MotionGate;
-use stringdriverd::ops::Machine;
 use stringdriverd::protocol::{Firmware, Op};
-use stringdriverd::sensors::SimulatedSensors;
 use stringdriverd::sim::{Fault, Profile, SimHandle, SimOptions, TraceEvent};
-use stringdriverd::snapshot::{self, Inputs, Settings, Sources, Unknown};
-use stringdriverd::store::{OperationStatus, OperationType, Record, Spool, SpoolHandle};
-use tokio::sync::{broadcast, watch};
-use tokio_util::sync::CancellationToken;
+use stringdriverd::snapshot::{self, Inputs, Settings, Unknown};
+use stringdriverd::store::{OperationStatus, OperationType};
+use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -61,6 +55,16 @@ async fn sim_counters_until(sim: &SimHandle, pred: impl Fn(&[i32]) -> bool) -> V
     }
 }
 
+/// Waits until the board has detected `n` resets and is connected again.
+async fn reset_seen(board: &stringdriverd::board::BoardHandle, n: u64) -> BoardStatus {
+    board
+        .wait_for(WAIT, |s| {
+            s.resets_detected == n && s.link == LinkState::Connected
+        })
+        .await
+        .unwrap_or_else(|| panic!("reset {n} never seen: {:?}", board.status()))
+}
+
 /// Every event received so far.
 fn drain(rx: &mut broadcast::Receiver<BoardEvent>) -> Vec<BoardEvent> {
     let mut out = Vec::new();
@@ -68,21 +72,6 @@ fn drain(rx: &mut broadcast::Receiver<BoardEvent>) -> Vec<BoardEvent> {
         out.push(e);
     }
     out
-}
-
-fn moves(sim: &SimHandle) -> usize {
-    sim.trace()
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.event,
-                TraceEvent::Message {
-                    op: Some(Op::Rmove | Op::Amove),
-                    ..
-                }
-            )
-        })
-        .count()
 }
 
 fn overflows(sim: &SimHandle) -> usize {
@@ -151,43 +140,38 @@ async fn a_jog_at_the_machine_keeps_the_counter_trusted_and_is_announced() {
 
 #[tokio::test]
 async fn a_reset_followed_by_motion_never_leaves_moved_counters_trusted() {
-    let opts = sim_options(Firmware::V2);
-    let r = rig_with(opts, |_| {}, trusted(13, vec![0; 13])).await;
+    let mut opts = sim_options(Firmware::V2);
+    opts.profile = Profile::for_firmware(Firmware::V2, Some(5));
+    let r = rig_with(opts, |_| {}, trusted(5, vec![0; 5])).await;
     connected(&r.board).await;
     r.board.amove(0, 300).await.expect("amove");
     r.board.rmove(1, 40).await.expect("rmove");
     let mut events = r.board.subscribe();
-    // The board boots with the switch inputs of Z 3, 4, 5 reading pressed.
+    // The board boots with the switch inputs of Z 2, 3, 4 reading pressed.
     r.sim
-        .inject(Fault::ResetThenMotion(vec![(3, 12), (4, 12), (5, 12)]));
-    let s = r
-        .board
-        .wait_for(WAIT, |s| {
-            s.resets_detected == 1 && s.link == LinkState::Connected
-        })
-        .await
-        .expect("the reset is detected");
+        .inject(Fault::ResetThenMotion(vec![(2, 12), (3, 12), (4, 12)]));
+    let s = reset_seen(&r.board, 1).await;
     assert_eq!(s.judgements.resets_after_silence, 1);
     assert_eq!(s.judgements.moved_after_reset, 3);
     assert_eq!(s.judgements.jogs, 0, "motion after a reset is no jog");
-    for i in 3..=5 {
+    for i in 2..=4 {
         assert!(!s.trusted[i], "stepper {i} moved after the reset: {s:?}");
     }
     // The others read 0 and were written back.
     let p = s.positions.clone().expect("positions");
     assert_eq!((p[0], p[1]), (300, 40));
-    assert!(s.trusted[0] && s.trusted[1] && s.trusted[2]);
+    assert!(s.trusted[0] && s.trusted[1]);
     assert_eq!(&r.sim.counters()[..2], &[300, 40]);
     // Moved counters are never invented back: they read what the board says.
-    assert_eq!(&p[3..6], &[12, 12, 12]);
+    assert_eq!(&p[2..5], &[12, 12, 12]);
     let moved = drain(&mut events).into_iter().find_map(|e| match e {
         BoardEvent::ResetDetected { moved, .. } => Some(moved),
         _ => None,
     });
-    assert_eq!(moved, Some(vec![3, 4, 5]));
+    assert_eq!(moved, Some(vec![2, 3, 4]));
     // No snapshot can be built from this board until they are set again.
-    let (layout, settings) = layout_13();
-    let feed = feed_ok(6);
+    let (layout, settings) = layout_5();
+    let feed = feed_ok(2);
     let built = snapshot::build(&inputs(&layout, &settings, &feed, &[s]));
     assert!(matches!(built, Err(Unknown::Untrusted(_))), "{built:?}");
     assert!(r.sim.violations().is_empty());
@@ -203,13 +187,7 @@ async fn restore_all(profile: Profile) -> (BoardStatus, Vec<i32>, usize) {
         .collect();
     let r = rig_with(opts, |_| {}, trusted(n, values.clone())).await;
     // The port open reset the board: the counters are written back.
-    let s = r
-        .board
-        .wait_for(WAIT, |s| {
-            s.resets_detected == 1 && s.link == LinkState::Connected
-        })
-        .await
-        .expect("restored after the open");
+    let s = reset_seen(&r.board, 1).await;
     let sim = r.sim.counters();
     (s, sim, overflows(&r.sim))
 }
@@ -248,6 +226,7 @@ async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
     // a configuration that does not match the board): a 100-step move it
     // expects to take milliseconds takes 2 s on the simulated board.
     let mut opts = sim_options(Firmware::V2);
+    opts.profile = Profile::for_firmware(Firmware::V2, Some(5));
     opts.speed_scale = 0.5;
     opts.reset_window = Duration::from_millis(50);
     let r = rig_with(
@@ -260,7 +239,7 @@ async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
             spec.move_margin = Duration::from_millis(5);
             spec.busy_probe_max = Duration::from_millis(400);
         },
-        trusted(13, vec![0; 13]),
+        trusted(5, vec![0; 5]),
     )
     .await;
     connected(&r.board).await;
@@ -283,8 +262,8 @@ async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
     );
     assert!(s.silent_since.is_some());
     // In transit: no snapshot claims a position for it.
-    let (layout, settings) = layout_13();
-    let feed = feed_ok(6);
+    let (layout, settings) = layout_5();
+    let feed = feed_ok(2);
     match snapshot::build(&inputs(&layout, &settings, &feed, &[s])) {
         Err(Unknown::Moving(why)) => assert!(why.starts_with("stepper 1 moving"), "{why}"),
         other => panic!("a stepper in transit was not unknown: {other:?}"),
@@ -314,102 +293,33 @@ async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
     assert!(r.sim.violations().is_empty());
 }
 
-/// One v2 board with X 0 and Z 1..4 (two strings); a long z_rest so that
-/// the driver polls between the operation's moves.
-const OPS_CONFIG: &str = r#"
-host = "jog-test"
-[[boards]]
-name = "carriage"
-port = "/dev/null"
-int_bytes = 2
-firmware = "v2"
-steppers = 5
-[layout]
-strings = 2
-x_index = 0
-z_first_index = 1
-z_min = -100
-z_max = 40
-[operations]
-z_rest = 0.4
-lap_rest = 0.02
-[thresholds]
-voice_count_min = 4
-"#;
-
 #[tokio::test]
 async fn a_jog_of_an_operations_stepper_fails_the_operation_saying_so() {
-    let cfg = stringdriverd::config::parse(OPS_CONFIG, Path::new("jog.toml")).expect("config");
-    let mut opts = sim_options(Firmware::V2);
-    opts.profile = Profile::for_firmware(Firmware::V2, Some(5));
-    let (dir, sim) = start_sim(opts.clone());
-    let spec = spec_for(&opts, sim.link().to_path_buf());
-    let shutdown = CancellationToken::new();
-    let connector = Arc::new(SerialConnector {
-        path: spec.port.clone(),
-        baud: spec.baud,
-    });
-    let (board, _t) = board::spawn(spec, connector, None, shutdown.clone());
-    connected(&board).await;
-    for (s, c) in [0, 30, 30, 30, 30].iter().enumerate() {
-        board.set_stepper(s, *c).await.expect("set counter");
-    }
     // Every Z stepper well above its string: z_calibrate descends.
-    sim.set_physical(&[0, 30, 30, 30, 30]);
-    let sims = Arc::new(vec![sim]);
-    let layout = Arc::new(cfg.layout.clone());
-    let settings = Settings {
-        operations: cfg.operations.clone(),
-        thresholds: cfg.thresholds.clone(),
-        enabled: stringdriverd::daemon::initial_enables(&cfg),
-    };
-    let (settings_tx, settings_rx) = watch::channel(settings);
-    let (_feed_tx, feed_rx) = watch::channel(feed_ok(2));
-    let (sp, _) = Spool::open(&dir.path().join("spool.sqlite"), 1 << 30).expect("spool");
-    let spool = SpoolHandle::new(sp);
-    let sources = Sources {
-        host: "jog-test".into(),
-        layout: layout.clone(),
-        boards: vec![board.watch()],
-        settings: settings_rx.clone(),
-        feed: feed_rx.clone(),
-        controls: None,
-    };
-    let (_interval_tx, interval) = watch::channel(Duration::from_secs(3600));
-    let (snapshots, _st) = snapshot::spawn(sources, spool.clone(), interval, shutdown.clone());
-    let gate = MotionGate::new(vec![board.clone()], layout.clone(), settings_rx);
+    let r = rig([0, 30, 30, 30, 30], [0, 30, 30, 30, 30]).await;
+    // A long rest between the descent's moves: the driver polls meanwhile.
+    r.settings.send_modify(|s| s.operations.z_rest = 0.4);
+    let cfg = stringdriverd::config::parse(CONFIG, Path::new("ops.toml")).expect("config");
     // The daemon's own wiring from board events to the gate and snapshots.
     let _events = stringdriverd::daemon::forward_board_events(
-        std::slice::from_ref(&board),
-        cfg.layout.clone(),
-        gate.clone(),
-        snapshots.clone(),
+        std::slice::from_ref(&r.board),
+        cfg.layout,
+        r.machine.gate.clone(),
+        r.machine.snapshots.clone(),
     );
-    let b = board.clone();
-    let machine = Machine {
-        host: "jog-test".into(),
-        layout,
-        gate,
-        sensors: Arc::new(SimulatedSensors::from_handles(&cfg.layout, sims.clone())),
-        settings: Arc::new(settings_tx),
-        feed: feed_rx,
-        snapshots,
-        spool: spool.clone(),
-        positions: Arc::new(move || b.status().positions.unwrap_or_default()),
-    };
     let op = tokio::spawn({
-        let m = machine.clone();
+        let m = r.machine.clone();
         async move { m.run(OperationType::ZCalibrate, Some(1)).await }
     });
     // Once the descent of stepper 1 has begun, an operator jogs it up.
-    let sim = &sims[0];
+    let sim = &r.sims[0];
     let deadline = Instant::now() + WAIT;
     while moves(sim) < 2 {
         assert!(Instant::now() < deadline, "the descent never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // ... and that move is confirmed: the stepper rests (z_rest 0.4 s).
-    board
+    // ... and that move is confirmed: the stepper rests.
+    r.board
         .wait_for(WAIT, |s| s.moving.is_none())
         .await
         .expect("the move is confirmed");
@@ -417,7 +327,7 @@ async fn a_jog_of_an_operations_stepper_fails_the_operation_saying_so() {
         stepper: 1,
         toward_max: true,
     });
-    board
+    r.board
         .wait_for(WAIT, |s| s.judgements.jogs >= 1)
         .await
         .expect("the jog is noticed");
@@ -433,36 +343,29 @@ async fn a_jog_of_an_operations_stepper_fails_the_operation_saying_so() {
         "{}",
         out.message
     );
-    let rows: Vec<_> = spool
-        .peek(100_000)
+    let rows: Vec<_> = events(&r.spool)
         .await
-        .expect("peek")
         .into_iter()
-        .filter_map(|s| match s.record {
-            Record::Operation { event } => Some(event),
-            _ => None,
-        })
         .filter(|e| e.operation_id == out.operation_id)
         .collect();
     let last = rows.last().expect("the operation is recorded");
     assert_eq!(last.operation_status, OperationStatus::Failed);
     assert_eq!(last.message.as_deref(), Some(out.message.as_str()));
     // The counter stays the firmware's count: trusted.
-    assert!(board.status().trusted[1]);
-    shutdown.cancel();
+    assert!(r.board.status().trusted[1]);
 }
 
 #[test]
 fn a_stepper_in_transit_is_unknown_to_the_snapshot_and_the_others_are_not() {
-    let (layout, settings) = layout_13();
-    let feed = feed_ok(6);
-    let mut s = BoardStatus::new("carriage", 13);
+    let (layout, settings) = layout_5();
+    let feed = feed_ok(2);
+    let mut s = BoardStatus::new("carriage", 5);
     s.link = LinkState::Connected;
-    s.positions = Some(vec![0; 13]);
-    s.trusted = vec![true; 13];
+    s.positions = Some(vec![0; 5]);
+    s.trusted = vec![true; 5];
     assert!(snapshot::build(&inputs(&layout, &settings, &feed, &[s.clone()])).is_ok());
     s.moving = Some(board::InTransit {
-        stepper: 7,
+        stepper: 3,
         op: "amove".into(),
         target: 30,
         from: 0,
@@ -471,7 +374,7 @@ fn a_stepper_in_transit_is_unknown_to_the_snapshot_and_the_others_are_not() {
     });
     let err = snapshot::build(&inputs(&layout, &settings, &feed, &[s.clone()])).unwrap_err();
     assert_eq!(err.key(), "stepper_moving");
-    assert!(err.to_string().starts_with("stepper 7 moving"), "{err}");
+    assert!(err.to_string().starts_with("stepper 3 moving"), "{err}");
     s.moving = None;
     s.jogging = vec![2];
     let err = snapshot::build(&inputs(&layout, &settings, &feed, &[s.clone()])).unwrap_err();
@@ -482,22 +385,9 @@ fn a_stepper_in_transit_is_unknown_to_the_snapshot_and_the_others_are_not() {
     assert_eq!(err.key(), "board_down");
 }
 
-const CONFIG_13: &str = r#"
-host = "jog-test"
-[[boards]]
-name = "carriage"
-port = "/dev/null"
-int_bytes = 2
-firmware = "v2"
-steppers = 13
-[layout]
-strings = 6
-x_index = 0
-z_first_index = 1
-"#;
-
-fn layout_13() -> (stringdriverd::config::Layout, Settings) {
-    let cfg = stringdriverd::config::parse(CONFIG_13, Path::new("13.toml")).expect("config");
+/// The layout and settings of the operations rig's board (5 steppers, 2 strings).
+fn layout_5() -> (stringdriverd::config::Layout, Settings) {
+    let cfg = stringdriverd::config::parse(CONFIG, Path::new("ops.toml")).expect("config");
     let settings = Settings {
         operations: cfg.operations.clone(),
         thresholds: cfg.thresholds.clone(),

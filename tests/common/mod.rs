@@ -2,6 +2,7 @@
 //! pseudo-terminals in a per-test temporary directory, and drivers for them.
 #![allow(dead_code)]
 
+pub mod ops_rig;
 pub mod pg;
 pub mod proxy;
 pub mod records;
