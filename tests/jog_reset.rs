@@ -424,3 +424,88 @@ fn inputs<'a>(
         controls_id: None,
     }
 }
+
+/// The rows the snapshot engine spooled so far: (recorded_at, positions).
+async fn rows(
+    spool: &stringdriverd::store::SpoolHandle,
+) -> Vec<(chrono::DateTime<chrono::Utc>, Vec<i32>)> {
+    spool
+        .peek(100_000)
+        .await
+        .expect("peek")
+        .into_iter()
+        .filter_map(|s| match s.record {
+            stringdriverd::store::Record::MachineState { row, .. } => {
+                Some((row.recorded_at, row.stepper_positions))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn no_row_holds_a_position_in_transit_or_a_counter_moved_after_a_reset() {
+    let r = rig([0, 30, 30, 30, 30], [0, 30, 30, 30, 30]).await;
+    // Snapshots every 10 ms from now on.
+    r.interval.send_replace(Duration::from_millis(10));
+    let mut status = r.board.watch();
+    // X across its whole travel: 2600 steps, about 0.26 s on this simulator.
+    let started = tokio::spawn({
+        let gate = r.machine.gate.clone();
+        async move {
+            gate.move_abs(&stringdriverd::motion::Origin::Manual, 0, 2600)
+                .await
+        }
+    });
+    let since = status
+        .wait_for(|s| s.moving.is_some())
+        .await
+        .expect("status")
+        .moving
+        .clone()
+        .expect("in transit")
+        .since;
+    started.await.expect("task").expect("the move");
+    let confirmed = chrono::Utc::now();
+    // A few rows after the move, so that the engine has surely looked.
+    let spooled = rows(&r.spool).await.len();
+    let deadline = Instant::now() + WAIT;
+    while rows(&r.spool).await.len() < spooled + 3 {
+        assert!(Instant::now() < deadline, "snapshots did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all = rows(&r.spool).await;
+    for (at, p) in &all {
+        assert!(
+            *at < since || *at > confirmed - chrono::Duration::milliseconds(1) || p[0] == 2600,
+            "a row at {at} claims X at {} while it was in transit ({since} .. {confirmed})",
+            p[0]
+        );
+    }
+    assert!(
+        all.iter().any(|(_, p)| p[0] == 2600),
+        "rows resumed after the move"
+    );
+    let skipped = r.machine.snapshots.status().skipped;
+    assert!(
+        skipped.get("stepper_moving").copied().unwrap_or(0) >= 5,
+        "the move's ticks were skipped as moving: {skipped:?}"
+    );
+
+    // A reset followed by motion: Z 2, 3, 4 move 12 steps from 0 on their own.
+    let before = rows(&r.spool).await.len();
+    r.sims[0].inject(Fault::ResetThenMotion(vec![(2, 12), (3, 12), (4, 12)]));
+    let s = reset_seen(&r.board, 1).await;
+    assert!(!s.trusted[2] && !s.trusted[3] && !s.trusted[4]);
+    // Setting one of them again is not enough: the others stay unknown.
+    r.board.set_stepper(2, 30).await.expect("set");
+    let after: Vec<_> = rows(&r.spool).await.into_iter().skip(before).collect();
+    assert!(
+        after.iter().all(|(_, p)| p[3] != 12 && p[4] != 12),
+        "a counter moved after the reset was written as a position: {after:?}"
+    );
+    assert!(
+        after.iter().all(|(_, p)| p[1] == 30 && p[0] == 2600),
+        "rows after the reset hold only restored or unchanged counters: {after:?}"
+    );
+}
