@@ -238,6 +238,28 @@ pub fn check_shape(r: &MachineState, steppers: usize, channels: usize) -> Result
     Ok(())
 }
 
+/// What the log says about a skipped snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseLine {
+    /// A pause starts: one warning with the reason.
+    Started,
+    /// Still paused, for another reason: a debug line only (counters set
+    /// one by one at first start change the reason a dozen times).
+    ReasonChanged,
+    /// Still paused for the same reason: nothing.
+    Nothing,
+}
+
+/// One warning when a pause starts, one line when it ends (logged where
+/// capture resumes); a change of reason during a pause is not a new pause.
+pub fn pause_line(was: Option<&str>, now: &str) -> PauseLine {
+    match was {
+        None => PauseLine::Started,
+        Some(w) if w != now => PauseLine::ReasonChanged,
+        Some(_) => PauseLine::Nothing,
+    }
+}
+
 /// A request for an event snapshot.
 pub struct Request {
     /// Why (for the log).
@@ -463,17 +485,14 @@ impl Engine {
             Err(why) => {
                 let text = why.to_string();
                 let was = self.status.borrow().unknown.clone();
-                // One warning when a pause starts, one line when it ends; a
-                // change of reason during a pause (counters set one by one
-                // at first start) is only worth a debug line.
-                match was {
-                    None => {
+                match pause_line(was.as_deref(), &text) {
+                    PauseLine::Started => {
                         tracing::warn!(reason = %text, "snapshots paused: a value is unknown, no row is written")
                     }
-                    Some(w) if w != text => {
-                        tracing::debug!(reason = %text, was = %w, "snapshots still paused, for another reason")
+                    PauseLine::ReasonChanged => {
+                        tracing::debug!(reason = %text, was = ?was, "snapshots still paused, for another reason")
                     }
-                    Some(_) => {}
+                    PauseLine::Nothing => {}
                 }
                 self.status.send_modify(|s| {
                     *s.skipped.entry(why.key().to_string()).or_default() += 1;

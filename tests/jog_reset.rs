@@ -509,3 +509,39 @@ async fn no_row_holds_a_position_in_transit_or_a_counter_moved_after_a_reset() {
         "rows after the reset hold only restored or unchanged counters: {after:?}"
     );
 }
+
+#[test]
+fn counters_set_one_by_one_at_first_start_log_one_pause_not_a_cascade() {
+    use stringdriverd::snapshot::{pause_line, PauseLine};
+    // Nineteen untrusted counters set one after another: the reason changes
+    // each time, and only the first is a warning.
+    let reasons: Vec<String> = (0..19)
+        .map(|s| format!("board carriage: counter of stepper {s} is untrusted"))
+        .collect();
+    let mut was: Option<&str> = None;
+    let mut warnings = 0;
+    for r in &reasons {
+        match pause_line(was, r) {
+            PauseLine::Started => warnings += 1,
+            PauseLine::ReasonChanged => {}
+            PauseLine::Nothing => panic!("the reason changed"),
+        }
+        was = Some(r);
+    }
+    assert_eq!(warnings, 1);
+    assert_eq!(pause_line(was, &reasons[18]), PauseLine::Nothing);
+}
+
+#[tokio::test]
+async fn a_restore_writes_an_untrusted_counter_back_but_never_makes_it_trusted() {
+    let mut opts = sim_options(Firmware::V2);
+    opts.profile = Profile::for_firmware(Firmware::V2, Some(5));
+    let known = KnownCounters {
+        positions: vec![300, 7, 0, 0, 0],
+        trusted: vec![true, false, true, true, true],
+    };
+    let r = rig_with(opts, |_| {}, Some(known)).await;
+    let s = reset_seen(&r.board, 1).await;
+    assert_eq!(s.positions.as_deref(), Some(&[300, 7, 0, 0, 0][..]));
+    assert_eq!(s.trusted, vec![true, false, true, true, true]);
+}

@@ -889,10 +889,14 @@ impl Driver {
             self.status.send_modify(|s| s.last_restore = Some(report));
             let check = check.unwrap_or_else(|| fresh.clone());
             restored = zeros.iter().all(|&i| check.get(i) == prev.get(i));
+            // A restore keeps trust, never grants it: a counter untrusted
+            // before the reset is untrusted after it, written back or not.
             self.status.send_modify(|s| {
                 for &i in &zeros {
-                    if let Some(t) = s.trusted.get_mut(i) {
-                        *t = check.get(i) == prev.get(i);
+                    if check.get(i) != prev.get(i) {
+                        if let Some(t) = s.trusted.get_mut(i) {
+                            *t = false;
+                        }
                     }
                 }
             });
