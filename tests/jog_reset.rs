@@ -224,10 +224,11 @@ async fn a_restore_never_has_more_bytes_in_flight_than_the_board_buffers() {
 async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
     // The driver believes Z runs 1000 times faster than it does (a runaway,
     // a configuration that does not match the board): a 100-step move it
-    // expects to take milliseconds takes 2 s on the simulated board.
+    // expects to take milliseconds takes 5 s on the simulated board. Polled
+    // on every tick as before, it would have been sent about 100 bytes.
     let mut opts = sim_options(Firmware::V2);
     opts.profile = Profile::for_firmware(Firmware::V2, Some(5));
-    opts.speed_scale = 0.5;
+    opts.speed_scale = 0.2;
     opts.reset_window = Duration::from_millis(50);
     let r = rig_with(
         opts,
@@ -237,7 +238,7 @@ async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
             }
             spec.reply_timeout = Duration::from_millis(100);
             spec.move_margin = Duration::from_millis(5);
-            spec.busy_probe_max = Duration::from_millis(400);
+            spec.busy_probe_max = Duration::from_secs(1);
         },
         trusted(5, vec![0; 5]),
     )
@@ -275,7 +276,7 @@ async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
         })
         .await
         .expect("the board answers when the move ends");
-    assert!(sent.elapsed() >= Duration::from_millis(1900));
+    assert!(sent.elapsed() >= Duration::from_millis(4900));
     assert_eq!(s.positions.as_ref().map(|p| p[1]), Some(100));
     assert!(s.silent_since.is_none());
     // Everything sent while it moved fit in its receive buffer.
