@@ -292,6 +292,14 @@ async fn a_board_busy_far_longer_than_its_move_gets_one_probe_at_a_time() {
     eprintln!("busy board: {busy} bytes received while it moved");
     assert!(busy <= 63, "{busy} bytes sent to a board that was moving");
     assert_eq!(overflows(&r.sim), 0);
+    // The answers it still owed to earlier probes are not taken for the
+    // answer to the next request.
+    let p = r
+        .board
+        .set_stepper(2, 5)
+        .await
+        .expect("set after the silence");
+    assert_eq!(p[2], 5);
     assert!(r.sim.violations().is_empty());
 }
 

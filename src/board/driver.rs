@@ -19,8 +19,9 @@
 //! - a board that stays silent (a move far longer than expected, a runaway)
 //!   gets one clearing `;` and one poll at a time, further apart each time
 //!   (capped at `busy_probe_max`), and its late answer is taken when it
-//!   comes: a board that reads nothing while it moves must not be fed more
-//!   than its 63-byte receive buffer holds;
+//!   comes (the answers it still owes to earlier probes are read before
+//!   anything else is sent): a board that reads nothing while it moves must
+//!   not be fed more than its 63-byte receive buffer holds;
 //! - counters that change with no command are judged (`super::judge`): jogs
 //!   at the machine stay trusted and are announced, a reset (all zeros, or
 //!   silence for about the boot time followed by changes) is restored or
@@ -51,7 +52,7 @@ use super::link::{Connector, Link};
 use super::spec::BoardSpec;
 use super::status::{BoardEvent, BoardStatus, InTransit, LinkState};
 use crate::backoff::Backoff;
-use crate::protocol::frame::{DiscardReason, EXCERPT_LEN};
+use crate::protocol::frame::{DiscardReason, BOARD_RX_BUFFER, EXCERPT_LEN};
 use crate::protocol::{CmdCodec, Inbound, Op, Outbound, Reply, Request as Wire};
 
 /// A command for the driver.
@@ -415,7 +416,27 @@ impl Driver {
             if let Some(Fail::Link(e)) = result {
                 return End::Lost(e);
             }
+            if silent && !self.unresponsive() {
+                if let Err(e) = self.settle(&mut io).await {
+                    return End::Lost(e);
+                }
+            }
         }
+    }
+
+    /// A board that answers again after a silence may still owe answers to
+    /// earlier probes (each `1;` it held in its buffer gets a reply): read
+    /// them until the line is quiet for a reply timeout, so that none is
+    /// later taken for the answer to a newer request. Bounded: at most one
+    /// reply per probe its 63-byte buffer could hold.
+    async fn settle(&mut self, io: &mut Io) -> Result<(), String> {
+        for _ in 0..BOARD_RX_BUFFER {
+            match timeout_at(Instant::now() + self.spec.reply_timeout, io.next()).await {
+                Err(_) => return Ok(()),
+                Ok(item) => self.absorb(item)?,
+            }
+        }
+        Ok(())
     }
 
     fn unresponsive(&self) -> bool {
