@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::ops_rig::{events, moves, rig, CONFIG};
+use common::ops_rig::{events, moves, rig, spooled, CONFIG};
 use common::*;
 use stringdriverd::board::{self, BoardEvent, BoardStatus, KnownCounters, LinkState};
 use stringdriverd::feed::{FeedState, FeedStatus, FeedValues};
@@ -439,12 +439,10 @@ fn inputs<'a>(
 async fn rows(
     spool: &stringdriverd::store::SpoolHandle,
 ) -> Vec<(chrono::DateTime<chrono::Utc>, Vec<i32>)> {
-    spool
-        .peek(100_000)
+    spooled(spool)
         .await
-        .expect("peek")
         .into_iter()
-        .filter_map(|s| match s.record {
+        .filter_map(|r| match r {
             stringdriverd::store::Record::MachineState { row, .. } => {
                 Some((row.recorded_at, row.stepper_positions))
             }

@@ -136,14 +136,23 @@ pub async fn rig(physical: [i64; 5], counters: [i32; 5]) -> Rig {
     }
 }
 
-/// The operation events in the spool, in order.
-pub async fn events(spool: &SpoolHandle) -> Vec<stringdriverd::store::OperationEvent> {
+/// Every record in the spool, in order.
+pub async fn spooled(spool: &SpoolHandle) -> Vec<Record> {
     spool
         .peek(100_000)
         .await
         .expect("peek")
         .into_iter()
-        .filter_map(|s| match s.record {
+        .map(|s| s.record)
+        .collect()
+}
+
+/// The operation events in the spool, in order.
+pub async fn events(spool: &SpoolHandle) -> Vec<stringdriverd::store::OperationEvent> {
+    spooled(spool)
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
             Record::Operation { event } => Some(event),
             _ => None,
         })
