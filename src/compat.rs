@@ -272,7 +272,13 @@ async fn handle(req: Request, board: usize, parts: &Parts) -> Result<(), String>
         Request::AbsMove { position, .. } => gate.move_abs(&origin, global, position).await,
         Request::Reset { position, .. } => gate.set_counter(&origin, global, position).await,
     };
-    done.map(|_| ()).map_err(|e| e.to_string())
+    done.map(|_| ()).map_err(|e| {
+        if e.is_refusal() {
+            format!("refused: {e}")
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 #[cfg(test)]

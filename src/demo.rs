@@ -95,22 +95,20 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// A simulator could not start.
-    #[error("board {board}: {source}")]
+    #[error("board {board}: {cause}")]
     Sim {
         /// Board name.
         board: String,
         /// Why.
-        #[source]
-        source: crate::sim::SimError,
+        cause: crate::sim::SimError,
     },
     /// The simulated audmon could not write its feed.
-    #[error("cannot write the simulated audmon feed in {}: {source}", dir.display())]
+    #[error("cannot write the simulated audmon feed in {}: {cause}", dir.display())]
     Feed {
         /// The feed directory.
         dir: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The speed scale is not a positive number.
     #[error("--speed-scale must be a positive number, not {0}")]
@@ -367,11 +365,11 @@ fn start_simulators(cfg: &Config, scale: f64) -> Result<Vec<SimHandle>, DemoErro
                 tracing::info!(board = %b.name, link = %b.port.display(), "simulated board started");
                 sims.push(sim);
             }
-            Err(source) => {
+            Err(cause) => {
                 stop_simulators(Arc::new(sims));
                 return Err(DemoError::Sim {
                     board: b.name.clone(),
-                    source,
+                    cause,
                 });
             }
         }
@@ -416,9 +414,9 @@ struct FeedTask {
 impl FeedTask {
     fn start(cfg: &Config, sims: Arc<Vec<SimHandle>>, scale: f64) -> Result<FeedTask, DemoError> {
         let dir = cfg.feed.dir.clone();
-        let fail = |source| DemoError::Feed {
+        let fail = |cause| DemoError::Feed {
             dir: dir.clone(),
-            source,
+            cause,
         };
         std::fs::create_dir_all(&dir).map_err(fail)?;
         let writer = FeedWriter::create(&dir, cfg.layout.strings(), PARTIALS).map_err(fail)?;

@@ -1,8 +1,12 @@
 //! Small files the daemon keeps next to its spool (`counters.json`,
 //! `state.json`) and the Unix sockets it serves: the crash-safe ways to
-//! write, read and bind them, in one place.
+//! write, read and bind them, in one place. Also [`read_regular`], the one
+//! way files from outside (the configuration, audmon's feed) are read: a
+//! FIFO or a device put in their place must never block or flood the daemon.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -48,6 +52,71 @@ pub fn read_json<T: DeserializeOwned>(
     ));
     let _ = std::fs::rename(path, aside);
     (None, Some(problem))
+}
+
+/// Opens `path` for reading without ever blocking in `open` (`O_NONBLOCK`:
+/// a FIFO with no writer would otherwise block for ever) and refuses
+/// anything but a regular file, judged on the opened file (`fstat`), so a
+/// rename in between cannot slip a FIFO or a device through. The error says
+/// what the file is instead ("a FIFO", "a character device").
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    require_regular(&file.metadata()?)?;
+    Ok(file)
+}
+
+/// `Ok` for a regular file; otherwise an error saying what it is instead
+/// ("not a regular file (it is a FIFO)").
+pub fn require_regular(meta: &std::fs::Metadata) -> io::Result<()> {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "neither a file nor a device"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file (it is {what})"),
+    ))
+}
+
+/// Reads the regular file at `path` whole, refusing one over `cap` bytes
+/// (the error gives the cap) and anything that is not a regular file (see
+/// [`open_regular`]). Reads of a regular file do not wait on a writer, so
+/// this returns as quickly as the file system answers.
+pub fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let mut out = read_regular_prefix(path, cap.saturating_add(1))?;
+    if out.len() as u64 > cap {
+        out.clear();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {cap} bytes, the most read"),
+        ));
+    }
+    Ok(out)
+}
+
+/// The first `limit` bytes (or fewer) of the regular file at `path`; see
+/// [`open_regular`].
+pub fn read_regular_prefix(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let mut out = Vec::with_capacity(usize::try_from(limit.min(1 << 20)).unwrap_or(0));
+    file.take(limit).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Why a socket could not be bound.
@@ -129,6 +198,29 @@ mod tests {
         let (v, problem) = read_json::<F>(&p, |f| f.format);
         assert!(v.is_none() && problem.is_some_and(|p| p.contains("unknown format 2")));
         assert!(!p.exists(), "moved aside");
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_only_up_to_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"12345").expect("write");
+        assert_eq!(read_regular(&p, 5).expect("fits"), b"12345");
+        let e = read_regular(&p, 4).expect_err("too large");
+        assert_eq!(e.to_string(), "larger than 4 bytes, the most read");
+        assert_eq!(read_regular_prefix(&p, 2).expect("prefix"), b"12");
+
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let e = read_regular(&fifo, 100).expect_err("a FIFO");
+        assert_eq!(e.to_string(), "not a regular file (it is a FIFO)");
+        let e = read_regular(Path::new("/dev/zero"), 100).expect_err("a device");
+        assert_eq!(
+            e.to_string(),
+            "not a regular file (it is a character device)"
+        );
+        let e = read_regular(dir.path(), 100).expect_err("a directory");
+        assert_eq!(e.to_string(), "not a regular file (it is a directory)");
     }
 
     #[tokio::test]

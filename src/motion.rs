@@ -15,9 +15,17 @@
 //!    by role) has elapsed — the gate waits for it, whoever asked;
 //! 6. one move at a time through the gate; the board driver then confirms it.
 //!
-//! Setting a counter without motion passes check 1 and the existence part of
-//! check 2 (it is refused to others while an operation runs; a disabled
-//! stepper's counter may be set, nothing moves).
+//! A move to where the stepper already stands (`delta` 0) passes checks 1-3
+//! and then ends: nothing is sent, no rest is waited for or started.
+//!
+//! Setting a counter without motion passes check 1, the existence part of
+//! check 2 and check 4 on the value (it is refused to others while an
+//! operation runs; a counter outside the stepper's travel is refused like a
+//! move there; a disabled stepper's counter may be set, nothing moves, so an
+//! operator can vouch for a stepper before enabling it).
+//!
+//! Messages say what is wrong without a "refused" prefix: the control API's
+//! error kind (`refused`) says that already.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,10 +53,10 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GateError {
     /// Another operation runs.
-    #[error("refused: operation {0} is running (moves are refused until it ends or is cancelled)")]
+    #[error("operation {0} is running (moves are refused until it ends or is cancelled)")]
     OperationRunning(String),
     /// An operation is already running (starting another).
-    #[error("refused: operation {0} is already running; one operation at a time")]
+    #[error("operation {0} is already running; one operation at a time")]
     Busy(String),
     /// The operation was cancelled: no further moves.
     #[error("cancelled")]
@@ -58,7 +66,7 @@ pub enum GateError {
     #[error("stopped: {0}")]
     Interrupted(String),
     /// No such stepper.
-    #[error("refused: stepper {stepper} does not exist (the host has {count})")]
+    #[error("stepper {stepper} does not exist (the host has {count})")]
     UnknownStepper {
         /// Requested index.
         stepper: usize,
@@ -66,10 +74,10 @@ pub enum GateError {
         count: usize,
     },
     /// The stepper is disabled.
-    #[error("refused: stepper {0} is disabled")]
+    #[error("stepper {0} is disabled")]
     Disabled(usize),
     /// The counter is not known or not trusted.
-    #[error("refused: the counter of stepper {stepper} is {why}")]
+    #[error("the counter of stepper {stepper} is {why}")]
     Unknown {
         /// The stepper.
         stepper: usize,
@@ -77,7 +85,7 @@ pub enum GateError {
         why: String,
     },
     /// The target is outside the configured limits.
-    #[error("refused: stepper {stepper} target {target} is outside its limits {min}..={max}")]
+    #[error("stepper {stepper} target {target} is outside its limits {min} to {max}")]
     OutOfLimits {
         /// The stepper.
         stepper: usize,
@@ -88,9 +96,31 @@ pub enum GateError {
         /// Upper limit.
         max: i32,
     },
+    /// A counter value outside the stepper's configured travel: a counter
+    /// that says the mechanism stands where it cannot is refused like a
+    /// move there.
+    #[error("stepper {stepper} counter {value} is outside its travel {min} to {max}")]
+    CounterOutOfLimits {
+        /// The stepper.
+        stepper: usize,
+        /// Requested counter value.
+        value: i32,
+        /// Lower limit.
+        min: i32,
+        /// Upper limit.
+        max: i32,
+    },
     /// The board failed or refused.
     #[error(transparent)]
     Board(#[from] BoardError),
+}
+
+impl GateError {
+    /// Whether the gate refused before anything reached a board (as
+    /// opposed to a board failing or an operation being cancelled).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, GateError::Board(_) | GateError::Cancelled)
+    }
 }
 
 /// The running operation.
@@ -399,6 +429,16 @@ impl MotionGate {
         let (board, local) = self.check_stepper(stepper)?;
         let current = self.current(board, local, stepper, origin)?;
         let target = target_of(current);
+        if target == current as i64 {
+            // Nothing to do: no bytes to the board, no rest to wait or to start.
+            return self.inner.boards[board]
+                .status()
+                .positions
+                .ok_or(GateError::Unknown {
+                    stepper,
+                    why: "not read yet".into(),
+                });
+        }
         let (min, max) = self.inner.layout.limits(stepper);
         if target < min as i64 || target > max as i64 {
             return Err(GateError::OutOfLimits {
@@ -457,6 +497,15 @@ impl MotionGate {
     ) -> Result<Vec<i32>, GateError> {
         self.check_origin(origin)?;
         let (board, local) = self.locate(stepper)?;
+        let (min, max) = self.inner.layout.limits(stepper);
+        if value < min || value > max {
+            return Err(GateError::CounterOutOfLimits {
+                stepper,
+                value,
+                min,
+                max,
+            });
+        }
         let _one = self.inner.serial.lock().await;
         self.check_origin(origin)?;
         Ok(self.inner.boards[board].set_stepper(local, value).await?)

@@ -44,13 +44,13 @@ pub struct ProbeReport {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The port could not be opened.
-    #[error("cannot open {port}: {source}")]
+    #[error("cannot open {port}: {cause}")]
     Open {
         /// The port.
         port: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source`: a chain would
+        /// print it twice).
+        cause: std::io::Error,
     },
     /// The link failed while probing.
     #[error("link to {port} failed: {detail}")]
@@ -91,9 +91,9 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         path: opts.port.clone(),
         baud: opts.baud,
     };
-    let link = connector.open().await.map_err(|source| ProbeError::Open {
+    let link = connector.open().await.map_err(|cause| ProbeError::Open {
         port: port.clone(),
-        source,
+        cause,
     })?;
     let mut io = Framed::new(link, CmdCodec::new(opts.width));
     let link_err = |e: &dyn std::fmt::Display| ProbeError::Link {

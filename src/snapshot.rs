@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::board::{BoardStatus, LinkState};
 use crate::config::{Layout, OperationSettings, Thresholds};
-use crate::feed::{FeedState, FeedStatus};
+use crate::feed::FeedStatus;
 use crate::store::controls::ControlsCache;
 use crate::store::{MachineState, Record, SpoolError, SpoolHandle, Trigger};
 
@@ -164,9 +164,10 @@ pub fn build(i: &Inputs<'_>) -> Result<MachineState, Unknown> {
         }
         positions.extend_from_slice(p);
     }
-    let values = match (&i.feed.state, &i.feed.values) {
-        (FeedState::Ok, Some(v)) => v,
-        (state, _) => return Err(Unknown::Feed(format!("audmon feed is {state}"))),
+    // A reading past its `valid_until` is unknown, whatever its state says.
+    let values = match i.feed.usable_at(i.at) {
+        Ok(v) => v,
+        Err(why) => return Err(Unknown::Feed(format!("audmon feed is {why}"))),
     };
     if values.voice_count.len() < strings || values.amp_sum.len() < strings {
         return Err(Unknown::FewChannels(format!(

@@ -541,7 +541,7 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
     let cfg = config_with(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
     let socket = dir.path().join("ctl.sock");
     let mut demo = bin()
-        .args(["demo", "--seconds", "8", "--speed-scale", "5", "--config"])
+        .args(["demo", "--seconds", "60", "--speed-scale", "5", "--config"])
         .arg(&cfg)
         .arg("--socket")
         .arg(&socket)
@@ -551,24 +551,33 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
         .spawn()
         .expect("demo starts");
     assert!(
-        wait_until(Duration::from_secs(10), || socket.exists()),
+        wait_until(Duration::from_secs(30), || socket.exists()),
         "the socket appears"
     );
-    let ctl = || {
-        Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("status")
-            .output()
-            .expect("ctl runs")
+    let ctl = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
+        c.arg("--socket").arg(&socket);
+        if json {
+            c.arg("--json");
+        }
+        c.arg("status").output().expect("ctl runs")
     };
-    let mut out = String::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        let o = ctl();
-        out = String::from_utf8_lossy(&o.stdout).into_owned();
-        o.status.success() && out.contains("carriage") && out.contains("connected")
+    // Wait on the structured status: every board connected with trusted
+    // counters (the demo sets its starting pose after the boards' reset).
+    // The printed text is no condition: "shipper: not connected" contains
+    // "connected" while the boards still wait for their reset.
+    let mut last = String::new();
+    let ready = wait_until(Duration::from_secs(30), || {
+        let o = ctl(true);
+        last = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success()
+            && serde_json::from_str::<serde_json::Value>(&last)
+                .is_ok_and(|st| common::control::boards_ready(&st))
     });
-    assert!(ok, "{out}");
+    assert!(ready, "boards never ready: {last}");
+    let o = ctl(false);
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("carriage"));
     // An operation through the socket, with progress while it runs.
     let o = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
         .arg("--socket")
@@ -583,5 +592,12 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
         err.contains("... operation bump_check"),
         "progress shown: {err}"
     );
-    let _ = demo.wait();
+    // The run was long enough for any loaded machine; Ctrl-C ends it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal the demo");
+    let status = demo.wait().expect("demo ends");
+    assert!(status.success(), "{status:?}");
 }

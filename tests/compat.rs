@@ -2,208 +2,50 @@
 //! simulated boards and feed (records stay in the spool), GUI-style clients
 //! on the real Unix sockets.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::machine::{set_pose, InProcess, MachineOptions, SimMachine, WAIT};
 use serde_json::{json, Value};
 use stringdriverd::compat::socket_path;
-use stringdriverd::daemon::{self, Parts, Shipping};
 use stringdriverd::motion::Origin;
-use stringdriverd::protocol::{Firmware, Op};
-use stringdriverd::sim::feed::{partials_for_distance, FeedWriter};
-use stringdriverd::sim::{Profile, SimHandle, SimOptions, Simulator, TraceEvent};
+use stringdriverd::protocol::Op;
+use stringdriverd::sim::{SimHandle, TraceEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const WAIT: Duration = Duration::from_secs(20);
 const HOST: &str = "sd-compat";
 /// Long enough to tell apart from the simulated move times.
 const Z_REST: f64 = 0.3;
 
-fn config_text(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"
-host = "{HOST}"
-
-[[boards]]
-name = "carriage"
-port = "{d}/carriage"
-int_bytes = 2
-firmware = "v2"
-steppers = 13
-reset_wait = "150ms"
-poll_interval = "50ms"
-reply_timeout = "300ms"
-move_margin = "30ms"
-
-[[boards]]
-name = "tuner"
-port = "{d}/tuner"
-int_bytes = 4
-firmware = "tuner"
-steppers = 6
-reset_wait = "150ms"
-poll_interval = "50ms"
-reply_timeout = "300ms"
-move_margin = "30ms"
-
-[layout]
-strings = 6
-x_index = 0
-z_first_index = 1
-tuner_first_index = 13
-# The simulators run 20 times faster than the real firmware.
-x_speed = 10000.0
-z_speed = 2000.0
-tuner_speed = 2000.0
-
-[operations]
-z_rest = {Z_REST}
-
-[snapshot]
-interval = "100ms"
-
-[feed]
-dir = "{d}/shm"
-interval = "20ms"
-stale_after = "5s"
-
-[database]
-url = "postgres://nobody@127.0.0.1:1/unused"
-
-[spool]
-path = "{d}/spool.sqlite"
-
-[control]
-socket = "{d}/control.sock"
-
-[compat]
-enabled = true
-dir = "{d}/gui"
-"#
-    )
+/// The simulated machine with the compatibility sockets on, records kept in
+/// the spool.
+fn machine() -> SimMachine {
+    let mut o = MachineOptions::new(HOST);
+    o.z_rest = Z_REST;
+    o.compat = true;
+    SimMachine::start(o)
 }
 
-struct Rig {
-    dir: tempfile::TempDir,
-    sims: Vec<SimHandle>,
-    _feed: FeedWriter,
-    cfg_path: PathBuf,
+/// The compat socket of board `name`.
+fn compat_socket(rig: &SimMachine, name: &str) -> PathBuf {
+    socket_path(&rig.dir.path().join("gui"), &rig.dir.path().join(name))
 }
 
-impl Rig {
-    /// The compat socket of board `name`.
-    fn socket(&self, name: &str) -> PathBuf {
-        socket_path(&self.dir.path().join("gui"), &self.dir.path().join(name))
-    }
-}
-
-fn sims_and_feed(dir: tempfile::TempDir) -> Rig {
-    let mut sims = Vec::new();
-    for (name, fw) in [("carriage", Firmware::V2), ("tuner", Firmware::Tuner)] {
-        let mut o = SimOptions::new(Profile::for_firmware(fw, None));
-        o.speed_scale = 20.0;
-        sims.push(Simulator::spawn(o, &dir.path().join(name)).expect("sim"));
-    }
-    std::fs::create_dir_all(dir.path().join("shm")).expect("shm dir");
-    let mut feed = FeedWriter::create(&dir.path().join("shm"), 6, 12).expect("feed");
-    let frame: Vec<Vec<(f32, f32)>> = (0..6)
-        .map(|c| partials_for_distance(20.0 + c as f32 * 7.0, 12, c as u64))
-        .collect();
-    feed.write_frame(&frame).expect("frame");
-    let cfg_path = dir.path().join("stringdriver.toml");
-    std::fs::write(&cfg_path, config_text(dir.path())).expect("config");
-    Rig {
-        dir,
-        sims,
-        _feed: feed,
-        cfg_path,
-    }
-}
-
-struct Running {
-    parts: Parts,
-    stop: tokio::sync::watch::Sender<bool>,
-    _reload: tokio::sync::mpsc::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(8), self.task)
-            .await
-            .expect("stops")
-            .expect("join")
-            .expect("ok");
-    }
-}
-
-async fn start(rig: &Rig) -> Running {
-    let cfg = stringdriverd::config::load(&rig.cfg_path).expect("config");
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (reload, reload_rx) = tokio::sync::mpsc::channel(1);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let path = rig.cfg_path.clone();
-    let task = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        daemon::run_with_shipping(
-            path,
-            cfg,
-            Shipping::SpoolOnly,
-            None,
-            stop_rx,
-            reload_rx,
-            move |p| {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(p.clone());
-                }
-            },
-        )
-        .await
-    });
-    let parts = tokio::time::timeout(WAIT, rx)
-        .await
-        .expect("started")
-        .expect("parts");
-    let run = Running {
-        parts,
-        stop,
-        _reload: reload,
-        task,
-    };
-    // The servers start right after `on_start`: wait until they answer.
+/// The daemon started, once both compat sockets answer.
+async fn start(rig: &SimMachine) -> InProcess {
+    let run = InProcess::start(rig).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     for name in ["carriage", "tuner"] {
-        while UnixStream::connect(rig.socket(name)).await.is_err() {
+        while UnixStream::connect(compat_socket(rig, name)).await.is_err() {
             assert!(tokio::time::Instant::now() < deadline, "{name} socket up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     run
-}
-
-/// Boards connected and every counter set (trusted), so moves pass.
-async fn set_pose(parts: &Parts) {
-    let mut g = 0;
-    for b in &parts.boards {
-        b.wait_for(WAIT, |s| {
-            s.link == stringdriverd::board::LinkState::Connected
-        })
-        .await
-        .expect("board connected");
-        for local in 0..b.steppers() {
-            let v = match g {
-                0 => 100,
-                1..=12 => 20 + g,
-                _ => 1000 + g,
-            };
-            b.set_stepper(local, v).await.expect("set_stepper");
-            g += 1;
-        }
-    }
 }
 
 /// One GUI-style exchange: the request (sent as is), then the one reply.
@@ -246,16 +88,16 @@ fn move_times(sim: &SimHandle, local: i32) -> Vec<std::time::Instant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gui_requests_move_reset_and_are_refused_like_any_other() {
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"));
+    let rig = machine();
     // A socket file left by a crash is replaced.
     std::fs::create_dir_all(rig.dir.path().join("gui")).expect("gui dir");
-    drop(std::os::unix::net::UnixListener::bind(rig.socket("carriage")).expect("stale"));
-    assert!(rig.socket("carriage").exists());
+    drop(std::os::unix::net::UnixListener::bind(compat_socket(&rig, "carriage")).expect("stale"));
+    assert!(compat_socket(&rig, "carriage").exists());
 
     let run = start(&rig).await;
     set_pose(&run.parts).await;
-    let carriage = rig.socket("carriage");
-    let tuner = rig.socket("tuner");
+    let carriage = compat_socket(&rig, "carriage");
+    let tuner = compat_socket(&rig, "tuner");
     assert_eq!(
         carriage.file_name().and_then(|n| n.to_str()),
         Some(
@@ -353,10 +195,10 @@ async fn gui_requests_move_reset_and_are_refused_like_any_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn z_rest_holds_across_the_compat_socket_and_the_gate() {
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"));
+    let rig = machine();
     let run = start(&rig).await;
     set_pose(&run.parts).await;
-    let carriage = rig.socket("carriage");
+    let carriage = compat_socket(&rig, "carriage");
     // Z stepper 1 (global 1 = local 1): two quick GUI moves and one from the
     // control side, all at once.
     let gate = run.parts.gate.clone();

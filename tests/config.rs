@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use stringdriverd::config::{
-    self, Config, ConfigError, DatabaseTarget, GpioSensorsConfig, Position, Role, SensorBackend,
-    SensorsConfig, SnapshotLink,
+    self, Config, ConfigError, DatabaseTarget, GpioSensorsConfig, LineBias, Position, Role,
+    SensorBackend, SensorsConfig, SnapshotLink,
 };
 use stringdriverd::protocol::commands::{Firmware, IntWidth};
 
@@ -1088,34 +1088,41 @@ fn example_reads_stringdriver_2_sensors_on_gpio() {
     assert_eq!(
         c.sensors,
         SensorsConfig::Gpio(GpioSensorsConfig {
-            chip: "/dev/gpiochip0".into(),
+            chip: None,
             lines: SD2_LINES.to_vec(),
-            active_low: false,
+            active_low: true,
+            bias: LineBias::PullUp,
         })
     );
     let c = parse(&edit(
         &example_text(),
-        "active_low = false",
         "active_low = true",
+        "active_low = false",
     ))
     .unwrap();
     assert!(matches!(
         c.sensors,
         SensorsConfig::Gpio(GpioSensorsConfig {
-            active_low: true,
+            active_low: false,
             ..
         })
     ));
-    let c = parse(&edit(&example_text(), "active_low = false\n", "")).unwrap();
+    let c = parse(&edit(
+        &edit(&example_text(), "active_low = true\n", ""),
+        "bias = \"pull-up\"\n",
+        "",
+    ))
+    .unwrap();
     assert!(
         matches!(
             c.sensors,
             SensorsConfig::Gpio(GpioSensorsConfig {
-                active_low: false,
+                active_low: true,
+                bias: LineBias::PullUp,
                 ..
             })
         ),
-        "active_low defaults to false"
+        "active_low defaults to true, bias to pull-up (contacts to ground)"
     );
 }
 
@@ -1145,9 +1152,10 @@ fn other_hosts_sensor_lines_as_in_the_example_comments() {
     assert_eq!(
         c.sensors,
         SensorsConfig::Gpio(GpioSensorsConfig {
-            chip: "/dev/gpiochip0".into(),
+            chip: Some("/dev/gpiochip0".into()),
             lines: vec![6, 26, 19, 5],
-            active_low: false,
+            active_low: true,
+            bias: LineBias::PullUp,
         })
     );
     let sd3 = format!(
@@ -1236,17 +1244,23 @@ fn gpio_lines_one_per_z_stepper_all_different() {
 }
 
 #[test]
-fn gpio_needs_chip_and_lines() {
+fn gpio_needs_lines_and_finds_its_chip_when_none_is_given() {
     let t = example_text();
-    let text = edit(&t, "chip = \"/dev/gpiochip0\"\n", "");
-    let e = rejects(
-        &text,
-        "sensors.chip",
-        "required with sensors.backend = \"gpio\"",
+    assert!(
+        matches!(&parse(&t).unwrap().sensors, SensorsConfig::Gpio(g) if g.chip.is_none()),
+        "the example leaves the chip to be found by its lines"
     );
-    assert_eq!(e.position(), None, "{e}");
+    let with_chip = edit(
+        &t,
+        "#   chip = \"/dev/gpiochip0\"",
+        "chip = \"/dev/gpiochip4\"",
+    );
+    assert!(matches!(
+        &parse(&with_chip).unwrap().sensors,
+        SensorsConfig::Gpio(g) if g.chip.as_deref() == Some(Path::new("/dev/gpiochip4"))
+    ));
     rejects(
-        &edit(&t, "chip = \"/dev/gpiochip0\"", "chip = \"\""),
+        &edit(&t, "#   chip = \"/dev/gpiochip0\"", "chip = \"\""),
         "sensors.chip",
         "empty path",
     );
@@ -1265,7 +1279,7 @@ fn gpio_keys_are_refused_with_other_backends() {
         );
         let e = rejects(
             &text,
-            "sensors.chip",
+            "sensors.lines",
             "only used with sensors.backend = \"gpio\"",
         );
         assert!(
@@ -1273,24 +1287,33 @@ fn gpio_keys_are_refused_with_other_backends() {
                 .contains(&format!("the backend is \"{backend}\"")),
             "{e}"
         );
-        // The last one: the example's comments name the chip of other hosts first.
-        let chip_at = text.rfind("\"/dev/gpiochip0\"").unwrap();
-        assert_eq!(e.position(), Some(pos_at(&text, chip_at)));
-        let text = edit(&text, "chip = \"/dev/gpiochip0\"\n", "");
-        rejects(&text, "sensors.lines", "only used with");
+        let chip = edit(
+            &text,
+            "#   chip = \"/dev/gpiochip0\"",
+            "chip = \"/dev/gpiochip0\"",
+        );
+        let e = rejects(&chip, "sensors.chip", "only used with");
+        let chip_at = chip.rfind("\"/dev/gpiochip0\"").unwrap();
+        assert_eq!(e.position(), Some(pos_at(&chip, chip_at)));
         let text = edit(&text, &format!("{SD2_LINES_TEXT}\n"), "");
         rejects(
             &text,
             "sensors.active_low",
             "remove it, or set backend = \"gpio\"",
         );
-        let text = edit(&text, "active_low = false\n", "");
+        let text = edit(&text, "active_low = true\n", "");
+        rejects(
+            &text,
+            "sensors.bias",
+            "remove it, or set backend = \"gpio\"",
+        );
+        let text = edit(&text, "bias = \"pull-up\"\n", "");
         assert_eq!(parse(&text).unwrap().sensors.backend().to_string(), backend);
     }
     // Leaving the backend out means "none", so the gpio keys are refused too.
     rejects(
         &edit(&t, "backend = \"gpio\"\n", ""),
-        "sensors.chip",
+        "sensors.lines",
         "the backend is \"none\"",
     );
 }
@@ -1304,22 +1327,22 @@ fn sensor_backend_names_and_unknown_keys() {
     assert_eq!(e.key(), Some("sensors.backend"), "{e}");
     assert!(e.to_string().contains("i2c"), "{e}");
     assert_eq!(e.position(), Some(pos(&text, "\"i2c\"")));
-    let text = edit(
-        &t,
-        "active_low = false",
-        "active_low = false\npull_up = true",
-    );
+    let text = edit(&t, "active_low = true", "active_low = true\npull_up = true");
     let e = parse(&text).unwrap_err();
     assert_eq!(e.key(), Some("sensors.pull_up"), "{e}");
     assert!(e.to_string().contains("unknown field `pull_up`"), "{e}");
-    let e = parse(&edit(&t, "active_low = false", "active_low = \"no\"")).unwrap_err();
+    let e = parse(&edit(&t, "active_low = true", "active_low = \"no\"")).unwrap_err();
     assert_eq!(e.key(), Some("sensors.active_low"), "{e}");
 }
 
 #[test]
 fn sensors_round_trip_for_every_backend() {
     let t = example_text();
-    let low = edit(&t, "active_low = false", "active_low = true");
+    let low = edit(
+        &t,
+        "#   chip = \"/dev/gpiochip0\"",
+        "chip = \"/dev/gpiochip0\"",
+    );
     let printed = parse(&low).unwrap().to_toml_string();
     assert!(
         printed.contains("[sensors]\nbackend = \"gpio\"\nchip = \"/dev/gpiochip0\"\n"),
@@ -1327,7 +1350,8 @@ fn sensors_round_trip_for_every_backend() {
     );
     assert!(printed.contains(SD2_LINES_TEXT), "{printed}");
     assert!(printed.contains("active_low = true"), "{printed}");
-    for text in [low, demo_text(), SD1.to_string()] {
+    assert!(printed.contains("bias = \"pull-up\""), "{printed}");
+    for text in [low, t.clone(), demo_text(), SD1.to_string()] {
         let c = parse(&text).unwrap();
         let printed = c.to_toml_string();
         assert!(

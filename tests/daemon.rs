@@ -3,198 +3,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::control::{boards_connected, request};
+use common::machine::{
+    pose, set_pose, static_feed_values, static_frame, InProcess, MachineOptions, SimMachine, WAIT,
+};
 use common::pg::TestDb;
-use stringdriverd::daemon::{self, Parts};
-use stringdriverd::protocol::Firmware;
-use stringdriverd::sim::feed::{partials_for_distance, FeedWriter};
-use stringdriverd::sim::{Fault, Profile, SimHandle, SimOptions, Simulator};
+use stringdriverd::daemon;
+use stringdriverd::sim::feed::FeedWriter;
+use stringdriverd::sim::Fault;
 
-const WAIT: Duration = Duration::from_secs(20);
 const HOST: &str = "sd-e2e";
 
-/// The pose the tests set: X at 100, Z steppers 20 + index, tuners 1000 + index.
-fn pose() -> Vec<i32> {
-    (0..19)
-        .map(|g| match g {
-            0 => 100,
-            1..=12 => 20 + g,
-            _ => 1000 + g,
-        })
-        .collect()
-}
-
-fn config_text(dir: &Path, db_url: &str) -> String {
-    let d = dir.display();
-    format!(
-        r#"
-host = "{HOST}"
-
-[[boards]]
-name = "carriage"
-port = "{d}/carriage"
-int_bytes = 2
-firmware = "v2"
-steppers = 13
-reset_wait = "150ms"
-poll_interval = "50ms"
-reply_timeout = "300ms"
-move_margin = "30ms"
-
-[[boards]]
-name = "tuner"
-port = "{d}/tuner"
-int_bytes = 4
-firmware = "tuner"
-steppers = 6
-reset_wait = "150ms"
-poll_interval = "50ms"
-reply_timeout = "300ms"
-move_margin = "30ms"
-
-[layout]
-strings = 6
-x_index = 0
-z_first_index = 1
-tuner_first_index = 13
-# The simulators run 20 times faster than the real firmware.
-x_speed = 10000.0
-z_speed = 2000.0
-tuner_speed = 2000.0
-
-[operations]
-z_rest = 0.05
-
-[snapshot]
-interval = "100ms"
-link = "latest"
-link_max_age = "1h"
-
-[feed]
-dir = "{d}/shm"
-interval = "20ms"
-stale_after = "5s"
-
-[database]
-url = "{db_url}"
-auto_migrate = true
-connect_timeout = "2s"
-
-[spool]
-path = "{d}/spool.sqlite"
-
-[control]
-socket = "{d}/control.sock"
-"#
-    )
-}
-
-struct Rig {
-    dir: tempfile::TempDir,
-    sims: Vec<SimHandle>,
-    feed: FeedWriter,
-    cfg_path: PathBuf,
-}
-
-fn sims_and_feed(dir: tempfile::TempDir, db_url: &str) -> Rig {
-    let mut sims = Vec::new();
-    for (name, fw) in [("carriage", Firmware::V2), ("tuner", Firmware::Tuner)] {
-        let mut o = SimOptions::new(Profile::for_firmware(fw, None));
-        o.speed_scale = 20.0;
-        sims.push(Simulator::spawn(o, &dir.path().join(name)).expect("sim"));
-    }
-    std::fs::create_dir_all(dir.path().join("shm")).expect("shm dir");
-    let mut feed = FeedWriter::create(&dir.path().join("shm"), 6, 12).expect("feed");
-    feed.write_frame(&frame()).expect("frame");
-    let cfg_path = dir.path().join("stringdriver.toml");
-    std::fs::write(&cfg_path, config_text(dir.path(), db_url)).expect("config");
-    Rig {
-        dir,
-        sims,
-        feed,
-        cfg_path,
-    }
-}
-
-fn frame() -> Vec<Vec<(f32, f32)>> {
-    (0..6)
-        .map(|c| partials_for_distance(20.0 + c as f32 * 7.0, 12, c as u64))
-        .collect()
-}
-
-fn expected_feed() -> (Vec<i32>, Vec<f32>) {
-    let f = frame();
-    (
-        f.iter()
-            .map(|ch| ch.iter().filter(|(_, a)| *a > 0.0).count() as i32)
-            .collect(),
-        f.iter()
-            .map(|ch| ch.iter().map(|(_, a)| *a).sum())
-            .collect(),
-    )
-}
-
-struct Running {
-    parts: Parts,
-    stop: tokio::sync::watch::Sender<bool>,
-    _reload: tokio::sync::mpsc::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
-}
-
-async fn start(rig: &Rig) -> Running {
-    let cfg = stringdriverd::config::load(&rig.cfg_path).expect("config");
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (reload, reload_rx) = tokio::sync::mpsc::channel(1);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let path = rig.cfg_path.clone();
-    let task = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        daemon::run_with(path, cfg, stop_rx, reload_rx, move |p| {
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(p.clone());
-            }
-        })
-        .await
-    });
-    let parts = tokio::time::timeout(WAIT, rx)
-        .await
-        .expect("started")
-        .expect("parts");
-    Running {
-        parts,
-        stop,
-        _reload: reload,
-        task,
-    }
-}
-
-/// Stops the daemon as SIGTERM would and checks it ended well within 5 s.
-async fn stop(run: Running) {
-    let _ = run.stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run.task)
-        .await
-        .expect("stops in time")
-        .expect("join")
-        .expect("ok");
-}
-
-/// Sets every counter to the pose, as an operator does after calibrating.
-async fn set_pose(parts: &Parts) {
-    let pose = pose();
-    let mut g = 0;
-    for b in &parts.boards {
-        b.wait_for(WAIT, |s| {
-            s.link == stringdriverd::board::LinkState::Connected
-        })
-        .await
-        .expect("board connected");
-        for local in 0..b.steppers() {
-            b.set_stepper(local, pose[g]).await.expect("set_stepper");
-            g += 1;
-        }
-    }
+/// The simulated machine shipping to `db`, linking controls rows by `latest`.
+fn machine(db: &TestDb) -> SimMachine {
+    let mut o = MachineOptions::new(HOST);
+    o.db_url = Some(db.url());
+    o.link_latest = true;
+    SimMachine::start(o)
 }
 
 async fn rows(db: &TestDb) -> Vec<tokio_postgres::Row> {
@@ -226,7 +54,7 @@ async fn wait_rows(db: &TestDb, at_least: usize) -> Vec<tokio_postgres::Row> {
 
 /// Every row tells the truth: the pose, the feed's values, full arrays.
 fn assert_truthful(rows: &[tokio_postgres::Row]) {
-    let (vc, amp) = expected_feed();
+    let (vc, amp) = static_feed_values();
     for r in rows {
         let positions: Vec<i32> = r.get(1);
         let enabled: Vec<bool> = r.get(2);
@@ -248,8 +76,8 @@ fn assert_truthful(rows: &[tokio_postgres::Row]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_rows_match_the_simulators_and_the_feed_and_the_schema_queries_find_them() {
     let db = TestDb::create().await;
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
-    let run = start(&rig).await;
+    let rig = machine(&db);
+    let run = InProcess::start(&rig).await;
     // An audmon frame for this host, linked by `link = latest`.
     let controls_id = uuid::Uuid::new_v4();
     let c = db.client().await;
@@ -309,24 +137,30 @@ async fn end_to_end_rows_match_the_simulators_and_the_feed_and_the_schema_querie
     assert!(!joined.is_empty());
     assert_eq!(joined[0].get::<_, Vec<i32>>(5), pose());
 
-    stop(run).await;
+    run.stop().await;
     drop(rig);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
     let db = TestDb::create().await;
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
-    let run = start(&rig).await;
+    let mut rig = machine(&db);
+    let run = InProcess::start(&rig).await;
     set_pose(&run.parts).await;
     wait_rows(&db, 3).await;
     let snaps = run.parts.snapshots.clone();
 
+    // Paused for the board: judged on the skip counter of that reason, not
+    // on the words of the reason.
+    let skipped = |s: &stringdriverd::snapshot::SnapshotStatus, key: &str| {
+        s.skipped.get(key).copied().unwrap_or(0)
+    };
+    let board_down = skipped(&snaps.status(), "board_down");
     rig.sims[0].inject(Fault::Vanish);
     let mut w = snaps.watch();
     tokio::time::timeout(
         WAIT,
-        w.wait_for(|s| s.unknown.as_deref().is_some_and(|u| u.contains("carriage"))),
+        w.wait_for(|s| s.unknown.is_some() && skipped(s, "board_down") > board_down),
     )
     .await
     .expect("paused for the board")
@@ -344,16 +178,17 @@ async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
         "counters restored on the board"
     );
 
-    rig.feed.remove().expect("audmon stops");
+    let feed_not_ok = skipped(&snaps.status(), "feed_not_ok");
+    rig.static_feed().remove().expect("audmon stops");
     tokio::time::timeout(
         WAIT,
-        w.wait_for(|s| s.unknown.as_deref().is_some_and(|u| u.contains("feed"))),
+        w.wait_for(|s| s.unknown.is_some() && skipped(s, "feed_not_ok") > feed_not_ok),
     )
     .await
     .expect("paused for the feed")
     .expect("engine");
     let mut feed = FeedWriter::create(&rig.dir.path().join("shm"), 6, 12).expect("audmon restarts");
-    feed.write_frame(&frame()).expect("frame");
+    feed.write_frame(&static_frame()).expect("frame");
     tokio::time::timeout(WAIT, w.wait_for(|s| s.unknown.is_none()))
         .await
         .expect("resumed")
@@ -373,7 +208,7 @@ async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
         st.skipped.get("feed_not_ok").copied().unwrap_or(0) > 0,
         "{st:?}"
     );
-    stop(run).await;
+    run.stop().await;
     // Everything captured reached PostgreSQL, and every row is true.
     let all = rows(&db).await;
     let spool = stringdriverd::store::Spool::open_read_only(&rig.dir.path().join("spool.sqlite"))
@@ -390,7 +225,7 @@ async fn unplug_and_audmon_restart_pause_the_rows_and_they_resume_truthfully() {
 #[tokio::test]
 async fn an_unmigrated_database_stops_the_start_naming_the_command() {
     let db = TestDb::create().await;
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    let rig = machine(&db);
     let text = std::fs::read_to_string(&rig.cfg_path)
         .expect("read")
         .replace("auto_migrate = true", "auto_migrate = false");
@@ -445,6 +280,27 @@ fn wait_line(
     }
 }
 
+/// Waits until the daemon's structured `status` satisfies `ok`.
+async fn wait_status(socket: &Path, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let st = request(
+            socket,
+            serde_json::json!({"v": 1, "cmd": "status"}),
+            Duration::from_secs(5),
+        )
+        .await;
+        if st.as_ref().is_ok_and(&ok) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn signal(child: &std::process::Child, s: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), s).expect("signal");
 }
@@ -452,7 +308,7 @@ fn signal(child: &std::process::Child, s: nix::sys::signal::Signal) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losing_nothing() {
     let db = TestDb::create().await;
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    let rig = machine(&db);
     // As after an earlier run: the counters file knows the pose.
     let pose = pose();
     let counters = serde_json::json!({
@@ -467,7 +323,7 @@ async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losin
 
     let (mut child, rx) = spawn_run(&rig.cfg_path);
     let mut log = Vec::new();
-    wait_line(&rx, &mut log, "ready");
+    wait_status(&rig.socket(), "both boards connected", boards_connected).await;
     let before = wait_rows(&db, 3).await.len();
 
     std::fs::write(&rig.cfg_path, "this is = = not toml").expect("break the file");
@@ -481,8 +337,10 @@ async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losin
     )
     .expect("fix the file");
     signal(&child, nix::sys::signal::Signal::SIGHUP);
-    let applied = wait_line(&rx, &mut log, "SIGHUP: applied");
-    assert!(applied.contains("operations.z_rest"), "{applied}");
+    wait_status(&rig.socket(), "z_rest 0.07 applied", |s| {
+        s["settings"]["z_rest"].as_f64() == Some(0.07)
+    })
+    .await;
 
     let t = std::time::Instant::now();
     signal(&child, nix::sys::signal::Signal::SIGTERM);
@@ -534,7 +392,7 @@ async fn sighup_with_a_broken_file_keeps_running_and_sigterm_stops_in_time_losin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_status_watchdog_and_stopping() {
     let db = TestDb::create().await;
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    let rig = machine(&db);
     let sock_path = rig.dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
     sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -580,8 +438,8 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stepper_disabled_at_run_time_stays_disabled_after_a_restart() {
     let db = TestDb::create().await;
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
-    let run = start(&rig).await;
+    let rig = machine(&db);
+    let run = InProcess::start(&rig).await;
     assert!(run.parts.settings.borrow().enabled[5]);
     // As bump_check does for a stepper stuck on its string.
     run.parts.settings.send_modify(|s| s.enabled[5] = false);
@@ -603,20 +461,20 @@ async fn a_stepper_disabled_at_run_time_stays_disabled_after_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop(run).await;
+    run.stop().await;
 
-    let again = start(&rig).await;
+    let again = InProcess::start(&rig).await;
     let enabled = again.parts.settings.borrow().enabled.clone();
     assert!(!enabled[5], "still disabled after the restart");
     assert_eq!(enabled.iter().filter(|e| !**e).count(), 1);
-    stop(again).await;
+    again.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_interrupted_by_a_kill_is_closed_as_failed_at_the_next_start() {
     use stringdriverd::store::{OperationEvent, OperationStatus, OperationType, Record, Spool};
     let db = TestDb::create().await;
-    let rig = sims_and_feed(tempfile::tempdir().expect("tempdir"), &db.url());
+    let rig = machine(&db);
     // What a daemon killed in the middle of a z_calibrate left in its spool.
     let operation_id = uuid::Uuid::new_v4();
     let started = OperationEvent {
@@ -638,7 +496,7 @@ async fn an_operation_interrupted_by_a_kill_is_closed_as_failed_at_the_next_star
             .append_run_here(&[Record::Operation { event: started }])
             .expect("append");
     }
-    let run = start(&rig).await;
+    let run = InProcess::start(&rig).await;
     let client = db.client().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let row = loop {
@@ -674,5 +532,5 @@ async fn an_operation_interrupted_by_a_kill_is_closed_as_failed_at_the_next_star
             .running_operations,
         0
     );
-    stop(run).await;
+    run.stop().await;
 }

@@ -1,19 +1,20 @@
 //! The audmon feed reader against real files in a temporary directory,
 //! written by the simulated audmon or by hand when they must be wrong.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use common::feed::{dead_pid, fast_config, wait_for};
 use proptest::prelude::*;
-use stringdriverd::config::FeedConfig;
 use stringdriverd::feed::{
-    self, pid_alive, read_frame, ChangeTracker, FeedError, FeedMonitor, FeedState, FeedStatus,
-    CONTROL_FILE, PEAKS_FILE,
+    self, pid_alive, read_frame, ChangeTracker, FeedError, FeedMonitor, FeedState, CONTROL_FILE,
+    PEAKS_FILE,
 };
 use stringdriverd::sim::feed::{partials_for_distance, FeedWriter};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const LONG: Duration = Duration::from_secs(3600);
@@ -237,14 +238,6 @@ fn control_garbage_is_invalid_with_a_clear_message() {
     }
 }
 
-/// A PID that certainly belonged to a process that has exited (and been reaped).
-fn dead_pid() -> i32 {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let pid = child.id() as i32;
-    child.wait().unwrap();
-    pid
-}
-
 #[test]
 fn a_dead_writer_pid_is_stale() {
     let dir = tempfile::tempdir().unwrap();
@@ -271,7 +264,7 @@ fn a_dead_writer_pid_is_stale() {
 }
 
 #[test]
-fn an_unchanged_frame_becomes_stale_after_stale_after() {
+fn an_unwritten_frame_becomes_stale_after_stale_after() {
     let dir = tempfile::tempdir().unwrap();
     let stale_after = Duration::from_secs(2);
     let mut w = FeedWriter::create(dir.path(), 3, 4).unwrap();
@@ -285,7 +278,7 @@ fn an_unchanged_frame_becomes_stale_after_stale_after() {
     );
     let s = m.poll(t(3));
     assert!(
-        matches!(&s.state, FeedState::Stale(r) if r.contains("unchanged since") && r.contains("2s")),
+        matches!(&s.state, FeedState::Stale(r) if r.contains("not written since") && r.contains("2s")),
         "{s:?}"
     );
     assert_eq!(s.values, None);
@@ -300,34 +293,12 @@ fn an_unchanged_frame_becomes_stale_after_stale_after() {
     assert_eq!(s.values.unwrap().voice_count, vec![3, 1, 4]);
 
     // The pure clock on its own.
+    let mark = feed::peaks_written(dir.path()).unwrap();
     let mut c = ChangeTracker::new();
-    c.observe(b"x", t(10));
-    c.observe(b"x", t(13));
+    c.observe(mark, b"x", t(10));
+    c.observe(mark, b"x", t(13));
     assert!(c.is_stale(t(13), stale_after));
     assert_eq!(c.unchanged_for(t(13)), Some(Duration::from_secs(3)));
-}
-
-async fn wait_for(
-    rx: &mut watch::Receiver<FeedStatus>,
-    what: &str,
-    pred: impl FnMut(&FeedStatus) -> bool,
-) -> FeedStatus {
-    let outcome = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(pred))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match outcome {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) => panic!("feed task ended while waiting for {what}"),
-        Err(_) => panic!("timed out waiting for {what}; last {:?}", *rx.borrow()),
-    }
-}
-
-fn fast_config(dir: &Path) -> FeedConfig {
-    FeedConfig {
-        dir: dir.to_path_buf(),
-        interval: Duration::from_millis(20),
-        stale_after: Duration::from_secs(60),
-    }
 }
 
 #[tokio::test]
@@ -336,7 +307,10 @@ async fn the_task_publishes_ok_then_absent_then_ok_again() {
     let mut w = FeedWriter::create(dir.path(), 3, 4).unwrap();
     w.write_frame(&sample()).unwrap();
     let shutdown = CancellationToken::new();
-    let (mut rx, task) = feed::spawn(fast_config(dir.path()), shutdown.clone());
+    let (mut rx, task) = feed::spawn(
+        fast_config(dir.path(), Duration::from_secs(60)),
+        shutdown.clone(),
+    );
 
     let s = wait_for(&mut rx, "ok", |s| s.state.is_ok()).await;
     assert_eq!(s.values.unwrap().voice_count, vec![3, 0, 4]);
@@ -369,7 +343,10 @@ async fn the_task_reports_a_dead_writer_and_follows_new_frames() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = FeedWriter::create(dir.path(), 1, 12).unwrap();
     let shutdown = CancellationToken::new();
-    let (mut rx, task) = feed::spawn(fast_config(dir.path()), shutdown.clone());
+    let (mut rx, task) = feed::spawn(
+        fast_config(dir.path(), Duration::from_secs(60)),
+        shutdown.clone(),
+    );
     for distance in [100.0, 50.0, 0.0] {
         w.write_frame(&[partials_for_distance(distance, 12, 9)])
             .unwrap();

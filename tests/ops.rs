@@ -211,3 +211,39 @@ async fn cancel_mid_operation_records_cancelled_and_moves_nothing_more() {
         Some(OperationStatus::Cancelled)
     );
 }
+
+/// Every enabled Z sensor touching before an operation is wiring, not
+/// contact (hosts.md "electrical sense"): refused before any row or move.
+#[tokio::test]
+async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_rest() {
+    let r = rig([0, -1, 0, -2, 0], [0, 10, 20, 30, 35]).await;
+    assert!(r.sims[0].touching()[1..].iter().all(|t| *t));
+    let before = moves(&r.sims[0]);
+    for kind in [
+        OperationType::BumpCheck,
+        OperationType::ZCalibrate,
+        OperationType::ZAdjust,
+    ] {
+        let e = r.machine.run(kind, None).await.expect_err("refused");
+        assert!(
+            matches!(&e, stringdriverd::ops::OpError::SensorsAllTouching { steppers } if steppers == &[1, 2, 3, 4]),
+            "{e}"
+        );
+        assert!(e.to_string().contains("mis-wired"), "{e}");
+    }
+    assert!(events(&r.spool).await.is_empty(), "no operation row");
+    assert_eq!(moves(&r.sims[0]), before, "nothing moved");
+    assert_eq!(
+        r.machine.gate.running(),
+        None,
+        "the operation lock is released"
+    );
+
+    // One of them open again: the operation runs.
+    r.sims[0].set_physical(&[0, -1, 0, -2, 5]);
+    let ran = r.machine.run(OperationType::BumpCheck, None).await;
+    assert!(
+        matches!(&ran, Ok(o) if o.status == OperationStatus::Completed),
+        "{ran:?}"
+    );
+}

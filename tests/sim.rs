@@ -9,8 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use stringdriverd::protocol::frame::decode_all;
-use stringdriverd::protocol::{CmdCodec, Firmware, Inbound, IntWidth, Op, Request};
+use stringdriverd::protocol::{CmdCodec, Firmware, IntWidth, Op, Request};
 use stringdriverd::sim::{Outcome, SimHandle, TraceEvent};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -46,31 +45,10 @@ fn open(sim: &SimHandle) -> File {
 /// replies that came before the sentinel's. The board answers in order, so
 /// whatever `bytes` caused has been written by then.
 fn exchange(f: &mut File, bytes: &[u8]) -> Vec<Vec<i32>> {
-    f.write_all(bytes).expect("write");
-    f.write_all(b"12;").expect("write");
-    let deadline = Instant::now() + WAIT;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        assert!(Instant::now() < deadline, "no sentinel reply; got {got:?}");
-        match f.read(&mut buf) {
-            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => std::thread::sleep(Duration::from_millis(1)),
-        }
-        let items = decode_all(IntWidth::Two, &got);
-        if let Some(end) = items
-            .iter()
-            .position(|i| matches!(i, Inbound::Message(r) if r.id == 12))
-        {
-            return items[..end]
-                .iter()
-                .filter_map(|i| match i {
-                    Inbound::Message(r) => r.ints(IntWidth::Two),
-                    _ => None,
-                })
-                .collect();
-        }
-    }
+    common::raw::replies_before_sentinel(f, bytes, IntWidth::Two)
+        .into_iter()
+        .map(|(_, ints)| ints)
+        .collect()
 }
 
 fn req(fw: Firmware, op: Op, args: &[i32]) -> Vec<u8> {

@@ -31,23 +31,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::control::{request, status};
+use common::machine::{FeedMode, MachineOptions, SimMachine};
 use common::pg::TestDb;
 use common::proxy::Proxy;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use stringdriverd::config::Layout;
-use stringdriverd::protocol::Firmware;
-use stringdriverd::sim::feed::FeedWriter;
-use stringdriverd::sim::touch::TouchServer;
-use stringdriverd::sim::{Fault, Profile, SimHandle, SimOptions, Simulator};
+use stringdriverd::sim::Fault;
 use stringdriverd::store::Spool;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
-/// Speed of the simulated firmware (moves, pacing, reset window).
-const SCALE: f64 = 20.0;
-/// Partials per channel of the simulated audmon.
-const PARTIALS: usize = 12;
 const HOST: &str = "sd-soak";
 /// How long any single wait for a condition may take before the run fails.
 const WAIT: Duration = Duration::from_secs(60);
@@ -92,194 +84,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn config_text(dir: &Path, db_url: &str, z_rest: f64) -> String {
-    let d = dir.display();
-    format!(
-        r#"
-host = "{HOST}"
-
-[[boards]]
-name = "carriage"
-port = "{d}/carriage"
-int_bytes = 2
-firmware = "v2"
-steppers = 13
-reset_wait = "150ms"
-poll_interval = "50ms"
-reply_timeout = "300ms"
-move_margin = "30ms"
-
-[[boards]]
-name = "tuner"
-port = "{d}/tuner"
-int_bytes = 4
-firmware = "tuner"
-steppers = 6
-reset_wait = "150ms"
-poll_interval = "50ms"
-reply_timeout = "300ms"
-move_margin = "30ms"
-
-[layout]
-strings = 6
-x_index = 0
-z_first_index = 1
-tuner_first_index = 13
-# The simulators run 20 times faster than the real firmware.
-x_speed = 10000.0
-z_speed = 2000.0
-tuner_speed = 2000.0
-
-[operations]
-# Short rests for simulated hardware that runs 20 times faster.
-z_rest = {z_rest}
-x_rest = 0.05
-tune_rest = 0.05
-lap_rest = 0.05
-
-[snapshot]
-interval = "50ms"
-
-[feed]
-dir = "{d}/shm"
-interval = "20ms"
-stale_after = "2s"
-
-[database]
-url = "{db_url}"
-auto_migrate = true
-connect_timeout = "2s"
-
-[spool]
-path = "{d}/spool.sqlite"
-
-[control]
-socket = "{d}/control.sock"
-
-[sensors]
-backend = "simulated"
-simulator_sockets = ["{d}/carriage.touch", "{d}/tuner.touch"]
-"#
-    )
-}
-
-/// The simulated machine: both boards, their touch sensors and audmon.
-struct Machine {
-    sims: Arc<Vec<SimHandle>>,
-    _touch: Vec<TouchServer>,
-    feed_present: Arc<AtomicBool>,
-    feed_stop: Arc<AtomicBool>,
-    feed_thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Machine {
-    fn start(dir: &Path, layout: &Layout) -> anyhow::Result<Machine> {
-        let mut sims = Vec::new();
-        for (board, (name, fw)) in [("carriage", Firmware::V2), ("tuner", Firmware::Tuner)]
-            .into_iter()
-            .enumerate()
-        {
-            let mut o = SimOptions::new(Profile::for_firmware(fw, None));
-            o.speed_scale = SCALE;
-            let sim = Simulator::spawn(o, &dir.join(name))?;
-            let physical: Vec<i64> = (0..sim.counters().len())
-                .map(|local| {
-                    layout.try_global(board, local).map_or(0, |g| {
-                        stringdriverd::demo::starting_position(layout, g) as i64
-                    })
-                })
-                .collect();
-            sim.set_physical(&physical);
-            sims.push(sim);
-        }
-        let sims = Arc::new(sims);
-        let mut touch = Vec::new();
-        for (board, name) in ["carriage", "tuner"].into_iter().enumerate() {
-            let s = sims.clone();
-            touch.push(TouchServer::spawn(
-                &dir.join(format!("{name}.touch")),
-                move || s[board].touching(),
-            )?);
-        }
-        std::fs::create_dir_all(dir.join("shm"))?;
-        let feed_present = Arc::new(AtomicBool::new(true));
-        let feed_stop = Arc::new(AtomicBool::new(false));
-        let feed_thread = {
-            let (sims, layout, present, stop, shm) = (
-                sims.clone(),
-                layout.clone(),
-                feed_present.clone(),
-                feed_stop.clone(),
-                dir.join("shm"),
-            );
-            let mut writer = Some(FeedWriter::create(&shm, layout.strings(), PARTIALS)?);
-            std::thread::Builder::new()
-                .name("soak audmon".into())
-                .spawn(move || {
-                    let mut frame_no = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        let want = present.load(Ordering::SeqCst);
-                        match (&mut writer, want) {
-                            (Some(w), true) => {
-                                let frame = stringdriverd::demo::feed_frame(
-                                    &layout,
-                                    &distances(&sims),
-                                    frame_no,
-                                );
-                                let _ = w.write_frame(&frame);
-                            }
-                            (Some(w), false) => {
-                                let _ = w.remove();
-                                writer = None;
-                            }
-                            (None, true) => {
-                                writer = FeedWriter::create(&shm, layout.strings(), PARTIALS).ok();
-                            }
-                            (None, false) => {}
-                        }
-                        frame_no = frame_no.wrapping_add(1);
-                        // A frame every 20 ms, as the reader polls.
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                })?
-        };
-        Ok(Machine {
-            sims,
-            _touch: touch,
-            feed_present,
-            feed_stop,
-            feed_thread: Some(feed_thread),
-        })
-    }
-
-    fn violations(&self) -> usize {
-        self.sims.iter().map(|s| s.violations().len()).sum()
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        self.feed_stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.feed_thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// How far each mechanism really is from its string, per board (what the
-/// sound depends on, whatever the counters say).
-fn distances(sims: &[SimHandle]) -> Vec<Vec<i32>> {
-    sims.iter()
-        .map(|s| {
-            s.physical()
-                .iter()
-                .zip(s.contacts())
-                .map(|(p, c)| (p - c.unwrap_or(0)).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
-                .collect()
-        })
-        .collect()
 }
 
 /// The daemon process and its log.
@@ -342,40 +146,6 @@ impl Drop for Daemon {
     }
 }
 
-/// One request on the control socket; the reply's `result`, or the error.
-async fn request(socket: &Path, body: Value, timeout: Duration) -> Result<Value, String> {
-    let attempt = async {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (r, mut w) = stream.into_split();
-        let mut line = body.to_string();
-        line.push('\n');
-        w.write_all(line.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut reply = String::new();
-        let n = BufReader::new(r)
-            .read_line(&mut reply)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err("the daemon closed the connection".to_string());
-        }
-        let v: Value =
-            serde_json::from_str(&reply).map_err(|e| format!("bad reply {reply:?}: {e}"))?;
-        if v["ok"] == json!(true) {
-            Ok(v["result"].clone())
-        } else {
-            Err(format!("{}: {}", v["error"]["kind"], v["error"]["message"]))
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no reply within {timeout:?}")),
-    }
-}
-
 /// Waits until `check` gives `Some`, polling every 100 ms, or fails naming `what`.
 async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
 where
@@ -392,16 +162,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn status(socket: &Path) -> Option<Value> {
-    request(
-        socket,
-        json!({"v": 1, "cmd": "status"}),
-        Duration::from_secs(5),
-    )
-    .await
-    .ok()
 }
 
 /// Waits for a started daemon to answer with both boards connected.
@@ -507,14 +267,19 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
     let user = db.config.get_user().unwrap_or("postgres").to_string();
     let db_url = format!("postgres://{user}@{}/{}", proxy.addr, db.name);
 
-    let dir = tempfile::tempdir()?;
-    let cfg_path = dir.path().join("stringdriver.toml");
+    let mut options = MachineOptions::new(HOST);
+    options.db_url = Some(db_url.clone());
+    options.snapshot_interval = "50ms".into();
+    options.stale_after = "2s".into();
+    options.sensors = true;
+    options.feed = FeedMode::Live;
+    options.demo_physics = true;
+    let machine = SimMachine::start(options.clone());
+    let cfg_path = machine.cfg_path.clone();
     // Kept after the run (the temporary directory is not) for a post-mortem.
     let log_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak-daemon.log");
     std::fs::write(&log_path, "")?;
-    std::fs::write(&cfg_path, config_text(dir.path(), &db_url, 0.05))?;
     let cfg = stringdriverd::config::load(&cfg_path)?;
-    let machine = Machine::start(dir.path(), &cfg.layout)?;
     let socket = cfg.control.socket.clone();
 
     println!(
@@ -644,7 +409,7 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
                 (format!("board {name} plugged back"), describe(back))
             }
             Step::FeedRemove => {
-                machine.feed_present.store(false, Ordering::SeqCst);
+                machine.set_feed_present(false);
                 let seen = wait_for("the feed to be absent", WAIT, || async {
                     let s = status(&socket).await?;
                     (s["feed"]["state"] == "absent").then_some(())
@@ -653,7 +418,7 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
                 ("feed removed".to_string(), describe(seen))
             }
             Step::FeedRestore => {
-                machine.feed_present.store(true, Ordering::SeqCst);
+                machine.set_feed_present(true);
                 let seen = wait_for("the feed to be ok", WAIT, || async {
                     let s = status(&socket).await?;
                     (s["feed"]["state"] == "ok").then_some(())
@@ -689,7 +454,9 @@ async fn soak(length: Duration) -> anyhow::Result<bool> {
                 )
             }
             Step::Reload(z_rest) => {
-                std::fs::write(&cfg_path, config_text(dir.path(), &db_url, z_rest))?;
+                let mut reloaded = options.clone();
+                reloaded.z_rest = z_rest;
+                machine.rewrite_config(&reloaded);
                 daemon.signal(Signal::SIGHUP)?;
                 let applied = wait_for("the reload to apply z_rest", WAIT, || async {
                     let s = status(&socket).await?;

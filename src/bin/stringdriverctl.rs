@@ -340,18 +340,25 @@ fn print_readable(cmd: &Cmd, r: &Value) {
 /// While an operation runs, prints its progress (snapshots taken, operations
 /// started and ended, board links) to stderr from a second connection that
 /// streams events. Best effort: without it the wait still works.
-fn show_progress(socket: &std::path::Path) {
-    let Ok(events) = UnixStream::connect(socket) else {
-        return;
-    };
+/// Subscribes to the daemon's events and prints progress lines on stderr
+/// while an operation runs. The subscription is confirmed before the caller
+/// sends its request, so the operation's first event cannot be missed; the
+/// receiver hears when an operation's `ended` event has been printed.
+fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<()>> {
+    let events = UnixStream::connect(socket).ok()?;
+    let mut req = json!({"v": 1, "id": "progress", "cmd": "events"}).to_string();
+    req.push('\n');
+    (&events).write_all(req.as_bytes()).ok()?;
+    let mut reader = BufReader::new(events);
+    let mut ack = String::new();
+    reader.read_line(&mut ack).ok()?;
+    let ack: Value = serde_json::from_str(&ack).ok()?;
+    if ack["ok"].as_bool() != Some(true) {
+        return None;
+    }
+    let (ended_tx, ended) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut req = json!({"v": 1, "id": "progress", "cmd": "events"}).to_string();
-        req.push('\n');
-        if (&events).write_all(req.as_bytes()).is_err() {
-            return;
-        }
-        let reader = BufReader::new(&events);
-        for line in reader.lines().skip(1) {
+        for line in reader.lines() {
             let Ok(line) = line else { break };
             let Ok(ev) = serde_json::from_str::<Value>(&line) else {
                 continue;
@@ -375,8 +382,12 @@ fn show_progress(socket: &std::path::Path) {
                 _ => continue,
             };
             eprintln!("  ... {text}");
+            if ev["event"] == "operation" && ev["phase"] == "ended" {
+                let _ = ended_tx.send(());
+            }
         }
     });
+    Some(ended)
 }
 
 fn main() -> ExitCode {
@@ -398,9 +409,11 @@ fn main() -> ExitCode {
             op: OpCmd::Run { wait: true, .. } | OpCmd::Wait
         }
     );
-    if waits && !cli.json {
-        show_progress(&cli.socket);
-    }
+    let progress = if waits && !cli.json {
+        show_progress(&cli.socket)
+    } else {
+        None
+    };
     let mut line = request(&cli.command).to_string();
     line.push('\n');
     if let Err(e) = (&stream).write_all(line.as_bytes()) {
@@ -431,6 +444,17 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let result = &reply["result"];
+    if let (
+        Some(ended),
+        Cmd::Op {
+            op: OpCmd::Run { wait: true, .. },
+        },
+    ) = (&progress, &cli.command)
+    {
+        // The progress lines of this operation come before its outcome; the
+        // bound only matters if the events connection was lost.
+        let _ = ended.recv_timeout(std::time::Duration::from_secs(2));
+    }
     if let Cmd::Events = cli.command {
         // Every further line is an event, until the daemon goes away.
         let mut out = std::io::stdout().lock();
@@ -449,6 +473,17 @@ fn main() -> ExitCode {
         );
     } else {
         print_readable(&cli.command, result);
+    }
+    // Scripts rely on the exit code: an operation waited for that failed or
+    // was cancelled is not a success.
+    let waited = matches!(
+        &cli.command,
+        Cmd::Op {
+            op: OpCmd::Run { wait: true, .. } | OpCmd::Wait
+        }
+    );
+    if waited && matches!(result["status"].as_str(), Some("failed" | "cancelled")) {
+        return ExitCode::from(1);
     }
     ExitCode::SUCCESS
 }

@@ -179,6 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::CheckConfig { config } => {
             let cfg = stringdriverd::config::load(&config)?;
+            // A backend this build cannot run is a configuration it cannot use.
+            stringdriverd::sensors::check_buildable(&cfg)
+                .with_context(|| format!("{}: sensors.backend", config.display()))?;
             // The TLS certificate files, read as the daemon will read them.
             stringdriverd::store::tls::TlsConnector::new(&cfg.database.tls)?;
             print!("{}", cfg.to_toml_string());
@@ -324,6 +327,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 t.stop();
             }
             let violations = sim.violations();
+            let lost = sim.rx_lost();
+            if lost > 0 {
+                // Not a violation (nothing was corrupted here), but the real
+                // board would have lost them too: the host sent too fast.
+                eprintln!("{lost} byte(s) lost in the board's receive buffer (sent faster than the firmware reads)");
+            }
             match std::sync::Arc::try_unwrap(sim) {
                 Ok(sim) => sim.stop(),
                 Err(sim) => drop(sim),

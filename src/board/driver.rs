@@ -31,7 +31,13 @@
 //!   positions reply, the last one verifying every counter;
 //! - a stepper whose move is not yet confirmed is in transit
 //!   (`BoardStatus::moving`): its counter is not a position;
-//! - indices and values are checked before anything is sent.
+//! - indices and values are checked before anything is sent: every argument
+//!   against its width in the firmware's layout (v1 values are 4-byte
+//!   `long`s), every target or counter against what the positions reply can
+//!   carry back (`Firmware::counter_width`);
+//! - on v1, whose X `rmove` moves twice the delta, every relative move is
+//!   sent as the `amove` to the same target, so a confirmed move is
+//!   confirmed against what the firmware really did.
 
 mod restore;
 
@@ -353,7 +359,10 @@ impl Driver {
     }
 
     async fn connection(&mut self, link: Box<dyn Link>) -> End {
-        let mut io = Framed::new(link, CmdCodec::new(self.spec.width));
+        let mut io = Framed::new(
+            link,
+            CmdCodec::for_board(self.spec.firmware, self.spec.width),
+        );
         self.set_link(LinkState::WaitingForReset);
         if let Err(end) = self.wait_for_reset(&mut io).await {
             return end;
@@ -400,6 +409,19 @@ impl Driver {
                 _ = self.shutdown.cancelled() => return End::Shutdown,
                 r = self.requests.recv() => match r {
                     None => return End::Shutdown,
+                    // Nobody waits for it any more (the client that asked
+                    // left while it queued behind a move): a command sent
+                    // minutes later would surprise whoever stands at the
+                    // machine now, so it is dropped unsent.
+                    Some(r) if r.reply.is_closed() && r.command != Command::Poll => {
+                        tracing::info!(
+                            board = %self.spec.name,
+                            command = ?r.command,
+                            "dropped a queued command whose requester has gone: {:?}",
+                            r.command
+                        );
+                        None
+                    }
                     Some(r) => {
                         let (answer, fail) = self.serve(&mut io, r.command).await;
                         let _ = r.reply.send(answer);
@@ -960,14 +982,28 @@ impl Driver {
         Ok(())
     }
 
-    fn check_value(&self, value: i64) -> Result<i32, BoardError> {
+    /// `value` as the value argument of `op`: it must fit that argument's
+    /// width in the firmware's layout.
+    fn check_arg(&self, op: Op, value: i64) -> Result<i32, BoardError> {
+        let width = self.spec.firmware.layout(op, self.spec.width).width(1);
+        self.fits(width, value)
+    }
+
+    /// `value` as a counter (a move's target, a counter to set): it must fit
+    /// the positions reply, or the host could never read it back (a v1
+    /// counter beyond ±32767 would read as its low 16 bits).
+    fn check_counter(&self, value: i64) -> Result<i32, BoardError> {
+        self.fits(self.spec.firmware.counter_width(self.spec.width), value)
+    }
+
+    fn fits(&self, width: crate::protocol::IntWidth, value: i64) -> Result<i32, BoardError> {
         i32::try_from(value)
             .ok()
-            .filter(|v| self.spec.width.fits(*v))
+            .filter(|v| width.fits(*v))
             .ok_or(BoardError::ValueOutOfRange {
                 board: self.spec.name.clone(),
                 value,
-                bytes: self.spec.width.bytes(),
+                bytes: width.bytes(),
             })
     }
 
@@ -1031,22 +1067,34 @@ impl Driver {
                 self.check_stepper(stepper).map_err(refuse)?;
                 let current = self.current(stepper)?;
                 let target = self
-                    .check_value(current as i64 + delta as i64)
+                    .check_counter(current as i64 + delta as i64)
                     .map_err(refuse)?;
-                let delta = self.check_value(delta as i64).map_err(refuse)?;
+                if self.spec.firmware.doubles_x_rmove() {
+                    // v1 doubles an X rmove; the amove to the same target is
+                    // exact on every stepper, X or not.
+                    let arg = self.check_arg(Op::Amove, target as i64).map_err(refuse)?;
+                    return self
+                        .write_and_confirm(io, Op::Amove, stepper, arg, target, current)
+                        .await;
+                }
+                let delta = self.check_arg(Op::Rmove, delta as i64).map_err(refuse)?;
                 self.write_and_confirm(io, Op::Rmove, stepper, delta, target, current)
                     .await
             }
             Command::Amove { stepper, target } => {
                 self.check_stepper(stepper).map_err(refuse)?;
                 let current = self.current(stepper)?;
-                let target = self.check_value(target as i64).map_err(refuse)?;
-                self.write_and_confirm(io, Op::Amove, stepper, target, target, current)
+                let target = self.check_counter(target as i64).map_err(refuse)?;
+                let arg = self.check_arg(Op::Amove, target as i64).map_err(refuse)?;
+                self.write_and_confirm(io, Op::Amove, stepper, arg, target, current)
                     .await
             }
             Command::SetStepper { stepper, value } => {
                 self.check_stepper(stepper).map_err(refuse)?;
-                let value = self.check_value(value as i64).map_err(refuse)?;
+                let value = self.check_counter(value as i64).map_err(refuse)?;
+                let value = self
+                    .check_arg(Op::SetStepper, value as i64)
+                    .map_err(refuse)?;
                 let current = self.current(stepper)?;
                 self.write_and_confirm(io, Op::SetStepper, stepper, value, value, current)
                     .await

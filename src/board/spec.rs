@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{BoardConfig, Config};
+use crate::protocol::ramp::{self, DEFAULT_ACCEL};
 use crate::protocol::{Firmware, IntWidth};
 
 /// Everything the driver of one board needs, resolved from the configuration.
@@ -23,6 +24,10 @@ pub struct BoardSpec {
     /// slowest speed the firmware may run at: waiting too long is harmless,
     /// polling during a move is not.
     pub speeds: Vec<f64>,
+    /// Acceleration of each stepper, steps/s², for the ramp in a move's
+    /// expected duration: [`DEFAULT_ACCEL`], what the boards are run with
+    /// (hosts.md). Use the lowest the firmware may run at.
+    pub accels: Vec<f64>,
     /// How long the board is deaf after the port is opened.
     pub reset_wait: Duration,
     /// Quiet time that ends the drain of bootloader noise after the reset wait.
@@ -66,6 +71,7 @@ impl BoardSpec {
             baud: 115_200,
             width,
             firmware,
+            accels: vec![DEFAULT_ACCEL; speeds.len()],
             speeds,
             reset_wait: Duration::from_secs(2),
             drain_quiet: Duration::from_millis(50),
@@ -96,7 +102,11 @@ impl BoardSpec {
         Some(spec)
     }
 
-    /// How long a move of `steps` on `stepper` is expected to take, margin included.
+    /// How long a move of `steps` on `stepper` is expected to take, margin
+    /// included: AccelStepper's ramp at the stepper's speed and acceleration
+    /// ([`ramp::move_time`]: about `steps / speed + speed / accel` for a long
+    /// move), 10 % on top for the firmware's loop and a clock that runs
+    /// slow, then `move_margin`.
     pub fn move_duration(&self, stepper: usize, steps: u64) -> Duration {
         let speed = self
             .speeds
@@ -104,7 +114,12 @@ impl BoardSpec {
             .copied()
             .filter(|s| *s > 0.0)
             .unwrap_or(1.0);
-        // 10 % on top of the nominal time covers acceleration ramps.
-        Duration::from_secs_f64(steps as f64 / speed * 1.1) + self.move_margin
+        let accel = self
+            .accels
+            .get(stepper)
+            .copied()
+            .filter(|a| *a > 0.0)
+            .unwrap_or(DEFAULT_ACCEL);
+        ramp::move_time(steps, speed, accel).mul_f64(1.1) + self.move_margin
     }
 }

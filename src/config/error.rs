@@ -36,14 +36,16 @@ impl Position {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: cannot read the configuration file: {source}", path.display())]
+    /// The file could not be read: missing, not permitted, not a regular
+    /// file (a FIFO, a device) or larger than [`MAX_CONFIG_BYTES`](super::MAX_CONFIG_BYTES).
+    /// The OS's words are in the message and not also a `source`, so that a
+    /// chain printed whole says them once.
+    #[error("{}: cannot read the configuration file: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
+        /// What the OS (or the size check) said.
+        error: io::Error,
     },
     /// The text is not TOML, a value has the wrong type, a key is unknown or
     /// a required key is missing.
@@ -82,13 +84,12 @@ pub enum ConfigError {
     },
     /// `database.password_file` could not be read (the password itself is
     /// never part of an error).
-    #[error("{}: cannot read the database password file (database.password_file): {source}", path.display())]
+    #[error("{}: cannot read the database password file (database.password_file): {error}", path.display())]
     PasswordFile {
         /// The password file.
         path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: io::Error,
+        /// What went wrong (in the message, not also a `source`: said once).
+        error: io::Error,
     },
 }
 

@@ -27,8 +27,9 @@ pub use layout::{
 pub use resolve::defaults;
 pub use sections::{
     read_secret, BoardConfig, ClientCert, CompatConfig, ControlConfig, DatabaseConfig,
-    DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LogConfig, OperationSettings,
-    SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig, SslMode, Thresholds,
+    DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LineBias, LogConfig,
+    OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig,
+    SslMode, Thresholds,
 };
 
 /// A checked configuration with every default resolved.
@@ -63,13 +64,44 @@ pub struct Config {
     pub sensors: SensorsConfig,
 }
 
+/// The largest configuration file read (1 MiB; the example is about 20
+/// KiB): `--config /dev/zero` or a huge file is refused, not read until
+/// memory runs out.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Reads and checks the configuration file at `path`.
+///
+/// Only a regular file of at most [`MAX_CONFIG_BYTES`] is read, opened
+/// without blocking (a FIFO in its place is refused at once, see
+/// [`crate::files::read_regular`]); text that is not UTF-8 is a
+/// [`ConfigError::Parse`] at the line and column of the first bad byte.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        crate::files::read_regular(path, MAX_CONFIG_BYTES).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    let text = utf8(bytes, path)?;
     parse(&text, path)
+}
+
+/// `bytes` as text, or where the first byte that is not UTF-8 is.
+fn utf8(bytes: Vec<u8>, origin: &Path) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.into_bytes();
+        // Everything before `at` is valid, so the position is counted there.
+        let valid = std::str::from_utf8(bytes.get(..at).unwrap_or_default()).unwrap_or_default();
+        let bad = bytes.get(at).copied().unwrap_or_default();
+        ConfigError::Parse {
+            origin: origin.to_path_buf(),
+            position: Some(Position::at(valid, at)),
+            key: None,
+            message: format!(
+                "not UTF-8 text: byte 0x{bad:02x} at byte offset {at} (save the file as UTF-8)"
+            ),
+        }
+    })
 }
 
 /// Checks configuration `text`; `origin` names it in error messages only.

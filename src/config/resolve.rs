@@ -1009,6 +1009,7 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
             ("chip", raw.chip.is_some()),
             ("lines", raw.lines.is_some()),
             ("active_low", raw.active_low.is_some()),
+            ("bias", raw.bias.is_some()),
         ] {
             if set {
                 return Err(Invalid::new(
@@ -1028,16 +1029,9 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
         });
     }
     let z = 2 * strings;
-    let chip = match raw.chip {
-        Some(c) => path("sensors.chip", c)?,
-        None => {
-            return Err(Invalid::new(
-                "sensors.chip",
-                "required with sensors.backend = \"gpio\": the GPIO character device, such as \
-                 \"/dev/gpiochip0\"",
-            ))
-        }
-    };
+    // Not given: found at start by the lines (the header's chip is not
+    // gpiochip0 on every Pi).
+    let chip = raw.chip.map(|c| path("sensors.chip", c)).transpose()?;
     let Some(raw_lines) = raw.lines else {
         return Err(Invalid::new(
             "sensors.lines",
@@ -1084,7 +1078,10 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
     Ok(SensorsConfig::Gpio(GpioSensorsConfig {
         chip,
         lines,
-        active_low: raw.active_low.unwrap_or(false),
+        // Every sensor of the machines is a contact to ground with the
+        // pull-up bias (reference/hosts.md, "electrical sense").
+        active_low: raw.active_low.unwrap_or(true),
+        bias: raw.bias.unwrap_or_default(),
     }))
 }
 
@@ -1255,9 +1252,10 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
         sensors: match &config.sensors {
             SensorsConfig::Gpio(g) => RawSensors {
                 backend: Some(SensorBackend::Gpio),
-                chip: Some(g.chip.clone()),
+                chip: g.chip.clone(),
                 lines: Some(g.lines.iter().map(|&l| i64::from(l)).collect()),
                 active_low: Some(g.active_low),
+                bias: Some(g.bias),
                 simulator_sockets: None,
             },
             SensorsConfig::Simulated { sockets } => RawSensors {

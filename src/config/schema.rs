@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::protocol::commands::{Firmware, IntWidth};
 
-use super::sections::{SensorBackend, SnapshotLink};
+use super::sections::{LineBias, SensorBackend, SnapshotLink};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Serialize)]
@@ -357,6 +357,9 @@ pub(crate) struct RawSensors {
     /// Whether touching reads low (gpio only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_low: Option<bool>,
+    /// Bias the lines are requested with (gpio only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<LineBias>,
     /// One touch socket per board, in board order, "" for none (simulated
     /// only).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -307,9 +307,9 @@ impl DatabaseConfig {
         let Some(path) = &self.password_file else {
             return Ok(None);
         };
-        let fail = |source: std::io::Error| ConfigError::PasswordFile {
+        let fail = |error: std::io::Error| ConfigError::PasswordFile {
             path: path.clone(),
-            source,
+            error,
         };
         let text = read_secret(path).map_err(fail)?;
         warn_if_world_readable(path);
@@ -416,17 +416,45 @@ impl SensorsConfig {
     }
 }
 
+/// The bias a GPIO input line is requested with (`sensors.bias`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LineBias {
+    /// The pull-up resistor: an open contact to ground reads high. How
+    /// every sensor and switch of the machines is wired (the default).
+    #[default]
+    PullUp,
+    /// The pull-down resistor: an open contact to the supply reads low.
+    PullDown,
+    /// No bias: the line floats unless something drives it.
+    Disabled,
+}
+
+impl std::fmt::Display for LineBias {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LineBias::PullUp => "pull-up",
+            LineBias::PullDown => "pull-down",
+            LineBias::Disabled => "disabled",
+        })
+    }
+}
+
 /// The GPIO lines of the touch sensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpioSensorsConfig {
-    /// GPIO character device, such as `/dev/gpiochip0`.
-    pub chip: PathBuf,
+    /// GPIO character device, such as `/dev/gpiochip0`; `None`: the chip
+    /// is found by its lines (see `sensors::gpio`).
+    pub chip: Option<PathBuf>,
     /// Line offset (BCM number on a Raspberry Pi) of each Z stepper's sensor,
     /// in Z stepper order: string 0 in, string 0 out, string 1 in, ...;
     /// exactly two per string, all different.
     pub lines: Vec<u32>,
-    /// Whether a touching sensor pulls its line low (otherwise high).
+    /// Whether a touching sensor pulls its line low (otherwise high);
+    /// default true: a contact to ground with the pull-up bias.
     pub active_low: bool,
+    /// The bias the lines are requested with; default pull-up.
+    pub bias: LineBias,
 }
 
 /// `[log]`.
@@ -442,7 +470,11 @@ pub struct LogConfig {
 /// password": it is a mistake at install time, better named here than as a
 /// refused blank password by the server.
 pub fn read_secret(path: &std::path::Path) -> std::io::Result<String> {
-    let mut text = std::fs::read_to_string(path)?;
+    // A secret is a line; 64 KiB is generous, and a FIFO or /dev/zero given
+    // by mistake is refused instead of blocking or filling memory.
+    let bytes = crate::files::read_regular(path, 64 * 1024)?;
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))?;
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {

@@ -40,6 +40,8 @@ pub struct Shared {
     pub op_events: broadcast::Sender<String>,
     /// Start times of operations reported by other programs, by id.
     reported: Mutex<BTreeMap<Uuid, DateTime<Utc>>>,
+    /// Requests dropped unfinished because their client hung up.
+    pub dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl Shared {
             op_task: Mutex::new(None),
             op_events: broadcast::channel(64).0,
             reported: Mutex::new(BTreeMap::new()),
+            dropped: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -167,7 +170,9 @@ pub async fn status(sh: &Shared) -> Value {
             "amp_sum": feed.values.as_ref().map(|v| v.amp_sum.clone()),
             "frame_changed_at": feed.frame_changed_at,
             "read_at": feed.read_at,
+            "valid_until": feed.valid_until,
         },
+        "touch": serde_json::to_value(p.touch.borrow().clone()).unwrap_or(Value::Null),
         "spool": spool,
         "shipper": serde_json::to_value(p.shipper.borrow().clone()).unwrap_or(Value::Null),
         "operation": {
@@ -175,6 +180,9 @@ pub async fn status(sh: &Shared) -> Value {
             "last": op.last.map(outcome_json),
         },
         "snapshots": serde_json::to_value(p.snapshots.status()).unwrap_or(Value::Null),
+        "control": {
+            "requests_dropped": sh.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        },
     })
 }
 
@@ -377,6 +385,7 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
                     crate::ops::OpError::Gate(GateError::Busy(k)) => {
                         ApiError::new("busy", format!("operation {k} is running"))
                     }
+                    crate::ops::OpError::Gate(g) => gate_error(g),
                     other => ApiError::new("refused", other.to_string()),
                 }),
             };

@@ -27,7 +27,7 @@
 //! ```json
 //! {"v": 1, "id": 42, "cmd": "move", "stepper": 3, "delta": -10}
 //! {"v": 1, "id": 42, "ok": true, "result": {"stepper": 3, "position": 13, "board_positions": [...]}}
-//! {"v": 1, "id": 42, "ok": false, "error": {"kind": "refused", "message": "refused: stepper 3 is disabled"}}
+//! {"v": 1, "id": 42, "ok": false, "error": {"kind": "refused", "message": "stepper 3 is disabled"}}
 //! ```
 //!
 //! `v` must be 1; `id` is any JSON value and is echoed (`null` when absent or

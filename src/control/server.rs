@@ -28,6 +28,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const RATE_LIMIT: u32 = 100;
 /// Clients served at once; more are refused until one leaves.
 const MAX_CLIENTS: usize = 64;
+/// How often a request that is still waiting checks whether its client is
+/// still there.
+const HANGUP_CHECK: Duration = Duration::from_millis(100);
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -330,19 +333,63 @@ async fn serve_client(
             continue;
         }
         if req.cmd == "events" {
+            // Subscribed before the reply: a client that starts an operation
+            // once it has the reply cannot miss that operation's events.
+            let operations = shared.op_events.subscribe();
             let ok = protocol::reply(&req.id, Ok(json!({"events": true})));
             if push(out, ok, cancel) {
-                stream_events(lines, out, shared, cancel).await;
+                stream_events(lines, out, shared, cancel, operations).await;
             }
             return;
         }
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = handlers::handle(shared, &req) => r,
+        let result = {
+            let work = handlers::handle(shared, &req);
+            tokio::pin!(work);
+            let mut check = tokio::time::interval(HANGUP_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = &mut work => break r,
+                    _ = check.tick() => {
+                        if peer_hung_up(lines.get_ref().as_ref()) {
+                            // A move still waiting (behind a rest, another
+                            // move or a busy board) is dropped with the
+                            // future: sent minutes later it would surprise
+                            // whoever stands at the machine now.
+                            tracing::info!(
+                                cmd = %req.cmd,
+                                "control client left before its reply: its {} request is dropped",
+                                req.cmd
+                            );
+                            shared
+                                .dropped
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }
         };
         if !push(out, protocol::reply(&req.id, result), cancel) {
             return;
         }
+    }
+}
+
+/// Whether the peer closed its end completely (POLLHUP, reported whatever
+/// events are asked for). A client that only
+/// shut down its writing side (`socat`, a script's half-close) still waits
+/// for its reply, so end-of-input alone is not "gone".
+fn peer_hung_up(stream: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        _ => false,
     }
 }
 
@@ -356,6 +403,7 @@ async fn stream_events(
     out: &mpsc::Sender<String>,
     shared: &Arc<Shared>,
     cancel: &CancellationToken,
+    operations: tokio::sync::broadcast::Receiver<String>,
 ) {
     let mut forwarders = JoinSet::new();
     {
@@ -376,6 +424,34 @@ async fn stream_events(
                         return;
                     }
                 }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        // One event per Z sensor whose state changed (all of them first).
+        let mut rx = shared.parts.touch.clone();
+        let (out, cancel) = (out.clone(), cancel.clone());
+        forwarders.spawn(async move {
+            let mut last: Vec<crate::sensors::TouchState> = Vec::new();
+            loop {
+                let now = rx.borrow_and_update().sensors.clone();
+                for s in now.iter().filter(|s| !last.contains(s)) {
+                    let line = protocol::event(
+                        "touch",
+                        obj(vec![
+                            ("stepper", json!(s.stepper)),
+                            ("touching", json!(s.touching)),
+                            ("error", json!(s.error)),
+                        ]),
+                    );
+                    if !push(&out, line, &cancel) {
+                        return;
+                    }
+                }
+                last = now;
                 if rx.changed().await.is_err() {
                     return;
                 }
@@ -411,7 +487,7 @@ async fn stream_events(
         });
     }
     {
-        let mut rx = shared.op_events.subscribe();
+        let mut rx = operations;
         let (out, cancel) = (out.clone(), cancel.clone());
         forwarders.spawn(async move {
             loop {

@@ -95,6 +95,8 @@ pub struct Parts {
     pub settings: Arc<watch::Sender<Settings>>,
     /// Where run-time changes are kept across restarts.
     pub state: Arc<crate::state::StateFile>,
+    /// Every Z sensor's state, read once a second outside operations.
+    pub touch: watch::Receiver<crate::sensors::TouchStates>,
 }
 
 /// Where run-time enables and settings are kept: beside the spool.
@@ -376,6 +378,17 @@ pub async fn run_with_shipping(
             Arc::new(crate::sensors::NoSensors)
         }
     };
+    let (touch_rx, touch_task) = {
+        let gate = gate.clone();
+        crate::sensors::watch::spawn(
+            sensors.clone(),
+            Arc::new(cfg.layout.clone()),
+            Arc::new(move || gate.running().is_some()),
+            crate::sensors::WATCH_PERIOD,
+            io.clone(),
+        )
+    };
+    other_tasks.push(touch_task);
     let machine = {
         let boards = boards.clone();
         crate::ops::Machine {
@@ -409,6 +422,7 @@ pub async fn run_with_shipping(
         machine,
         settings: settings_tx.clone(),
         state: state.clone(),
+        touch: touch_rx,
     };
     on_start(&parts);
     // Without its control socket the daemon still captures and ships.

@@ -15,11 +15,17 @@
 //! Each read ends in one [`FeedState`]:
 //! - `Absent`: a file is missing (audmon not started or restarting). Not an
 //!   error that stops anything; the reader keeps looking.
-//! - `Stale`: audmon's PID is not alive, or the frame bytes have not changed
-//!   for longer than `stale_after` ([`ChangeTracker`]).
+//! - `Stale`: audmon's PID is not alive, or `audio_peaks` has not been
+//!   written (modification time, inode and size unmoved) for longer than
+//!   `stale_after` ([`ChangeTracker`]), or a read did not finish within
+//!   `stale_after`. Silence is not staleness: all-zero frames that repeat
+//!   byte for byte are valid readings (voice_count 0, amp_sum 0) as long as
+//!   audmon keeps writing them (`reference/audmon-feed.md`).
 //! - `Invalid`: the control is garbage, the peaks file is shorter than the
 //!   control announces, a value is NaN, infinite or a negative amplitude, or
-//!   two consecutive reads never agreed (torn read).
+//!   two consecutive reads never agreed (torn read), or a file is not a
+//!   regular file (a FIFO or a device in its place: refused at open, which
+//!   never blocks).
 //! - `Ok`: a consistent, recent frame from a live audmon.
 //!
 //! # Invariants
@@ -33,7 +39,13 @@
 //!   after them (a resize in between starts over).
 //! - The parsers are pure and never panic on any input (fuzzed:
 //!   `fuzz/fuzz_targets/feed.rs`).
-//! - File I/O runs on tokio's blocking pool, never on the async workers.
+//! - File I/O runs on tokio's blocking pool, never on the async workers,
+//!   and a read that takes longer than `stale_after` is reported (`Stale`)
+//!   while it is waited for; no second read starts meanwhile.
+//! - A reading expires: [`FeedStatus::valid_until`] is `read_at +
+//!   stale_after`, and [`FeedStatus::usable_at`] refuses values past it, so
+//!   a reader that stopped publishing never passes its last frame off as
+//!   current.
 //!
 //! [`spawn`] starts the task that reads every `interval` and publishes a
 //! [`FeedStatus`] on a watch channel; [`FeedMonitor`] is the same logic
@@ -59,7 +71,7 @@ pub use parse::{
     encode_entry, parse_control, parse_peaks, Control, Frame, ENTRY_BYTES, MAX_CHANNELS,
     MAX_PARTIALS,
 };
-pub use read::{pid_alive, read_control, read_frame, read_peaks};
+pub use read::{peaks_written, pid_alive, read_control, read_frame, read_peaks, WriteMark};
 pub use status::{FeedState, FeedStatus, FeedValues};
 
 /// Name of the control file in the feed directory.
@@ -118,24 +130,31 @@ async fn run(cfg: FeedConfig, tx: watch::Sender<FeedStatus>, shutdown: Cancellat
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut monitor = None;
+    // A read still running when its deadline passed: waited for again on
+    // the next tick rather than started anew (one stuck thread, not one per
+    // tick).
+    let mut pending: Option<JoinHandle<(FeedMonitor, FeedStatus)>> = None;
     let mut previous: Option<FeedStatus> = None;
+    let deadline = cfg.stale_after.max(Duration::from_millis(1));
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let mut m = monitor
-            .take()
-            .unwrap_or_else(|| FeedMonitor::new(&cfg.dir, cfg.stale_after));
-        let job = tokio::task::spawn_blocking(move || {
-            let status = m.poll(Utc::now());
-            (m, status)
+        let mut job = pending.take().unwrap_or_else(|| {
+            let mut m = monitor
+                .take()
+                .unwrap_or_else(|| FeedMonitor::new(&cfg.dir, cfg.stale_after));
+            tokio::task::spawn_blocking(move || {
+                let status = m.poll(Utc::now());
+                (m, status)
+            })
         });
         let status = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            done = job => match done {
+            done = &mut job => match done {
                 Ok((m, status)) => {
                     monitor = Some(m);
                     status
@@ -148,6 +167,18 @@ async fn run(cfg: FeedConfig, tx: watch::Sender<FeedStatus>, shutdown: Cancellat
                     ..FeedStatus::new()
                 },
             },
+            _ = tokio::time::sleep(deadline) => {
+                pending = Some(job);
+                FeedStatus {
+                    state: FeedState::Stale(format!(
+                        "reading the files in {} has not finished within {} (a file that blocks?)",
+                        cfg.dir.display(),
+                        humantime::format_duration(deadline)
+                    )),
+                    read_at: Some(Utc::now()),
+                    ..FeedStatus::new()
+                }
+            }
         };
         log_change(&cfg, previous.as_ref(), &status);
         tx.send_if_modified(|current| {

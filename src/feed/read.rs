@@ -1,10 +1,10 @@
 //! Reading the feed files: bounded reads, torn-read detection, PID liveness.
 //! Everything here blocks; the task calls it on tokio's blocking pool.
 
-use std::fs::File;
-use std::io::{self, Read};
-use std::path::Path;
-use std::time::Duration;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use super::parse::{parse_control, parse_peaks, Control, Frame, ENTRY_BYTES};
 use super::{FeedError, CONTROL_FILE, PEAKS_FILE};
@@ -130,23 +130,52 @@ pub(crate) fn settle(
     )))
 }
 
-/// Reads at most `limit` bytes of `dir/name`.
-fn read_capped(dir: &Path, name: &str, limit: u64) -> Result<Vec<u8>, FeedError> {
-    let path = dir.join(name);
-    let fail = |source: io::Error| {
-        if source.kind() == io::ErrorKind::NotFound {
-            FeedError::Absent(path.clone())
-        } else {
-            FeedError::Io {
-                path: path.clone(),
-                source,
-            }
+/// What shows that `audio_peaks` was written: its modification time
+/// (nanoseconds on /dev/shm), inode and size. audmon rewrites the file for
+/// every frame, silent ones included, so the mark moves while audmon works
+/// even when the bytes repeat (`reference/audmon-feed.md`, "Silence is
+/// data"); a file replaced by a rename has another inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMark {
+    /// Last modification.
+    pub modified: SystemTime,
+    /// Inode number.
+    pub inode: u64,
+    /// Size in bytes.
+    pub len: u64,
+}
+
+/// The [`WriteMark`] of `dir/audio_peaks`, from `stat` (which does not
+/// open the file, so it cannot block on a FIFO). [`FeedError::Absent`] when
+/// it does not exist; [`FeedError::Io`] when it is not a regular file.
+pub fn peaks_written(dir: &Path) -> Result<WriteMark, FeedError> {
+    let path = dir.join(PEAKS_FILE);
+    let meta = std::fs::metadata(&path).map_err(|e| io_error(&path, e))?;
+    crate::files::require_regular(&meta).map_err(|e| io_error(&path, e))?;
+    Ok(WriteMark {
+        modified: meta.modified().map_err(|e| io_error(&path, e))?,
+        inode: meta.ino(),
+        len: meta.len(),
+    })
+}
+
+fn io_error(path: &Path, source: io::Error) -> FeedError {
+    if source.kind() == io::ErrorKind::NotFound {
+        FeedError::Absent(path.to_path_buf())
+    } else {
+        FeedError::Io {
+            path: path.to_path_buf(),
+            source,
         }
-    };
-    let file = File::open(&path).map_err(fail)?;
-    let mut out = Vec::with_capacity(usize::try_from(limit.min(1 << 20)).unwrap_or(0));
-    file.take(limit).read_to_end(&mut out).map_err(fail)?;
-    Ok(out)
+    }
+}
+
+/// Reads at most `limit` bytes of `dir/name`, which must be a regular file:
+/// opened without blocking, so a FIFO or a device in its place is an error
+/// at once instead of a reader stuck for ever ([`crate::files::open_regular`]).
+fn read_capped(dir: &Path, name: &str, limit: u64) -> Result<Vec<u8>, FeedError> {
+    let path: PathBuf = dir.join(name);
+    crate::files::read_regular_prefix(&path, limit).map_err(|e| io_error(&path, e))
 }
 
 #[cfg(test)]

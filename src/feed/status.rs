@@ -86,11 +86,18 @@ pub struct FeedStatus {
     /// The frame's values; `Some` only when `state` is [`FeedState::Ok`]:
     /// a stale or invalid feed has no values, not old ones.
     pub values: Option<FeedValues>,
-    /// When the frame bytes were last seen to change (first seen counts as
-    /// a change); `None` while there is no frame.
+    /// When `audio_peaks` was last seen written (its modification time,
+    /// inode or size moved; the first sight counts), whether or not the
+    /// bytes changed; `None` while there is no frame.
     pub frame_changed_at: Option<DateTime<Utc>>,
     /// When the files were last read; `None` before the first read.
     pub read_at: Option<DateTime<Utc>>,
+    /// Until when this reading may be used: `read_at + stale_after`. A
+    /// reader that stops publishing (stuck on a file, or gone) leaves a
+    /// status whose time runs out, so that nobody uses its values as
+    /// current ([`usable_at`](FeedStatus::usable_at)). `None` in a status
+    /// made by hand (tests), which does not expire.
+    pub valid_until: Option<DateTime<Utc>>,
     /// audmon's PID from `audio_control`; `None` when it could not be read.
     pub pid: Option<i32>,
 }
@@ -104,12 +111,30 @@ impl FeedStatus {
             values: None,
             frame_changed_at: None,
             read_at: None,
+            valid_until: None,
             pid: None,
         }
     }
 
-    /// Equal in everything but `read_at`, which changes on every read and
-    /// so is not a change worth waking anyone for.
+    /// The values, if the feed is ok and this reading has not expired at
+    /// `at`; otherwise why not, as a state in words ("stale (...)", "out of
+    /// date (...)") to follow "the feed is".
+    pub fn usable_at(&self, at: DateTime<Utc>) -> Result<&FeedValues, String> {
+        match (&self.state, &self.values) {
+            (FeedState::Ok, Some(_)) if self.valid_until.is_some_and(|u| at > u) => Err(format!(
+                "out of date (last read at {}, longer ago than feed.stale_after: the reader \
+                 has stopped reading)",
+                self.read_at
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default()
+            )),
+            (FeedState::Ok, Some(v)) => Ok(v),
+            (state, _) => Err(state.to_string()),
+        }
+    }
+
+    /// Equal in everything but `read_at` and `valid_until`, which change on
+    /// every read and so are not a change worth waking anyone for.
     pub fn same_apart_from_read_at(&self, other: &FeedStatus) -> bool {
         self.state == other.state
             && self.channels == other.channels

@@ -37,7 +37,7 @@ pub const FINAL_BUMP_ROUNDS: u32 = 10;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OpError {
     /// Refused by the gate, or a move failed.
-    #[error(transparent)]
+    #[error("{}", gate_text(.0))]
     Gate(#[from] GateError),
     /// A sensor could not be read.
     #[error("touch sensor: {0}")]
@@ -51,6 +51,28 @@ pub enum OpError {
     /// A stepper asked for is not a Z stepper.
     #[error("stepper {0} is not a Z stepper")]
     NotZ(usize),
+    /// Every enabled touch sensor reads touching before the operation
+    /// starts: at rest that is wiring or configuration, not contact.
+    #[error(
+        "refused: every enabled touch sensor (steppers {steppers:?}) reads touching at rest, \
+         which almost surely means the sensors are mis-wired or mis-configured \
+         (sensors.active_low, sensors.bias), not that every mechanism touches its string; \
+         check them before running an operation"
+    )]
+    SensorsAllTouching {
+        /// The enabled Z steppers whose sensors all read touching.
+        steppers: Vec<usize>,
+    },
+}
+
+/// A gate error inside an operation's message: refusals say so (the
+/// control API's error kind is not there to say it).
+fn gate_text(e: &GateError) -> String {
+    if e.is_refusal() {
+        format!("refused: {e}")
+    } else {
+        e.to_string()
+    }
 }
 
 impl From<SensorError> for OpError {
@@ -148,8 +170,25 @@ impl Machine {
     }
 
     /// Runs `kind` as a new operation (taking the gate's operation lock).
+    ///
+    /// Refused before anything is recorded or moved
+    /// ([`OpError::SensorsAllTouching`]) when every enabled Z sensor — two
+    /// or more — reads touching: the machine is at rest (no operation runs),
+    /// and a machine at rest whose every sensor touches is almost surely
+    /// mis-wired (`reference/hosts.md`, "electrical sense"). One sensor alone
+    /// touching proves nothing, and a sensor that cannot be read is left to
+    /// the operation to report as it does today.
     pub async fn run(&self, kind: OperationType, only: Option<usize>) -> Result<Outcome, OpError> {
         let ticket = self.gate.begin(kind.as_str())?;
+        let enabled = self.enabled_z(None)?;
+        if crate::sensors::all_touching(self.sensors.as_ref(), &enabled) {
+            tracing::error!(
+                operation = kind.as_str(),
+                steppers = ?enabled,
+                "every enabled touch sensor reads touching at rest: refused (mis-wired or mis-configured sensors?)"
+            );
+            return Err(OpError::SensorsAllTouching { steppers: enabled });
+        }
         self.run_recorded(&ticket, kind, only).await
     }
 

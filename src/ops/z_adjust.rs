@@ -1,7 +1,6 @@
 //! z_adjust: move each string's Z pair by the audio analysis.
 
 use super::{Machine, OpError};
-use crate::feed::FeedState;
 use crate::motion::OperationTicket;
 use crate::store::OperationType;
 
@@ -66,10 +65,10 @@ pub(super) async fn run(m: &Machine, t: &OperationTicket) -> Result<String, OpEr
     let mut moved = Vec::new();
     for c in 0..m.layout.strings() {
         let feed = m.feed.borrow().clone();
-        let values = match (&feed.state, feed.values) {
-            (FeedState::Ok, Some(v)) => v,
-            (state, _) => return Err(OpError::Feed(state.to_string())),
-        };
+        let values = feed
+            .usable_at(chrono::Utc::now())
+            .map_err(OpError::Feed)?
+            .clone();
         let (Some(&vc), Some(&amp)) = (values.voice_count.get(c), values.amp_sum.get(c)) else {
             return Err(OpError::Feed(format!("no channel {c}")));
         };

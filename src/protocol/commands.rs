@@ -1,9 +1,26 @@
-//! Command tables and integer widths of the three firmwares in service.
+//! Command tables, argument layouts and integer widths of the three
+//! firmwares in service.
 //!
 //! The numbering of commands is a property of a board's firmware (v1 numbers
 //! everything one higher because of its extra `gspeed` command), as is the
 //! width of a C `int` (2 bytes on the AVR Mega, 4 on the RP2040 Pico). Both are
 //! configured per board; nothing here guesses them.
+//!
+//! So is the width of each argument ([`Firmware::layout`]): v2 and the tuner
+//! firmware read every argument as one `int` of the board; v1 reads the
+//! stepper or axis index as an `int` but the value of amove, rmove,
+//! set_stepper, set_accel, set_speed, set_min and set_max as a 4-byte `long`.
+//! A 2-byte value sent to v1 is read with whatever follows it as its upper
+//! bytes (a negative target becomes 65536 + v and is ignored as out of
+//! limits; a negative counter is stored as 65536 + v while the positions
+//! reply, which carries only an `int`, reads back v). Positions come back as
+//! `int`s on every firmware ([`Firmware::counter_width`]), so a counter the
+//! reply cannot carry is never caused by this host: see that method.
+//!
+//! v1 differs in motion too: its X `rmove` moves twice the delta (`amove` is
+//! not doubled; the host sends moves as `amove` there), and its set_min /
+//! set_max axis groups are 0 = tuners, 1 = carriage X, 2 = coils Z
+//! ([`Firmware::axis_count`]).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -140,14 +157,58 @@ impl Firmware {
         Op::ALL.into_iter().find(|&op| self.id(op) == Some(id))
     }
 
-    /// Number of axis groups that `set_min`/`set_max` accept (0 = X, 1 = Z on
-    /// the carriage boards; one group on the tuner). A larger axis number
-    /// corrupts the firmware's memory, so the host refuses it.
+    /// Number of axis groups that `set_min`/`set_max` accept: 0 = X, 1 = Z on
+    /// v2; 0 = tuners, 1 = carriage X, 2 = coils Z on v1; one group on the
+    /// tuner. A larger axis number corrupts the firmware's memory, so the
+    /// host refuses it and the simulator records it as a safety violation.
     pub fn axis_count(self) -> u8 {
         match self {
-            Firmware::V2 | Firmware::V1 => 2,
+            Firmware::V2 => 2,
+            Firmware::V1 => 3,
             Firmware::Tuner => 1,
         }
+    }
+
+    /// The width of every argument of `op` on this firmware, for a board
+    /// whose `int` is `int` wide: the argument layout the encoder writes and
+    /// the firmware reads. v2 and tuner: every argument one `int`; v1: the
+    /// index an `int`, the value of amove, rmove, set_stepper, set_accel,
+    /// set_speed, set_min and set_max a 4-byte `long`.
+    pub fn layout(self, op: Op, int: IntWidth) -> Layout {
+        let value = match (self, op) {
+            (
+                Firmware::V1,
+                Op::Amove
+                | Op::Rmove
+                | Op::SetStepper
+                | Op::SetAccel
+                | Op::SetSpeed
+                | Op::SetMin
+                | Op::SetMax,
+            ) => LONG,
+            _ => int,
+        };
+        Layout {
+            widths: [int, value],
+            len: op.arg_count(),
+        }
+    }
+
+    /// The width of each counter in the positions reply: the board's `int`
+    /// on every firmware, although v1 keeps its counters in `long`s. A v1
+    /// counter beyond ±32 767 would read back as its low 16 bits, i.e. as a
+    /// different, plausible number: the host could neither confirm it nor
+    /// ever know the stepper's position again. So the host never causes one:
+    /// a target or counter that does not fit this width is refused before
+    /// sending, whatever the width of the argument that carries it.
+    pub fn counter_width(self, int: IntWidth) -> IntWidth {
+        int
+    }
+
+    /// Whether `rmove` on this firmware moves X by twice the delta (v1).
+    /// The host sends every v1 move as `amove`, which is not doubled.
+    pub fn doubles_x_rmove(self) -> bool {
+        self == Firmware::V1
     }
 
     /// Lower-case name as written in the configuration.
@@ -173,6 +234,34 @@ impl std::str::FromStr for Firmware {
             .into_iter()
             .find(|f| f.name() == s)
             .ok_or_else(|| format!("unknown firmware `{s}` (expected v2, v1 or tuner)"))
+    }
+}
+
+/// Width of a C `long` on every board in service (AVR and RP2040 alike).
+pub const LONG: IntWidth = IntWidth::Four;
+
+/// The width of each binary argument of one command on one firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    widths: [IntWidth; 2],
+    len: usize,
+}
+
+impl Layout {
+    /// Width of argument `i` (0-based). Arguments past the command's own
+    /// count (a host sending too many) take the last width.
+    pub fn width(&self, i: usize) -> IntWidth {
+        self.widths[i.min(1)]
+    }
+
+    /// Number of arguments the firmware reads.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the command reads no argument at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -306,6 +395,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn v1_values_are_longs_and_indices_ints() {
+        let l = Firmware::V1.layout(Op::SetStepper, IntWidth::Two);
+        assert_eq!((l.width(0), l.width(1), l.len()), (IntWidth::Two, LONG, 2));
+        for op in [
+            Op::Amove,
+            Op::Rmove,
+            Op::SetAccel,
+            Op::SetSpeed,
+            Op::SetMin,
+            Op::SetMax,
+        ] {
+            assert_eq!(
+                Firmware::V1.layout(op, IntWidth::Two).width(1),
+                LONG,
+                "{op}"
+            );
+            assert_eq!(
+                Firmware::V2.layout(op, IntWidth::Two).width(1),
+                IntWidth::Two
+            );
+            assert_eq!(
+                Firmware::Tuner.layout(op, IntWidth::Four).width(1),
+                IntWidth::Four
+            );
+        }
+        assert_eq!(
+            Firmware::V1
+                .layout(Op::ResetStepper, IntWidth::Two)
+                .width(0),
+            IntWidth::Two
+        );
+        assert_eq!(Firmware::V1.counter_width(IntWidth::Two), IntWidth::Two);
+        assert_eq!(Firmware::V1.axis_count(), 3);
+        assert_eq!(Firmware::V2.axis_count(), 2);
     }
 
     #[test]

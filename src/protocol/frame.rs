@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::commands::IntWidth;
+use super::commands::{Firmware, IntWidth};
 
 /// Field separator.
 pub const FIELD_SEP: u8 = b',';
@@ -27,7 +27,10 @@ pub const FIELD_SEP: u8 = b',';
 pub const CMD_SEP: u8 = b';';
 /// Escape character.
 pub const ESCAPE: u8 = b'/';
-/// Size of the board's serial receive buffer; a longer message is dropped whole.
+/// The most bytes a message may take, its `;` included: CmdMessenger's
+/// 64-byte command buffer restarts when it holds 63 bytes, so at most 62
+/// bytes before the `;` are ever executed (measured on the real v2 firmware;
+/// the bytes after such an overflow are parsed as a new message).
 pub const BOARD_RX_BUFFER: usize = 63;
 /// How much of a discarded run is kept for the log.
 pub const EXCERPT_LEN: usize = 48;
@@ -45,7 +48,8 @@ pub fn needs_escape(b: u8) -> bool {
 pub struct Request {
     /// Command number in the board's firmware table.
     pub id: u16,
-    /// Arguments, each sent at the board's int width.
+    /// Arguments, each sent at the width the firmware's layout gives it
+    /// ([`Firmware::layout`]; the board's int width without a firmware).
     pub args: Vec<i32>,
 }
 
@@ -118,12 +122,12 @@ impl std::fmt::Display for DiscardReason {
 /// Errors of the codec itself (content problems are never errors, see module doc).
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// An argument does not fit the board's int width.
+    /// An argument does not fit the width the firmware reads it at.
     #[error("argument {value} does not fit a {width}-byte int")]
     ArgumentOutOfRange {
         /// The offending value.
         value: i32,
-        /// The board's width.
+        /// The width of that argument.
         width: IntWidth,
     },
     /// The encoded message would overflow the board's receive buffer and be dropped whole.
@@ -160,6 +164,9 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct CmdCodec {
     width: IntWidth,
+    /// The firmware whose argument layout requests are written in; `None`:
+    /// every argument at `width`.
+    firmware: Option<Firmware>,
     max_frame: usize,
     /// Bytes of the buffer already scanned for a terminator.
     scanned: usize,
@@ -170,15 +177,27 @@ pub struct CmdCodec {
 }
 
 impl CmdCodec {
-    /// A codec for a board whose `int` is `width` wide.
+    /// A codec for a board whose `int` is `width` wide, writing every
+    /// argument at that width (right for v2 and tuner boards only; a board
+    /// driver uses [`CmdCodec::for_board`]).
     pub fn new(width: IntWidth) -> Self {
         Self::with_max_frame(width, DEFAULT_MAX_FRAME)
     }
 
-    /// Same, with a custom cap on unterminated runs.
+    /// A codec for a board running `firmware` with an `int` of `width`:
+    /// requests are written in the firmware's argument layout (v1: 4-byte
+    /// values), replies read at `width`.
+    pub fn for_board(firmware: Firmware, width: IntWidth) -> Self {
+        let mut c = Self::new(width);
+        c.firmware = Some(firmware);
+        c
+    }
+
+    /// Same as [`CmdCodec::new`], with a custom cap on unterminated runs.
     pub fn with_max_frame(width: IntWidth, max_frame: usize) -> Self {
         CmdCodec {
             width,
+            firmware: None,
             max_frame: max_frame.max(8),
             scanned: 0,
             escaped: false,
@@ -191,10 +210,22 @@ impl CmdCodec {
         self.width
     }
 
-    /// Encodes `req` into a fresh buffer (useful outside `Framed`).
+    /// Encodes `req` with every argument at `width` into a fresh buffer
+    /// (useful outside `Framed`; v2 and tuner layouts).
     pub fn encode_request(width: IntWidth, req: &Request) -> Result<BytesMut, FrameError> {
         let mut out = BytesMut::with_capacity(8 + req.args.len() * 9);
-        write_request(width, req, &mut out)?;
+        write_request(None, width, req, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes `req` in `firmware`'s argument layout into a fresh buffer.
+    pub fn encode_for(
+        firmware: Firmware,
+        width: IntWidth,
+        req: &Request,
+    ) -> Result<BytesMut, FrameError> {
+        let mut out = BytesMut::with_capacity(8 + req.args.len() * 9);
+        write_request(Some(firmware), width, req, &mut out)?;
         Ok(out)
     }
 
@@ -270,13 +301,21 @@ impl CmdCodec {
     }
 }
 
-fn write_request(width: IntWidth, req: &Request, out: &mut BytesMut) -> Result<(), FrameError> {
+fn write_request(
+    firmware: Option<Firmware>,
+    int: IntWidth,
+    req: &Request,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
     let before = out.len();
+    let layout = firmware.and_then(|fw| fw.op(req.id).map(|op| fw.layout(op, int)));
     out.put_slice(req.id.to_string().as_bytes());
-    for &value in &req.args {
-        let (bytes, n) = width
-            .to_le(value)
-            .ok_or(FrameError::ArgumentOutOfRange { value, width })?;
+    for (i, &value) in req.args.iter().enumerate() {
+        let width = layout.map_or(int, |l| l.width(i));
+        let (bytes, n) = width.to_le(value).ok_or_else(|| {
+            out.truncate(before);
+            FrameError::ArgumentOutOfRange { value, width }
+        })?;
         out.put_u8(FIELD_SEP);
         for &b in &bytes[..n] {
             if needs_escape(b) {
@@ -299,7 +338,7 @@ impl Encoder<Outbound> for CmdCodec {
 
     fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), FrameError> {
         match item {
-            Outbound::Command(req) => write_request(self.width, &req, dst),
+            Outbound::Command(req) => write_request(self.firmware, self.width, &req, dst),
             Outbound::ClearParser => {
                 dst.put_u8(CMD_SEP);
                 Ok(())
@@ -498,6 +537,35 @@ mod tests {
             panic!()
         };
         assert_eq!(r.ints(IntWidth::Two), Some(vec![1]));
+    }
+
+    #[test]
+    fn v1_values_travel_as_four_bytes_and_indices_as_two() {
+        // set_stepper (7 on v1) of stepper 3 to -5: index 03 00, value fb ff ff ff.
+        let req = Request {
+            id: 7,
+            args: vec![3, -5],
+        };
+        let v1 = CmdCodec::encode_for(Firmware::V1, IntWidth::Two, &req).expect("encodes");
+        assert_eq!(&v1[..], b"7,\x03/\x00,\xfb\xff\xff\xff;");
+        // The same numbers on v2 (where 7 is set_accel): two bytes each.
+        let v2 = CmdCodec::encode_for(Firmware::V2, IntWidth::Two, &req).expect("encodes");
+        assert_eq!(&v2[..], b"7,\x03/\x00,\xfb\xff;");
+        // A v1 target beyond 16 bits fits its long (the driver refuses it for
+        // another reason: the positions reply could not carry it back).
+        let far = Request {
+            id: 3,
+            args: vec![2, 70_000],
+        };
+        assert!(CmdCodec::encode_for(Firmware::V1, IntWidth::Two, &far).is_ok());
+        assert!(CmdCodec::encode_for(Firmware::V2, IntWidth::Two, &far).is_err());
+        // Through the Encoder as the driver uses it.
+        let mut codec = CmdCodec::for_board(Firmware::V1, IntWidth::Two);
+        let mut out = BytesMut::new();
+        codec
+            .encode(Outbound::Command(req), &mut out)
+            .expect("encodes");
+        assert_eq!(&out[..], &v1[..]);
     }
 
     #[test]

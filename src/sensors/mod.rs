@@ -21,16 +21,21 @@
 mod gpio;
 mod simulated;
 mod socket;
+pub mod watch;
 
 use std::path::PathBuf;
 
 use crate::config::{Config, Layout, SensorsConfig};
 
 #[cfg(feature = "gpio")]
-pub use gpio::GpioSensors;
-pub use gpio::{GpioLineMap, CONSUMER};
+pub use gpio::KernelLines;
+pub use gpio::{
+    find_chip, ChipInfo, GpioLineMap, GpioSensors, LineLevels, LineSource, CONSUMER,
+    PI_HEADER_LABELS,
+};
 pub use simulated::{SimulatedSensors, TouchReader};
 pub use socket::READ_TIMEOUT as SOCKET_READ_TIMEOUT;
+pub use watch::{TouchState, TouchStates, WATCH_PERIOD};
 
 /// Reads the touch sensor of a Z stepper.
 ///
@@ -72,7 +77,8 @@ pub enum SensorError {
     /// `sensors.backend = "gpio"` in a daemon built without GPIO support.
     #[error(
         "sensors.backend = \"gpio\", but this stringdriverd was built without the `gpio` \
-         feature (cargo build --features gpio)"
+         feature, so it cannot read GPIO (it is a default feature: build without \
+         --no-default-features, or with --features gpio)"
     )]
     GpioNotBuilt,
     /// The sensor settings do not match the layout (only possible with a
@@ -80,6 +86,12 @@ pub enum SensorError {
     #[error("touch sensor configuration: {detail}")]
     Misconfigured {
         /// What does not match.
+        detail: String,
+    },
+    /// `sensors.chip` is not set and no single chip has the lines.
+    #[error("cannot find the GPIO chip of the touch sensors: {detail}")]
+    NoChip {
+        /// What was found instead.
         detail: String,
     },
     /// The GPIO lines could not be requested (no such chip, no permission,
@@ -176,6 +188,29 @@ fn open_gpio(
     Err(SensorError::GpioNotBuilt)
 }
 
+/// Whether the sensors of `steppers` — two or more — all read touching
+/// (`false` as soon as one reads "not touching" or cannot be read). At rest
+/// that is the sign of sensors wired or configured the wrong way round
+/// (`reference/hosts.md`, "electrical sense"); one sensor alone proves
+/// nothing.
+pub fn all_touching(sensors: &dyn TouchSensors, steppers: &[usize]) -> bool {
+    steppers.len() >= 2
+        && steppers
+            .iter()
+            .all(|s| matches!(sensors.read(*s), Ok(true)))
+}
+
+/// Whether this build can run the backend `cfg.sensors` selects, checked
+/// without touching any hardware (for `check-config`):
+/// [`SensorError::GpioNotBuilt`] for `gpio` in a build without the `gpio`
+/// feature.
+pub fn check_buildable(cfg: &Config) -> Result<(), SensorError> {
+    match &cfg.sensors {
+        SensorsConfig::Gpio(_) if !cfg!(feature = "gpio") => Err(SensorError::GpioNotBuilt),
+        _ => Ok(()),
+    }
+}
+
 /// Where each Z stepper's sensor sits in Z stepper order (string 0 in,
 /// string 0 out, string 1 in, ...), by global index; `None` for steppers
 /// without a sensor.
@@ -230,6 +265,31 @@ mod tests {
             &order[..6],
             &[None, Some(0), Some(1), Some(2), Some(3), None]
         );
+    }
+
+    /// Sensors whose readings a test sets.
+    struct Fixed(Vec<Result<bool, ()>>);
+
+    impl TouchSensors for Fixed {
+        fn read(&self, stepper: usize) -> Result<bool, SensorError> {
+            match self.0.get(stepper) {
+                Some(Ok(t)) => Ok(*t),
+                _ => Err(SensorError::NoSensor { stepper }),
+            }
+        }
+        fn describe(&self) -> String {
+            "fixed".into()
+        }
+    }
+
+    #[test]
+    fn all_touching_needs_two_sensors_all_read_touching() {
+        let s = Fixed(vec![Ok(true), Ok(true), Ok(false), Err(())]);
+        assert!(all_touching(&s, &[0, 1]));
+        assert!(!all_touching(&s, &[0]), "one sensor proves nothing");
+        assert!(!all_touching(&s, &[]), "no sensor proves nothing");
+        assert!(!all_touching(&s, &[0, 1, 2]));
+        assert!(!all_touching(&s, &[0, 1, 3]), "unreadable is not touching");
     }
 
     #[cfg(not(feature = "gpio"))]

@@ -1,17 +1,43 @@
 //! A byte-exact model of the stepper firmware (CmdMessenger + AccelStepper),
 //! without any I/O, so its behaviour can be tested deterministically.
 //!
-//! What is modelled, from the measurements in `controller-protocol.md`:
-//! - the receiving parser: bytes collect until an unescaped `;`; an unescaped
-//!   NUL is dropped; a message longer than the 63-byte buffer is dropped whole;
-//!   the command number is read with C `atoi`, so noise in front of a request
-//!   turns it into command 0 (which does nothing) and the request is lost;
-//! - binary arguments read at the board's int width (missing bytes read as 0,
-//!   extra bytes ignored);
-//! - counters, per-stepper speeds, per-axis-group limits; targets outside the
-//!   limits are ignored silently; unknown commands are ignored silently;
-//! - moves block for `steps / speed`; the positions reply is paced at about
-//!   2 ms per stepper.
+//! What is modelled, from the measurements in `controller-protocol.md` and
+//! the same raw byte scripts sent to the real v2 firmware:
+//! - the serial receiver ([`Uart`]): bytes reach a 63-byte ring at the line
+//!   rate (115 200 baud, about 11.5 bytes/ms); the firmware's loop takes
+//!   everything waiting whenever it comes round (CmdMessenger's
+//!   `feedinSerialData`) and then executes those messages one after the
+//!   other, each costing its loop time ([`LOOP_TIME`], a move its ramp, a
+//!   reply its latency and pacing); what arrives while the ring is full is
+//!   lost. 60 back-to-back `set_stepper`s therefore lose messages (the real
+//!   board starts losing at 16), paced ones do not;
+//! - the receiving parser (`processLine`): bytes collect in a 64-byte command
+//!   buffer until an unescaped `;`; when it holds 63 bytes it restarts, so at
+//!   most 62 bytes before a `;` are ever executed and the bytes after an
+//!   overflow are parsed as a new message; the command number is read with C
+//!   `atoi`, so noise in front of a request turns it into command 0 (which
+//!   does nothing) and the request is lost;
+//! - the argument reader (`next`/`split_r`/`findNext`/`unescape`/`readBin`),
+//!   emulated on the message's bytes as C strings: an unescaped NUL ends its
+//!   argument and the rest of the message (an argument starting with one
+//!   reads as 0, later arguments read 0), and a binary argument is read as
+//!   `sizeof(T)` bytes from where its field starts — a field shorter than
+//!   that gives its own bytes, then the NUL that ended it, then whatever
+//!   follows in the buffer (modelled as zeros after the message: a 2-byte
+//!   -5 read as a v1 `long` is 65531);
+//! - the argument layout of each firmware ([`Firmware::layout`]): v1 reads
+//!   the value of amove, rmove, set_stepper, set_accel, set_speed, set_min
+//!   and set_max as a 4-byte `long`; every counter is a `long` there but the
+//!   positions reply carries only its low `int` bytes;
+//! - counters, per-stepper speeds and accelerations, per-axis-group limits;
+//!   the carriage firmware (v1, v2) ignores a target outside the limits
+//!   silently, the tuner firmware clamps it to its limits and moves there;
+//!   unknown commands are ignored silently; v1 moves X by twice the delta
+//!   on `rmove` (not on `amove`); v1's set_min/set_max axis groups are
+//!   0 = tuners, 1 = X, 2 = Z;
+//! - moves block for AccelStepper's ramp ([`crate::protocol::ramp`]); a
+//!   reply starts [`REPLY_LATENCY`] after its request and the positions
+//!   reply is paced at about 2 ms per stepper.
 //!
 //! Beside the firmware, the model keeps the mechanism it drives, because the
 //! counters are not the truth (`controller-protocol.md`: "positions are the
@@ -39,15 +65,33 @@
 //!
 //! Where the real firmware corrupts its own memory (a stepper or axis number
 //! outside its arrays), the model does not imitate the damage: it records a
-//! [`SafetyViolation`] and leaves its state untouched.
+//! [`SafetyViolation`] and leaves its state untouched. Bytes lost in the
+//! receiver are not imitated beyond their loss either (the real board's
+//! memory is corrupted by bursts of 36 `set_stepper`s): the loss is reported
+//! ([`Drained::lost`]) and the simulator records it.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::protocol::frame::{needs_escape, CMD_SEP, ESCAPE, FIELD_SEP};
+use crate::protocol::ramp::{self, DEFAULT_ACCEL};
 use crate::protocol::{Firmware, IntWidth, Op};
 
-/// Size of the firmware's receive buffer (a longer message is dropped whole).
+/// CmdMessenger's command buffer restarts when it holds this many bytes: a
+/// message has at most `RX_BUFFER - 1` = 62 bytes before its `;`.
 pub const RX_BUFFER: usize = 63;
+/// Bytes the serial receive ring holds (Arduino's 64-byte ring keeps one
+/// slot free); more arriving before the firmware drains it are lost.
+pub const UART_BUFFER: usize = 63;
+/// Time one byte takes on the line at 115 200 baud (10 bits: start, 8, stop).
+pub const BYTE_TIME: Duration = Duration::from_nanos(86_806);
+/// What the firmware's loop spends on one message without a reply (parse,
+/// handler, the rest of its loop), at speed scale 1. Chosen so that, as on
+/// the real Mega, 15 back-to-back `set_stepper`s fit and 16 lose bytes.
+pub const LOOP_TIME: Duration = Duration::from_micros(1_700);
+/// Time from a request to the first byte of its reply (measured 1.5 to
+/// 8.5 ms, median 3.5 ms, on the real board), at speed scale 1.
+pub const REPLY_LATENCY: Duration = Duration::from_micros(3_500);
 /// Free RAM the model reports to `check_memory` (a typical Mega figure).
 pub const FREE_MEMORY: i32 = 5623;
 /// Delay between the pieces of a positions reply, per stepper, at speed scale 1.
@@ -75,6 +119,8 @@ pub struct Profile {
     pub groups: Vec<AxisGroup>,
     /// Limit group of each stepper.
     pub group_of: Vec<usize>,
+    /// The limit group of the carriage (X) stepper, whose `rmove` v1 doubles.
+    pub x_group: Option<usize>,
     /// Contact position of each stepper's string, in physical steps: the
     /// touch sensor reads touching when the physical position is at or below
     /// it. `None` for steppers without a string (X, tuners), whose sensor
@@ -87,9 +133,11 @@ impl Profile {
     /// overriding the count (`None`: 13 for v2, 7 for v1, 6 for tuner).
     ///
     /// v2: stepper 0 is X (0..2600, 500 steps/s), the rest Z (-100..100,
-    /// 100 steps/s). v1 (stringdriver-1): tuners 0-1, X 2, Z from 3. Tuner:
-    /// every stepper a tuner. Tuner limits and speed are not documented for the
-    /// firmware; the model uses -100000..100000 at 100 steps/s.
+    /// 100 steps/s); axis groups 0 = X, 1 = Z. v1 (stringdriver-1): tuners
+    /// 0-1 (-25000..25000), X 2, Z from 3; axis groups 0 = tuners, 1 = X,
+    /// 2 = Z. Tuner: every stepper a tuner (-100000..100000). Tuners run at
+    /// 100 steps/s here, the configuration's default (hosts.md gives 250:
+    /// a board faster than the host expects only makes the host wait longer).
     pub fn for_firmware(firmware: Firmware, steppers: Option<usize>) -> Profile {
         let x = AxisGroup {
             min: 0,
@@ -106,6 +154,11 @@ impl Profile {
             max: 100_000,
             speed: 100.0,
         };
+        let v1_tuners = AxisGroup {
+            min: -25_000,
+            max: 25_000,
+            speed: 100.0,
+        };
         match firmware {
             Firmware::V2 => {
                 let n = steppers.unwrap_or(13).max(1);
@@ -116,23 +169,25 @@ impl Profile {
                     strings: contacts_of(&group_of, 1),
                     groups: vec![x, z],
                     group_of,
+                    x_group: Some(0),
                 }
             }
             Firmware::V1 => {
                 let n = steppers.unwrap_or(7).max(1);
                 let group_of: Vec<usize> = (0..n)
                     .map(|i| match i {
-                        0 | 1 => 2,
-                        2 => 0,
-                        _ => 1,
+                        0 | 1 => 0,
+                        2 => 1,
+                        _ => 2,
                     })
                     .collect();
                 Profile {
                     firmware,
                     width: IntWidth::Two,
-                    strings: contacts_of(&group_of, 1),
-                    groups: vec![x, z, t],
+                    strings: contacts_of(&group_of, 2),
+                    groups: vec![v1_tuners, x, z],
                     group_of,
+                    x_group: Some(1),
                 }
             }
             Firmware::Tuner => {
@@ -143,6 +198,7 @@ impl Profile {
                     groups: vec![t],
                     group_of: vec![0; n],
                     strings: vec![None; n],
+                    x_group: None,
                 }
             }
         }
@@ -168,9 +224,18 @@ fn contacts_of(group_of: &[usize], z_group: usize) -> Vec<Option<i64>> {
 pub enum Outcome {
     /// Executed as the firmware would.
     Executed,
-    /// A move whose target lies outside its axis limits: silently ignored.
+    /// A move whose target lies outside its axis limits: silently ignored
+    /// (carriage firmware).
     IgnoredOutOfLimits {
         /// The refused target.
+        target: i64,
+    },
+    /// A move whose target lies outside its axis limits, clamped to them
+    /// and executed (tuner firmware).
+    Clamped {
+        /// The target asked for.
+        requested: i64,
+        /// Where the stepper went.
         target: i64,
     },
     /// A command number the firmware does not have: silently ignored.
@@ -203,7 +268,11 @@ pub struct Executed {
     pub outcome: Outcome,
     /// Reply bytes, in the pieces the firmware writes with pacing in between.
     pub reply: Vec<Vec<u8>>,
-    /// How long the firmware is busy (deaf) executing it, at speed scale 1.
+    /// When the first reply piece goes out, from the end of the request, at
+    /// speed scale 1; the remaining pieces are spread evenly up to `busy`.
+    pub reply_after: Duration,
+    /// How long the firmware is busy (reads nothing) executing it, at speed
+    /// scale 1: its loop time, a move's ramp, a reply's latency and pacing.
     pub busy: Duration,
 }
 
@@ -212,9 +281,13 @@ pub struct Executed {
 pub enum ParseEvent {
     /// A complete message was executed.
     Message(Executed),
-    /// A message over the buffer size was dropped whole.
+    /// A `;` with nothing before it (a host clearing the parser): no
+    /// command runs, the parser is (and stays) empty.
+    Empty,
+    /// The command buffer filled up ([`RX_BUFFER`] bytes without a `;`) and
+    /// restarted: those bytes are gone, what follows is a new message.
     DroppedOverlong {
-        /// Its length.
+        /// How many bytes were dropped.
         len: usize,
     },
 }
@@ -232,10 +305,12 @@ pub struct Board {
     /// Sensor readings forced by a test (a stuck switch), `None` when healthy.
     stuck: Vec<Option<bool>>,
     speeds: Vec<f64>,
+    accels: Vec<f64>,
     groups: Vec<AxisGroup>,
+    /// CmdMessenger's command buffer (escapes kept, as the firmware keeps them).
     buffer: Vec<u8>,
-    escaped: bool,
-    overlong: usize,
+    /// The previous byte, for escape detection (`CmdlastChar`).
+    last: u8,
     microstep: i32,
 }
 
@@ -254,11 +329,11 @@ impl Board {
             contacts,
             stuck: vec![None; n],
             speeds: vec![0.0; n],
+            accels: vec![DEFAULT_ACCEL; n],
             groups: profile.groups.clone(),
             profile,
             buffer: Vec::with_capacity(RX_BUFFER + 1),
-            escaped: false,
-            overlong: 0,
+            last: 0,
             microstep: 0,
         };
         b.reset();
@@ -274,9 +349,9 @@ impl Board {
         for (i, s) in self.speeds.iter_mut().enumerate() {
             *s = self.groups[self.profile.group_of[i]].speed;
         }
+        self.accels.iter_mut().for_each(|a| *a = DEFAULT_ACCEL);
         self.buffer.clear();
-        self.escaped = false;
-        self.overlong = 0;
+        self.last = 0;
         self.microstep = 0;
     }
 
@@ -353,58 +428,46 @@ impl Board {
         }
     }
 
-    /// Feeds one received byte; returns an event when a message ends.
+    /// Feeds one received byte (CmdMessenger's `processLine`); returns an
+    /// event when a message ends or the command buffer overflows.
     pub fn feed(&mut self, byte: u8) -> Option<ParseEvent> {
-        if self.escaped {
-            self.escaped = false;
-            return self.push(ESCAPE, byte);
-        }
-        match byte {
-            ESCAPE => {
-                self.escaped = true;
-                None
+        let escaped = self.last == ESCAPE;
+        // An escaped escape character escapes nothing after it.
+        self.last = if byte == ESCAPE && escaped { 0 } else { byte };
+        if byte == CMD_SEP && !escaped {
+            let raw = std::mem::take(&mut self.buffer);
+            if raw.is_empty() {
+                return Some(ParseEvent::Empty); // nothing to execute
             }
-            CMD_SEP => {
-                let raw = std::mem::take(&mut self.buffer);
-                let overlong = std::mem::take(&mut self.overlong);
-                if overlong > 0 {
-                    return Some(ParseEvent::DroppedOverlong { len: overlong });
-                }
-                Some(ParseEvent::Message(self.execute(raw)))
-            }
-            // CmdMessenger skips NUL bytes that are not escaped.
-            0 => None,
-            b => self.push_one(b),
+            self.last = 0;
+            return Some(ParseEvent::Message(self.execute(raw)));
         }
-    }
-
-    fn push(&mut self, escape: u8, byte: u8) -> Option<ParseEvent> {
-        self.push_one(escape);
-        self.push_one(byte)
-    }
-
-    fn push_one(&mut self, byte: u8) -> Option<ParseEvent> {
-        if self.overlong > 0 {
-            self.overlong += 1;
-        } else if self.buffer.len() >= RX_BUFFER {
-            self.overlong = self.buffer.len() + 1;
+        self.buffer.push(byte);
+        if self.buffer.len() >= RX_BUFFER {
+            // The buffer restarts; the bytes that follow are a new message.
+            let len = self.buffer.len();
             self.buffer.clear();
-        } else {
-            self.buffer.push(byte);
+            return Some(ParseEvent::DroppedOverlong { len });
         }
         None
     }
 
     fn execute(&mut self, raw: Vec<u8>) -> Executed {
-        let fields = split_fields(&raw);
-        let id = atoi(fields.first().map(Vec::as_slice).unwrap_or(&[]));
+        let mut msg = CmdBuffer::new(&raw);
+        let id = msg.read_int();
         let op = u16::try_from(id)
             .ok()
             .and_then(|id| self.profile.firmware.op(id));
         let width = self.profile.width;
-        let args: Vec<i32> = (0..op.map_or(0, Op::arg_count))
-            .map(|i| read_bin_arg(width, fields.get(i + 1).map(Vec::as_slice)))
-            .collect();
+        let args: Vec<i32> = match op {
+            Some(op) => {
+                let layout = self.profile.firmware.layout(op, width);
+                (0..layout.len())
+                    .map(|i| msg.read_bin(layout.width(i)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let mut done = Executed {
             raw,
             id,
@@ -412,7 +475,8 @@ impl Board {
             args: args.clone(),
             outcome: Outcome::Executed,
             reply: Vec::new(),
-            busy: Duration::ZERO,
+            reply_after: Duration::ZERO,
+            busy: LOOP_TIME,
         };
         let Some(op) = op else {
             done.outcome = Outcome::UnknownCommand;
@@ -451,7 +515,8 @@ impl Board {
                     pieces.push(piece);
                 }
                 pieces.push(vec![CMD_SEP]);
-                done.busy = REPLY_PACING * n as u32;
+                done.reply_after = REPLY_LATENCY;
+                done.busy = REPLY_LATENCY + REPLY_PACING * n as u32;
                 done.reply = pieces;
             }
             Op::CheckMemory => {
@@ -460,22 +525,38 @@ impl Board {
                 push_escaped_int(&mut piece, width, FREE_MEMORY);
                 piece.push(CMD_SEP);
                 done.reply = vec![piece];
+                done.reply_after = REPLY_LATENCY;
+                done.busy = REPLY_LATENCY;
             }
             Op::Amove | Op::Rmove => {
                 let current = self.counters[stepper] as i64;
-                let target = if op == Op::Amove {
+                let group = self.profile.group_of[stepper];
+                let requested = if op == Op::Amove {
                     args[1] as i64
+                } else if self.profile.firmware.doubles_x_rmove()
+                    && Some(group) == self.profile.x_group
+                {
+                    // v1 doubles an X rmove's delta (its amove is exact).
+                    current + 2 * args[1] as i64
                 } else {
                     current + args[1] as i64
                 };
-                let g = self.groups[self.profile.group_of[stepper]];
-                if target < g.min as i64 || target > g.max as i64 {
-                    done.outcome = Outcome::IgnoredOutOfLimits { target };
+                let g = self.groups[group];
+                let (lo, hi) = (g.min as i64, g.max as i64);
+                let target = if (lo..=hi).contains(&requested) {
+                    requested
+                } else if self.profile.firmware == Firmware::Tuner && lo <= hi {
+                    let target = requested.clamp(lo, hi);
+                    done.outcome = Outcome::Clamped { requested, target };
+                    target
+                } else {
+                    done.outcome = Outcome::IgnoredOutOfLimits { target: requested };
                     return done;
-                }
-                let steps = (target - current).unsigned_abs() as f64;
-                let speed = self.speeds[stepper].max(1.0);
-                done.busy = Duration::from_secs_f64(steps / speed);
+                };
+                let steps = (target - current).unsigned_abs();
+                done.busy =
+                    LOOP_TIME + ramp::move_time(steps, self.speeds[stepper], self.accels[stepper]);
+                // Counters are longs; limits are ints, so a target fits.
                 self.counters[stepper] = target as i32;
                 // The motor turns by what the counter says is left to go,
                 // wherever the mechanism really is.
@@ -489,33 +570,17 @@ impl Board {
                     self.speeds[stepper] = args[1] as f64;
                 }
             }
-            Op::SetAccel => {}
+            Op::SetAccel => {
+                if args[1] > 0 {
+                    self.accels[stepper] = args[1] as f64;
+                }
+            }
             Op::SetMin => self.groups[stepper].min = args[1],
             Op::SetMax => self.groups[stepper].max = args[1],
             Op::Microstep => self.microstep = args[0],
         }
         done
     }
-}
-
-/// Splits a raw message on unescaped `,`, removing escapes.
-fn split_fields(raw: &[u8]) -> Vec<Vec<u8>> {
-    let mut fields = vec![Vec::new()];
-    let mut escaped = false;
-    for &b in raw {
-        let last = fields.len() - 1;
-        if escaped {
-            fields[last].push(b);
-            escaped = false;
-        } else if b == ESCAPE {
-            escaped = true;
-        } else if b == FIELD_SEP {
-            fields.push(Vec::new());
-        } else {
-            fields[last].push(b);
-        }
-    }
-    fields
 }
 
 /// C `atoi`: skips leading white space, reads an optional sign and digits,
@@ -543,17 +608,252 @@ pub fn atoi(bytes: &[u8]) -> i32 {
     v.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
-/// `readBinArg<int>`: the first `width` bytes of the field, missing ones 0.
-fn read_bin_arg(width: IntWidth, field: Option<&[u8]>) -> i32 {
-    let mut b = [0u8; 4];
-    if let Some(f) = field {
-        for (dst, src) in b.iter_mut().zip(f.iter().take(width.bytes())) {
-            *dst = *src;
+/// The board's serial receiver, in model time (a `Duration` since any fixed
+/// start): bytes reach the ring one byte time apart (the line
+/// rate), the firmware takes everything waiting when its loop comes round
+/// ([`Uart::drain`]), and bytes that arrive while [`UART_BUFFER`] are
+/// already waiting are lost.
+#[derive(Debug, Clone)]
+pub struct Uart {
+    byte_time: Duration,
+    /// When the line has finished sending the last byte received.
+    line_free: Duration,
+    /// Bytes on their way, with the time each is complete in the ring.
+    pending: VecDeque<(Duration, u8)>,
+}
+
+/// What the firmware found in its receive ring.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Drained {
+    /// The bytes it got, in order.
+    pub bytes: Vec<u8>,
+    /// Bytes that arrived while the ring was full: gone.
+    pub lost: usize,
+}
+
+impl Uart {
+    /// A receiver whose line takes `byte_time` per byte ([`BYTE_TIME`] at
+    /// 115 200 baud, divided by the simulator's speed scale).
+    pub fn new(byte_time: Duration) -> Uart {
+        Uart {
+            byte_time,
+            line_free: Duration::ZERO,
+            pending: VecDeque::new(),
         }
     }
-    match width {
-        IntWidth::Two => i16::from_le_bytes([b[0], b[1]]) as i32,
-        IntWidth::Four => i32::from_le_bytes(b),
+
+    /// The host wrote `bytes` at `now`: they arrive one byte time apart,
+    /// after whatever is still on the line.
+    pub fn receive(&mut self, now: Duration, bytes: &[u8]) {
+        for &b in bytes {
+            let at = self.line_free.max(now) + self.byte_time;
+            self.line_free = at;
+            self.pending.push_back((at, b));
+        }
+    }
+
+    /// When the next byte still on the line arrives, if any.
+    pub fn next_arrival(&self) -> Option<Duration> {
+        self.pending.front().map(|(at, _)| *at)
+    }
+
+    /// The firmware's loop takes everything that has arrived by `now`. The
+    /// ring was last emptied by the previous drain, so of what arrived since
+    /// only the first [`UART_BUFFER`] bytes are still there.
+    pub fn drain(&mut self, now: Duration) -> Drained {
+        let mut out = Drained::default();
+        while let Some(&(at, b)) = self.pending.front() {
+            if at > now {
+                break;
+            }
+            self.pending.pop_front();
+            if out.bytes.len() < UART_BUFFER {
+                out.bytes.push(b);
+            } else {
+                out.lost += 1;
+            }
+        }
+        out
+    }
+
+    /// Forgets everything on the line (a reset: the ring is cleared).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// What [`play`] saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Played {
+    /// Every parser event, in order.
+    pub events: Vec<ParseEvent>,
+    /// Bytes lost in the receive ring.
+    pub lost: usize,
+    /// Model time when the firmware had finished everything.
+    pub end: Duration,
+}
+
+/// Plays `script` (bytes the host writes, at model times) into `board`
+/// through a [`Uart`] of `byte_time` per byte, at speed scale 1: the
+/// deterministic form of what the simulator's pseudo-terminal loop does in
+/// real time (there the busy periods are slept, here they are added).
+pub fn play(board: &mut Board, script: &[(Duration, Vec<u8>)], byte_time: Duration) -> Played {
+    let mut uart = Uart::new(byte_time);
+    let mut out = Played::default();
+    let mut script = script.iter().peekable();
+    let mut now = Duration::ZERO;
+    // Bounded: every round either consumes script entries, drains bytes or
+    // advances to the next arrival; both the script and the line are finite.
+    loop {
+        while let Some((at, bytes)) = script.next_if(|(at, _)| *at <= now) {
+            uart.receive(*at, bytes);
+        }
+        let drained = uart.drain(now);
+        out.lost += drained.lost;
+        if drained.bytes.is_empty() {
+            let next_write = script.peek().map(|(at, _)| *at);
+            match (uart.next_arrival(), next_write) {
+                (None, None) => break,
+                (a, w) => {
+                    now = a.into_iter().chain(w).min().unwrap_or(now).max(now);
+                    continue;
+                }
+            }
+        }
+        for b in drained.bytes {
+            if let Some(event) = board.feed(b).filter(|e| *e != ParseEvent::Empty) {
+                if let ParseEvent::Message(done) = &event {
+                    // Writes made while the firmware is busy land in the ring.
+                    let until = now + done.busy;
+                    while let Some((at, bytes)) = script.next_if(|(at, _)| *at <= until) {
+                        uart.receive(*at, bytes);
+                    }
+                    now = until;
+                }
+                out.events.push(event);
+            }
+        }
+    }
+    out.end = now;
+    out
+}
+
+/// One received message as CmdMessenger reads its arguments: a C string in
+/// the command buffer, split in place (`next`, `split_r`, `findNext`),
+/// unescaped in place (`unescape`) and read as raw bytes (`readBin`). What
+/// lies after the message in the real buffer (older messages) is modelled
+/// as zeros.
+struct CmdBuffer {
+    bytes: Vec<u8>,
+    /// Where the next field starts (`nextp`); `None` once the message is done.
+    next: Option<usize>,
+}
+
+impl CmdBuffer {
+    /// Room past the message for reads of up to a `long` past a terminator.
+    const SLACK: usize = 8;
+
+    fn new(raw: &[u8]) -> CmdBuffer {
+        let mut bytes = raw.to_vec();
+        bytes.resize(raw.len() + Self::SLACK, 0);
+        CmdBuffer {
+            bytes,
+            next: Some(0),
+        }
+    }
+
+    fn at(&self, i: usize) -> u8 {
+        self.bytes.get(i).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, i: usize, b: u8) {
+        if let Some(slot) = self.bytes.get_mut(i) {
+            *slot = b;
+        }
+    }
+
+    /// `findNext`: length of the field at `i`, up to an unescaped `,` or NUL.
+    fn find_next(&self, mut i: usize) -> usize {
+        let mut len = 0;
+        let mut last = 0u8;
+        // Bounded: past the buffer every byte reads as an unescaped NUL.
+        loop {
+            let c = self.at(i);
+            let escaped = last == ESCAPE;
+            last = if c == ESCAPE && escaped { 0 } else { c };
+            if i >= self.bytes.len() || (!escaped && (c == 0 || c == FIELD_SEP)) {
+                return len;
+            }
+            i += 1;
+            len += 1;
+        }
+    }
+
+    /// `next()`: the start of the next field (NUL-terminated in place), or
+    /// `None` when the message has no more (its end, or an unescaped NUL).
+    fn next_field(&mut self) -> Option<usize> {
+        let mut s = self.next?;
+        // Empty fields are skipped, as `split_r` strips leading delimiters.
+        while self.find_next(s) == 0 && self.at(s) != 0 {
+            s += 1;
+        }
+        if self.at(s) == 0 {
+            self.next = None;
+            return None;
+        }
+        let start = s;
+        s += self.find_next(s);
+        if self.at(s) != 0 {
+            self.set(s, 0);
+            s += 1;
+        }
+        self.next = Some(s);
+        Some(start)
+    }
+
+    /// `readInt16Arg`: `atoi` of the next field, 0 without one.
+    fn read_int(&mut self) -> i32 {
+        match self.next_field() {
+            Some(start) => {
+                let end = (start..self.bytes.len())
+                    .find(|&i| self.at(i) == 0)
+                    .unwrap_or(self.bytes.len());
+                atoi(&self.bytes[start..end])
+            }
+            None => 0,
+        }
+    }
+
+    /// `readBinArg<T>` for a `T` of `width`: the field unescaped in place,
+    /// then `width` raw bytes from its start, whatever they are; 0 without
+    /// a field.
+    fn read_bin(&mut self, width: IntWidth) -> i32 {
+        let Some(start) = self.next_field() else {
+            return 0;
+        };
+        // unescape: moves the unescaped bytes left and pads with NULs.
+        let (mut from, mut to) = (start, start);
+        while self.at(from) != 0 {
+            if self.at(from) == ESCAPE {
+                from += 1;
+            }
+            let b = self.at(from);
+            self.set(to, b);
+            to += 1;
+            from += 1;
+        }
+        while self.at(to) != 0 {
+            self.set(to, 0);
+            to += 1;
+        }
+        let mut b = [0u8; 4];
+        for (k, dst) in b.iter_mut().enumerate().take(width.bytes()) {
+            *dst = self.at(start + k);
+        }
+        match width {
+            IntWidth::Two => i16::from_le_bytes([b[0], b[1]]) as i32,
+            IntWidth::Four => i32::from_le_bytes(b),
+        }
     }
 }
 
@@ -576,18 +876,25 @@ mod tests {
         bytes.iter().filter_map(|&b| board.feed(b)).collect()
     }
 
+    /// `id` with `args`: in `layout`'s argument layout, or every argument at
+    /// `width` without one.
+    fn encode(layout: Option<Firmware>, width: IntWidth, id: u16, args: &[i32]) -> Vec<u8> {
+        let req = Request {
+            id,
+            args: args.to_vec(),
+        };
+        match layout {
+            Some(fw) => CmdCodec::encode_for(fw, width, &req),
+            None => CmdCodec::encode_request(width, &req),
+        }
+        .expect("encodes")
+        .to_vec()
+    }
+
     fn request(board: &Board, op: Op, args: &[i32]) -> Vec<u8> {
         let fw = board.profile().firmware;
         let id = fw.id(op).expect("op exists");
-        CmdCodec::encode_request(
-            board.profile().width,
-            &Request {
-                id,
-                args: args.to_vec(),
-            },
-        )
-        .expect("encodes")
-        .to_vec()
+        encode(Some(fw), board.profile().width, id, args)
     }
 
     fn executed(events: Vec<ParseEvent>) -> Executed {
@@ -645,28 +952,244 @@ mod tests {
     }
 
     #[test]
-    fn moves_block_for_steps_over_speed() {
+    fn moves_block_for_the_accelstepper_ramp() {
         let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
         let req = request(&b, Op::Rmove, &[1, -50]);
         let e = executed(send(&mut b, &req));
-        assert_eq!(e.busy, Duration::from_millis(500));
+        let want = LOOP_TIME + ramp::move_time(50, 100.0, DEFAULT_ACCEL);
+        assert_eq!(e.busy, want);
+        assert!(e.busy >= Duration::from_millis(490), "{:?}", e.busy);
         let req = request(&b, Op::Amove, &[0, 1000]);
         let e = executed(send(&mut b, &req));
-        assert_eq!(e.busy, Duration::from_secs(2));
+        assert!(
+            (Duration::from_millis(2030)..Duration::from_millis(2060)).contains(&e.busy),
+            "{:?}",
+            e.busy
+        );
         assert_eq!(&b.counters()[..2], &[1000, -50]);
     }
 
     #[test]
-    fn overlong_message_is_dropped_whole() {
+    fn x_plus_100_takes_about_the_measured_237_ms() {
         let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        let req = request(&b, Op::Rmove, &[0, 100]);
+        let e = executed(send(&mut b, &req));
+        let ms = e.busy.as_secs_f64() * 1000.0;
+        // Real firmware: 237 ms; steps / speed alone: 200 ms.
+        assert!((225.0..=245.0).contains(&ms), "{ms} ms");
+    }
+
+    #[test]
+    fn a_set_accel_changes_the_ramp() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        let req = request(&b, Op::SetAccel, &[0, 1000]);
+        executed(send(&mut b, &req));
+        let req = request(&b, Op::Rmove, &[0, 100]);
+        let e = executed(send(&mut b, &req));
+        assert_eq!(e.busy, LOOP_TIME + ramp::move_time(100, 500.0, 1000.0));
+    }
+
+    #[test]
+    fn sixty_two_bytes_are_accepted_and_sixty_three_restart_the_buffer() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        // `1` and 61 spaces after a field separator: 62 bytes, executed.
+        let mut msg = b"1,".to_vec();
+        msg.resize(62, b' ');
+        msg.push(b';');
+        let e = executed(send(&mut b, &msg));
+        assert_eq!(e.op, Some(Op::Positions));
+        // 63 bytes: the buffer restarts at the 63rd, the `;` ends nothing.
+        let mut msg = b"1,".to_vec();
+        msg.resize(63, b' ');
+        msg.push(b';');
+        assert_eq!(
+            send(&mut b, &msg),
+            vec![ParseEvent::DroppedOverlong { len: 63 }, ParseEvent::Empty]
+        );
+    }
+
+    #[test]
+    fn bytes_after_an_overflow_are_parsed_as_a_new_message() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        let mut bytes = vec![b'x'; 63];
+        bytes.extend_from_slice(b"1;");
+        let events = send(&mut b, &bytes);
+        assert_eq!(events[0], ParseEvent::DroppedOverlong { len: 63 });
+        let Some(ParseEvent::Message(e)) = events.get(1) else {
+            panic!("{events:?}")
+        };
+        assert_eq!(e.op, Some(Op::Positions));
+        // 70 bytes: the last 7 are a message of their own.
         let mut long = vec![b'7'; 70];
         long.push(b';');
+        let events = send(&mut b, &long);
+        assert_eq!(events[0], ParseEvent::DroppedOverlong { len: 63 });
+        let Some(ParseEvent::Message(e)) = events.get(1) else {
+            panic!("{events:?}")
+        };
+        assert_eq!((e.id, &e.outcome), (7_777_777, &Outcome::UnknownCommand));
+    }
+
+    #[test]
+    fn an_unescaped_nul_ends_the_argument_and_the_message() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        // set_stepper(2, 5) with the value's bytes 00 05 unescaped: 0.
+        b.set_counters(&[0, 0, 9]);
+        let e = executed(send(&mut b, b"6,\x02/\x00,\x00\x05;"));
+        assert_eq!(e.args, vec![2, 0]);
+        assert_eq!(b.counters()[2], 0);
+        // An unescaped NUL in the index ends the message: the value reads 0.
+        b.set_counters(&[0, 0, 9]);
+        let e = executed(send(&mut b, b"6,\x02\x00,/;/\x00;"));
+        assert_eq!(e.args, vec![2, 0]);
+        // Escaped, the same bytes carry their value.
+        let e = executed(send(&mut b, b"6,\x02/\x00,\x05/\x00;"));
+        assert_eq!((e.args[1], b.counters()[2]), (5, 5));
+    }
+
+    /// `n` set_steppers written at once at model time 0.
+    fn burst(b: &Board, n: usize, pace: Duration) -> Vec<(Duration, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let req = request(b, Op::SetStepper, &[(i % 13) as i32, 100 + i as i32]);
+                (pace * i as u32, req)
+            })
+            .collect()
+    }
+
+    fn executed_count(p: &Played) -> usize {
+        p.events
+            .iter()
+            .filter(|e| matches!(e, ParseEvent::Message(_)))
+            .count()
+    }
+
+    #[test]
+    fn a_burst_of_sixty_set_steppers_loses_messages() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        let script = burst(&b, 60, Duration::ZERO);
+        let p = play(&mut b, &script, BYTE_TIME);
+        assert!(p.lost > 0, "{p:?}");
+        assert!(executed_count(&p) < 60, "{}", executed_count(&p));
+    }
+
+    #[test]
+    fn like_the_mega_fifteen_back_to_back_set_steppers_fit_and_sixteen_do_not() {
+        for (n, loses) in [(15, false), (16, true)] {
+            let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+            let script = burst(&b, n, Duration::ZERO);
+            let p = play(&mut b, &script, BYTE_TIME);
+            assert_eq!(p.lost > 0, loses, "{n} set_steppers: {} bytes lost", p.lost);
+        }
+    }
+
+    #[test]
+    fn a_paced_burst_loses_nothing() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        let script = burst(&b, 60, LOOP_TIME + Duration::from_micros(100));
+        let p = play(&mut b, &script, BYTE_TIME);
+        assert_eq!(p.lost, 0);
+        assert_eq!(executed_count(&p), 60);
+        for i in 0..13 {
+            assert!(b.counters()[i] >= 100, "{:?}", b.counters());
+        }
+    }
+
+    #[test]
+    fn the_tuner_firmware_clamps_and_the_carriage_ignores() {
+        let mut t = Board::new(Profile::for_firmware(Firmware::Tuner, None));
+        let req = request(&t, Op::Amove, &[2, 150_000]);
+        let e = executed(send(&mut t, &req));
         assert_eq!(
-            send(&mut b, &long),
-            vec![ParseEvent::DroppedOverlong { len: 70 }]
+            e.outcome,
+            Outcome::Clamped {
+                requested: 150_000,
+                target: 100_000
+            }
         );
+        assert_eq!((t.counters()[2], t.physical()[2]), (100_000, 100_000));
+        let req = request(&t, Op::Rmove, &[2, -250_000]);
+        executed(send(&mut t, &req));
+        assert_eq!(t.counters()[2], -100_000);
+        let mut c = Board::new(Profile::for_firmware(Firmware::V2, None));
+        let req = request(&c, Op::Amove, &[0, 2601]);
+        let e = executed(send(&mut c, &req));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 2601 });
+    }
+
+    fn v1_request(op: Op, args: &[i32]) -> Vec<u8> {
+        let id = Firmware::V1.id(op).expect("op exists");
+        encode(Some(Firmware::V1), IntWidth::Two, id, args)
+    }
+
+    #[test]
+    fn v1_reads_a_two_byte_value_as_a_long_with_zero_upper_bytes() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V1, None));
+        // What an old host sent: set_stepper (7) 3, -5 at two bytes each.
+        let two = encode(None, IntWidth::Two, 7, &[3, -5]);
+        let e = executed(send(&mut b, &two));
+        assert_eq!(e.args, vec![3, 65531]);
+        assert_eq!(b.counters()[3], 65531);
+        // The positions reply carries the low 16 bits: it reads -5.
+        let e = executed(send(&mut b, b"2;"));
+        let reply = crate::protocol::frame::decode_all(IntWidth::Two, &e.reply.concat());
+        let Some(crate::protocol::Inbound::Message(r)) = reply.first() else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(r.ints(IntWidth::Two).expect("ints")[3], -5);
+        // amove (3) to -5 at two bytes: 65531, ignored as out of limits.
+        let two = encode(None, IntWidth::Two, 3, &[3, -5]);
+        let e = executed(send(&mut b, &two));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 65531 });
+        // Sent in v1's layout, both work.
+        executed(send(&mut b, &v1_request(Op::SetStepper, &[3, -5])));
+        assert_eq!(b.counters()[3], -5);
+        executed(send(&mut b, &v1_request(Op::Amove, &[3, -7])));
+        assert_eq!(b.counters()[3], -7);
+    }
+
+    #[test]
+    fn v1_doubles_an_x_rmove_but_not_an_amove_nor_other_steppers() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V1, None));
+        executed(send(&mut b, &v1_request(Op::Rmove, &[2, 10])));
+        assert_eq!((b.counters()[2], b.physical()[2]), (20, 20));
+        executed(send(&mut b, &v1_request(Op::Amove, &[2, 30])));
+        assert_eq!(b.counters()[2], 30);
+        executed(send(&mut b, &v1_request(Op::Rmove, &[3, 10])));
+        executed(send(&mut b, &v1_request(Op::Rmove, &[0, -10])));
+        assert_eq!((b.counters()[3], b.counters()[0]), (10, -10));
+    }
+
+    #[test]
+    fn v1_has_three_axis_groups_tuners_x_and_z() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V1, None));
+        // Axis 2 is Z on v1: set its max to 5, then a Z move to 6 is ignored.
+        executed(send(&mut b, &v1_request(Op::SetMax, &[2, 5])));
+        let e = executed(send(&mut b, &v1_request(Op::Amove, &[4, 6])));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 6 });
+        // Axis 0 is the tuners: -25000..25000 by default.
+        let e = executed(send(&mut b, &v1_request(Op::Amove, &[0, 25_001])));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 25_001 });
+        executed(send(&mut b, &v1_request(Op::SetMax, &[0, 30_000])));
+        let e = executed(send(&mut b, &v1_request(Op::Amove, &[0, 25_001])));
+        assert_eq!(e.outcome, Outcome::Executed);
+        // Axis 1 is X.
+        executed(send(&mut b, &v1_request(Op::SetMin, &[1, 10])));
+        let e = executed(send(&mut b, &v1_request(Op::Amove, &[2, 5])));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 5 });
+        // Axis 3 is past the table: a safety violation, nothing changed.
+        let e = executed(send(&mut b, &v1_request(Op::SetMax, &[3, 5])));
+        assert!(matches!(e.outcome, Outcome::SafetyViolation(_)), "{e:?}");
+    }
+
+    #[test]
+    fn replies_come_after_the_board_latency() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
         let e = executed(send(&mut b, b"1;"));
-        assert_eq!(e.op, Some(Op::Positions));
+        assert_eq!(e.reply_after, REPLY_LATENCY);
+        assert_eq!(e.busy, REPLY_LATENCY + REPLY_PACING * 13);
+        let e = executed(send(&mut b, b"12;"));
+        assert_eq!((e.reply_after, e.busy), (REPLY_LATENCY, REPLY_LATENCY));
     }
 
     #[test]

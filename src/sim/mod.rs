@@ -9,8 +9,11 @@
 //! Behaviour a host must live with, reproduced here:
 //! - opening the device resets the board: counters return to 0 and the board
 //!   is deaf for the reset window, during which it emits bootloader noise;
-//! - while a move or a paced reply runs, input is not read; bytes that arrive
-//!   meanwhile beyond the 63-byte receive buffer are lost;
+//! - bytes arrive at the line rate (115 200 baud, scaled by the speed
+//!   scale) into a 63-byte receive ring that the firmware drains only when
+//!   its loop comes round; while a move, a reply or a burst of messages
+//!   keeps it busy, what does not fit is lost and recorded
+//!   ([`SimHandle::rx_lost`]); replies start after the board's latency;
 //! - unplugging ([`Fault::Vanish`]) removes the device node and hangs up the
 //!   open descriptor; [`Fault::Reappear`] brings a new device at the same path;
 //! - jog switches held at the machine ([`Fault::JogPress`]) move a stepper
@@ -40,7 +43,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use firmware::{Board, Outcome, Profile, SafetyViolation};
+pub use firmware::{Board, Outcome, Profile, SafetyViolation, Uart};
 
 use crate::protocol::Op;
 
@@ -152,13 +155,19 @@ pub enum TraceEvent {
         /// The outcome.
         outcome: Outcome,
     },
-    /// A message too long for the buffer, dropped whole.
+    /// A lone `;` (nothing before it in the parser): nothing executed. A
+    /// host sends one to clear the parser after opening or an error.
+    EmptyMessage,
+    /// The command buffer filled up at 63 bytes without a `;` and
+    /// restarted: those bytes are gone, what follows is a new message.
     DroppedOverlong {
-        /// Its length.
+        /// How many bytes were dropped.
         len: usize,
     },
-    /// Bytes that arrived while the firmware was busy and did not fit the
-    /// receive buffer. A host that respects move durations never causes this.
+    /// Bytes that arrived while the 63-byte receive ring was full (the
+    /// firmware busy moving, replying, or executing a burst of messages
+    /// faster than its loop): lost, as on the real board. A host that
+    /// respects move durations and paces its writes never causes this.
     RxOverflow {
         /// How many bytes were lost.
         lost: usize,
@@ -189,6 +198,10 @@ struct Shared {
     board: Board,
     trace: Vec<TraceEntry>,
     violations: Vec<SafetyViolation>,
+    /// Bytes lost in the receive ring so far.
+    rx_lost: usize,
+    /// Bytes received and done with (executed, or lost), since the start.
+    rx_handled: usize,
     device: Option<PathBuf>,
 }
 
@@ -251,6 +264,8 @@ impl Simulator {
             board: Board::new(options.profile.clone()),
             trace: Vec::new(),
             violations: Vec::new(),
+            rx_lost: 0,
+            rx_handled: 0,
             device: Some(port.device().to_path_buf()),
         }));
         let (tx, rx) = mpsc::channel();
@@ -358,6 +373,22 @@ impl SimHandle {
     /// Safety violations recorded so far (a correct host causes none).
     pub fn violations(&self) -> Vec<SafetyViolation> {
         self.lock().violations.clone()
+    }
+
+    /// Bytes lost so far because they arrived while the board's receive ring
+    /// was full (a host sending faster than the firmware reads; each loss is
+    /// also a [`TraceEvent::RxOverflow`]). A correct host causes none.
+    pub fn rx_lost(&self) -> usize {
+        self.lock().rx_lost
+    }
+
+    /// Bytes the firmware is done with since the simulator started: taken
+    /// from its receive ring and executed (busy time and reply included),
+    /// or lost. A test that wrote N bytes can wait for this to reach N
+    /// before it looks at the outcome. Bytes that arrive while the port is
+    /// closed, during the reset window or while muted are not counted.
+    pub fn rx_handled(&self) -> usize {
+        self.lock().rx_handled
     }
 
     /// Waits (polling every 5 ms) until `pred` holds for the trace, or `timeout`.

@@ -1,7 +1,15 @@
 //! The pseudo-terminal side of the simulator: device creation, the link, and
 //! the blocking firmware loop.
+//!
+//! A pseudo-terminal has no baud rate: whatever the host writes is readable
+//! at once. The loop therefore stamps every byte with the time it would
+//! have taken to arrive over the real line and hands it to the firmware
+//! model's receiver ([`Uart`]): the firmware drains the 63-byte ring when
+//! its loop comes round, executes what it got message by message, and stays
+//! deaf (reading the pty only to stamp arrivals) for each message's busy
+//! time. Bytes that arrive while the ring is full are lost and recorded
+//! ([`TraceEvent::RxOverflow`], [`super::SimHandle::rx_lost`]).
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,7 +23,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 
-use super::firmware::{ParseEvent, RX_BUFFER};
+use super::firmware::{Executed, ParseEvent, Uart, BYTE_TIME};
 use super::{
     Control, Fault, SafetyViolation, Shared, SimError, SimOptions, TraceEntry, TraceEvent,
 };
@@ -128,6 +136,13 @@ pub(super) struct Runner {
     stop: bool,
     /// Jog switches held at the machine.
     switches: super::jog::Switches,
+    /// Model time 0: the receiver's clock is `Instant::now() - epoch`.
+    epoch: Instant,
+    /// The board's serial receiver (line rate, 63-byte ring).
+    uart: Uart,
+    /// The firmware's clock (on the receiver's): when it is next free to
+    /// look at its receive ring.
+    fw_now: Duration,
 }
 
 impl Runner {
@@ -138,7 +153,11 @@ impl Runner {
         shared: Arc<Mutex<Shared>>,
         control: mpsc::Receiver<Control>,
     ) -> Runner {
+        let byte_time = opts.scaled(BYTE_TIME);
         Runner {
+            epoch: Instant::now(),
+            uart: Uart::new(byte_time),
+            fw_now: Duration::ZERO,
             opts,
             port: Some(port),
             link,
@@ -171,7 +190,12 @@ impl Runner {
                 break;
             }
             self.advance_jogs();
-            match self.look(TICK) {
+            // Wake for the next byte still on the (modelled) line.
+            let wait = self
+                .uart
+                .next_arrival()
+                .map_or(TICK, |at| at.saturating_sub(self.model_now()).min(TICK));
+            match self.look(wait) {
                 None => std::thread::sleep(TICK), // unplugged
                 Some(Seen::Closed) => {
                     if self.open {
@@ -189,10 +213,14 @@ impl Runner {
                         self.reset_board();
                         continue;
                     }
-                    if self.muted || bytes.is_empty() {
+                    if self.muted {
                         continue;
                     }
-                    self.process(bytes);
+                    if !bytes.is_empty() {
+                        let now = self.model_now();
+                        self.uart.receive(now, &bytes);
+                    }
+                    self.serve();
                 }
             }
         }
@@ -336,9 +364,16 @@ impl Runner {
         }
     }
 
+    /// Time on the receiver's clock.
+    fn model_now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     /// A power-up: counters to 0, deaf for the reset window, bootloader noise.
     fn reset_board(&mut self) {
         self.lock().board.reset();
+        self.uart.clear();
+        self.fw_now = self.model_now();
         self.trace(TraceEvent::Reset);
         let window = self.opts.scaled(self.opts.reset_window);
         let deadline = Instant::now() + window;
@@ -371,88 +406,114 @@ impl Runner {
         }
     }
 
-    fn process(&mut self, bytes: Vec<u8>) {
-        let mut queue: VecDeque<u8> = bytes.into();
-        while let Some(b) = queue.pop_front() {
-            let event = self.lock().board.feed(b);
-            let done = match event {
-                None => continue,
-                Some(ParseEvent::DroppedOverlong { len }) => {
-                    self.trace(TraceEvent::DroppedOverlong { len });
-                    continue;
-                }
-                Some(ParseEvent::Message(done)) => done,
+    /// The firmware's loop: drain the receive ring, execute what it held,
+    /// again until nothing has arrived.
+    fn serve(&mut self) {
+        // Model time drives the firmware: while idle it jumps to the next
+        // byte's arrival, while busy it advances by the busy time, and the
+        // thread sleeps until real time catches up. So a simulator thread
+        // that runs late never makes the model lose bytes (nor spare them):
+        // only the arrival stamps come from real time.
+        // Bounded: each round takes bytes that have arrived, and the host's
+        // writes are finite; a host writing without pause keeps the board
+        // busy exactly as long as the real one.
+        while !self.stop {
+            let Some(next) = self.uart.next_arrival() else {
+                return;
             };
-            if let Outcome::SafetyViolation(detail) = &done.outcome {
-                tracing::error!(
-                    link = %self.link.display(),
-                    "SAFETY VIOLATION: the host sent a message that corrupts the real firmware: {detail}"
-                );
-                self.lock().violations.push(SafetyViolation {
-                    raw: done.raw.clone(),
-                    detail: detail.clone(),
-                });
+            if next > self.fw_now {
+                if next > self.model_now() {
+                    return; // still on the line: the main loop waits for it
+                }
+                self.fw_now = next; // idle until it arrived
             }
-            self.trace(TraceEvent::Message {
-                raw: done.raw,
-                id: done.id,
-                op: done.op,
-                args: done.args,
-                outcome: done.outcome,
-            });
-            let busy = self.opts.scaled(done.busy);
-            let mut reply = done.reply;
-            if !reply.is_empty() && self.drop_next {
-                self.drop_next = false;
-                reply.clear();
+            let drained = self.uart.drain(self.fw_now);
+            if drained.lost > 0 {
+                self.record_loss(drained.lost);
             }
-            if !reply.is_empty() && self.corrupt_next {
-                self.corrupt_next = false;
-                corrupt(&mut reply);
-            }
-            if reply.len() > 1 {
-                let gap = busy / (reply.len() as u32 - 1);
-                let last = reply.len() - 1;
-                for (i, piece) in reply.iter().enumerate() {
-                    if i == last {
-                        // The busy period ends with the last piece: what the
-                        // host sends once it has the whole reply arrives at an
-                        // idle board, so the buffer limit is applied before.
-                        self.after_busy(&mut queue);
+            let handled = drained.bytes.len() + drained.lost;
+            for b in drained.bytes {
+                let event = self.lock().board.feed(b);
+                match event {
+                    None => {}
+                    Some(ParseEvent::Empty) => self.trace(TraceEvent::EmptyMessage),
+                    Some(ParseEvent::DroppedOverlong { len }) => {
+                        self.trace(TraceEvent::DroppedOverlong { len });
                     }
-                    self.write_all(piece);
-                    if i < last {
-                        std::thread::sleep(gap);
-                    }
-                }
-            } else {
-                if let Some(piece) = reply.first() {
-                    self.write_all(piece);
-                }
-                std::thread::sleep(busy);
-                if !busy.is_zero() {
-                    self.after_busy(&mut queue);
+                    Some(ParseEvent::Message(done)) => self.finish(done),
                 }
             }
+            self.lock().rx_handled += handled;
         }
     }
 
-    /// After a blocking period: what arrived meanwhile sat in the 63-byte
-    /// receive buffer, and whatever did not fit is gone.
-    fn after_busy(&mut self, queue: &mut VecDeque<u8>) {
-        let Seen::Data(arrived) = self.read_available() else {
-            return;
-        };
-        if arrived.is_empty() {
-            return;
+    fn record_loss(&mut self, lost: usize) {
+        tracing::warn!(link = %self.link.display(), lost, "simulated board: receive buffer overflow, bytes lost");
+        self.lock().rx_lost += lost;
+        self.trace(TraceEvent::RxOverflow { lost });
+    }
+
+    /// Records an executed message, then plays its busy time and reply.
+    fn finish(&mut self, done: Executed) {
+        if let Outcome::SafetyViolation(detail) = &done.outcome {
+            tracing::error!(
+                link = %self.link.display(),
+                "SAFETY VIOLATION: the host sent a message that corrupts the real firmware: {detail}"
+            );
+            self.lock().violations.push(SafetyViolation {
+                raw: done.raw.clone(),
+                detail: detail.clone(),
+            });
         }
-        self.trace(TraceEvent::ReceivedWhileBusy { len: arrived.len() });
-        let room = RX_BUFFER.saturating_sub(queue.len());
-        let lost = arrived.len().saturating_sub(room);
-        queue.extend(arrived.iter().take(room));
-        if lost > 0 {
-            tracing::warn!(link = %self.link.display(), lost, "simulated board: receive buffer overflow while busy");
-            self.trace(TraceEvent::RxOverflow { lost });
+        self.trace(TraceEvent::Message {
+            raw: done.raw,
+            id: done.id,
+            op: done.op,
+            args: done.args,
+            outcome: done.outcome,
+        });
+        let start = self.epoch + self.fw_now;
+        let busy = self.opts.scaled(done.busy);
+        self.fw_now += busy;
+        let after = self.opts.scaled(done.reply_after).min(busy);
+        let mut reply = done.reply;
+        if !reply.is_empty() && self.drop_next {
+            self.drop_next = false;
+            reply.clear();
+        }
+        if !reply.is_empty() && self.corrupt_next {
+            self.corrupt_next = false;
+            corrupt(&mut reply);
+        }
+        // The first piece after the reply latency, the others spread up to
+        // the end of the busy time: the last piece ends it, so what the host
+        // sends once it has the whole reply reaches an idle board.
+        let gap = (busy - after) / (reply.len().max(2) as u32 - 1);
+        for (i, piece) in reply.iter().enumerate() {
+            self.busy_until(start + after + gap * i as u32);
+            self.write_all(piece);
+        }
+        self.busy_until(start + busy);
+    }
+
+    /// The firmware is busy until `until`: it reads nothing, but bytes the
+    /// host writes meanwhile are on the line and reach the receive ring.
+    fn busy_until(&mut self, until: Instant) {
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.look(left.min(TICK)) {
+                Some(Seen::Data(bytes)) if !bytes.is_empty() => {
+                    self.trace(TraceEvent::ReceivedWhileBusy { len: bytes.len() });
+                    let now = self.model_now();
+                    self.uart.receive(now, &bytes);
+                }
+                Some(Seen::Data(_)) => {}
+                // Hung up or unplugged: nothing to read, the firmware still works.
+                Some(Seen::Closed) | None => std::thread::sleep(left.min(TICK)),
+            }
         }
     }
 }

@@ -2,9 +2,13 @@
 //! pseudo-terminals in a per-test temporary directory, and drivers for them.
 #![allow(dead_code)]
 
+pub mod control;
+pub mod feed;
+pub mod machine;
 pub mod ops_rig;
 pub mod pg;
 pub mod proxy;
+pub mod raw;
 pub mod records;
 
 use std::path::PathBuf;
@@ -45,6 +49,9 @@ pub fn spec_for(opts: &SimOptions, port: PathBuf) -> BoardSpec {
         .map(|g| p.groups[*g].speed * opts.speed_scale)
         .collect();
     let mut spec = BoardSpec::new("test-board", port, p.firmware, p.width, speeds);
+    // Time runs `speed_scale` times faster: accelerations scale by its square.
+    let scale2 = opts.speed_scale * opts.speed_scale;
+    spec.accels.iter_mut().for_each(|a| *a *= scale2);
     spec.reset_wait = opts.scaled(opts.reset_window) + Duration::from_millis(20);
     spec.drain_quiet = Duration::from_millis(20);
     spec.poll_interval = Duration::from_millis(50);

@@ -1,0 +1,126 @@
+//! `stringdriverd run` as a process with FIFOs in place of audmon's feed
+//! files and then of its configuration (issue 15 item 3): the feed is
+//! reported invalid, saying so, a SIGHUP reload of a FIFO configuration is
+//! refused without blocking, and SIGTERM stops the daemon within 5 s. No boards are attached (their ports
+//! do not exist) and the database is unreachable: the daemon runs on,
+//! spooling, as it would on a host whose database is down.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn manifest(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// The demo configuration moved into `dir`, with a database nobody serves.
+fn config_in(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(manifest("config/demo.toml"))
+        .expect("demo config")
+        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
+        .replace(
+            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
+            "postgres://postgres@127.0.0.1:1/none",
+        )
+        .replace("backend = \"simulated\"", "backend = \"none\"");
+    let f = dir.join("stringdriver.toml");
+    std::fs::write(&f, text).expect("write");
+    f
+}
+
+/// The daemon's `status --json`, if it answers.
+fn status(socket: &Path) -> Option<serde_json::Value> {
+    let o = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--json", "status"])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn fifos_as_feed_files_and_as_the_reloaded_configuration_block_nothing_and_sigterm_stops_the_daemon(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shm = dir.path().join("shm");
+    std::fs::create_dir(&shm).expect("shm");
+    for name in ["audio_control", "audio_peaks"] {
+        nix::unistd::mkfifo(&shm.join(name), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    }
+    let cfg = config_in(dir.path());
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts"),
+    );
+    let socket = dir.path().join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let feed = loop {
+        if let Some(s) = status(&socket) {
+            let feed = &s["feed"];
+            if feed["state"] == "invalid" {
+                break feed.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no invalid feed in status within 30 s: {:?}",
+            status(&socket)
+        );
+        assert!(
+            daemon.0.try_wait().expect("wait").is_none(),
+            "daemon exited"
+        );
+        // Asking again: the condition is a structured field of the reply.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let detail = feed["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("not a regular file (it is a FIFO)"),
+        "{detail}"
+    );
+    assert!(feed["voice_count"].is_null(), "{feed}");
+
+    // The configuration becomes a FIFO, and a reload is asked for: it is
+    // refused at once (it used to block the daemon's main loop for ever).
+    std::fs::remove_file(&cfg).expect("remove");
+    nix::unistd::mkfifo(&cfg, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let pid = Pid::from_raw(daemon.0.id() as i32);
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        status(&socket).is_some(),
+        "still answering after the reload"
+    );
+
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let stopping = Instant::now();
+    loop {
+        if let Some(code) = daemon.0.try_wait().expect("wait") {
+            assert!(code.success(), "exit {code:?}");
+            break;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
