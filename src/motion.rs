@@ -61,6 +61,10 @@ pub enum GateError {
     /// The operation was cancelled: no further moves.
     #[error("cancelled")]
     Cancelled,
+    /// The operation was stopped by something at the machine (a jog of one
+    /// of its steppers): its plan no longer holds.
+    #[error("stopped: {0}")]
+    Interrupted(String),
     /// No such stepper.
     #[error("stepper {stepper} does not exist (the host has {count})")]
     UnknownStepper {
@@ -125,6 +129,10 @@ struct Running {
     ticket: u64,
     kind: String,
     cancel: CancellationToken,
+    /// Global indices of the steppers the operation works on.
+    steppers: Vec<usize>,
+    /// Why it was stopped from the machine, if it was.
+    interrupted: Option<String>,
 }
 
 struct Inner {
@@ -166,9 +174,28 @@ impl OperationTicket {
     /// Rests `d` (lap_rest and the like), unless cancelled first.
     pub async fn rest(&self, d: Duration) -> Result<(), GateError> {
         tokio::select! {
-            _ = self.cancel.cancelled() => Err(GateError::Cancelled),
+            _ = self.cancel.cancelled() => Err(self.interrupted().map_or(GateError::Cancelled, GateError::Interrupted)),
             _ = tokio::time::sleep(d) => Ok(()),
         }
+    }
+
+    /// Adds `steppers` (global indices) to those the operation works on: a
+    /// jog of one of them at the machine stops it ([`MotionGate::jogged`]).
+    pub fn watch_steppers(&self, steppers: &[usize]) {
+        self.gate.with_running(self.ticket, |r| {
+            for s in steppers {
+                if !r.steppers.contains(s) {
+                    r.steppers.push(*s);
+                }
+            }
+        });
+    }
+
+    /// Why the operation was stopped from the machine, if it was.
+    pub fn interrupted(&self) -> Option<String> {
+        self.gate
+            .with_running(self.ticket, |r| r.interrupted.clone())
+            .flatten()
     }
 }
 
@@ -227,12 +254,35 @@ impl MotionGate {
             ticket,
             kind: kind.to_string(),
             cancel: cancel.clone(),
+            steppers: Vec::new(),
+            interrupted: None,
         });
         Ok(OperationTicket {
             gate: self.clone(),
             ticket,
             cancel,
         })
+    }
+
+    fn with_running<T>(&self, ticket: u64, f: impl FnOnce(&mut Running) -> T) -> Option<T> {
+        let mut r = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        r.as_mut().filter(|r| r.ticket == ticket).map(f)
+    }
+
+    /// A stepper (global index) was jogged at the machine: a running
+    /// operation working on it is stopped before its next move, and ends
+    /// `failed` with `why`. True if one was stopped.
+    pub fn jogged(&self, stepper: usize, why: &str) -> bool {
+        let mut r = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(run) = r.as_mut().filter(|r| r.steppers.contains(&stepper)) else {
+            return false;
+        };
+        if run.interrupted.is_none() {
+            run.interrupted = Some(why.to_string());
+            tracing::warn!(stepper, operation = %run.kind, reason = why, "operation stopped: a stepper it works on was jogged at the machine");
+        }
+        run.cancel.cancel();
+        true
     }
 
     /// Cancels the running operation; false if none runs.
@@ -261,7 +311,9 @@ impl MotionGate {
         let r = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         match (r.as_ref(), origin) {
             (Some(run), Origin::Operation(t)) if run.ticket == *t => {
-                if run.cancel.is_cancelled() {
+                if let Some(why) = &run.interrupted {
+                    Err(GateError::Interrupted(why.clone()))
+                } else if run.cancel.is_cancelled() {
                     Err(GateError::Cancelled)
                 } else {
                     Ok(Some(run.cancel.clone()))

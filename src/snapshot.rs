@@ -4,7 +4,10 @@
 //! # Nothing invented
 //!
 //! A row is only built when every value in it is known: every board
-//! connected with counters read and trusted, and the audmon feed `ok` with at
+//! connected with counters read and trusted, no stepper in transit (a move
+//! sent and not yet confirmed, or a jog at the machine in progress: the
+//! board answers nothing during a blocking move, and its last counter is
+//! where the stepper was, not where it is), and the audmon feed `ok` with at
 //! least one channel per string. Otherwise **no row is written** — neither on
 //! the timer nor for an event — and the reason is counted in
 //! [`SnapshotStatus::skipped`], logged once when it starts and once when it
@@ -50,6 +53,8 @@ pub enum Unknown {
     BoardDown(String),
     /// A board's counters are untrusted (reset not restored, not calibrated).
     Untrusted(String),
+    /// A stepper is in transit (a move not yet confirmed, a jog in progress).
+    Moving(String),
     /// The feed is absent, stale or invalid.
     Feed(String),
     /// The feed has fewer channels than the host has strings.
@@ -64,6 +69,7 @@ impl Unknown {
         match self {
             Unknown::BoardDown(_) => "board_down",
             Unknown::Untrusted(_) => "counters_untrusted",
+            Unknown::Moving(_) => "stepper_moving",
             Unknown::Feed(_) => "feed_not_ok",
             Unknown::FewChannels(_) => "feed_channels",
             Unknown::Shape(_) => "array_shape",
@@ -76,6 +82,7 @@ impl std::fmt::Display for Unknown {
         match self {
             Unknown::BoardDown(s)
             | Unknown::Untrusted(s)
+            | Unknown::Moving(s)
             | Unknown::Feed(s)
             | Unknown::FewChannels(s)
             | Unknown::Shape(s) => f.write_str(s),
@@ -107,6 +114,19 @@ pub fn build(i: &Inputs<'_>) -> Result<MachineState, Unknown> {
     let strings = i.layout.strings();
     let mut positions = Vec::with_capacity(total);
     for b in i.boards {
+        // A move in transit is the reason first, even once the board has
+        // been silent long enough to count as unresponsive.
+        if let (Some(m), LinkState::Connected | LinkState::Unresponsive { .. }) =
+            (&b.moving, &b.link)
+        {
+            return Err(Unknown::Moving(format!(
+                "stepper {} moving (board {} {} to {}, unconfirmed)",
+                positions.len() + m.stepper,
+                b.name,
+                m.op,
+                m.target
+            )));
+        }
         if b.link != LinkState::Connected {
             return Err(Unknown::BoardDown(format!(
                 "board {} is {}",
@@ -123,6 +143,23 @@ pub fn build(i: &Inputs<'_>) -> Result<MachineState, Unknown> {
             return Err(Unknown::Untrusted(format!(
                 "board {}: counter of stepper {s} is untrusted (reset or never set; calibrate or set it)",
                 b.name
+            )));
+        }
+        if let Some(&s) = b.jogging.first() {
+            // Global index: the steppers of the boards before this one come first.
+            return Err(Unknown::Moving(format!(
+                "stepper {} moving (jogged at the machine, board {})",
+                positions.len() + s,
+                b.name
+            )));
+        }
+        // A board that stopped answering may have reset and moved since its
+        // last reply: its counters are last known, not current.
+        if let Some(since) = b.silent_since {
+            return Err(Unknown::BoardDown(format!(
+                "board {} has not answered since {}",
+                b.name,
+                since.format("%H:%M:%S%.3f")
             )));
         }
         positions.extend_from_slice(p);
@@ -200,6 +237,28 @@ pub fn check_shape(r: &MachineState, steppers: usize, channels: usize) -> Result
         }
     }
     Ok(())
+}
+
+/// What the log says about a skipped snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseLine {
+    /// A pause starts: one warning with the reason.
+    Started,
+    /// Still paused, for another reason: a debug line only (counters set
+    /// one by one at first start change the reason a dozen times).
+    ReasonChanged,
+    /// Still paused for the same reason: nothing.
+    Nothing,
+}
+
+/// One warning when a pause starts, one line when it ends (logged where
+/// capture resumes); a change of reason during a pause is not a new pause.
+pub fn pause_line(was: Option<&str>, now: &str) -> PauseLine {
+    match was {
+        None => PauseLine::Started,
+        Some(w) if w != now => PauseLine::ReasonChanged,
+        Some(_) => PauseLine::Nothing,
+    }
 }
 
 /// A request for an event snapshot.
@@ -427,8 +486,14 @@ impl Engine {
             Err(why) => {
                 let text = why.to_string();
                 let was = self.status.borrow().unknown.clone();
-                if was.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(reason = %text, "snapshots paused: a value is unknown, no row is written");
+                match pause_line(was.as_deref(), &text) {
+                    PauseLine::Started => {
+                        tracing::warn!(reason = %text, "snapshots paused: a value is unknown, no row is written")
+                    }
+                    PauseLine::ReasonChanged => {
+                        tracing::debug!(reason = %text, was = ?was, "snapshots still paused, for another reason")
+                    }
+                    PauseLine::Nothing => {}
                 }
                 self.status.send_modify(|s| {
                     *s.skipped.entry(why.key().to_string()).or_default() += 1;

@@ -205,6 +205,19 @@ fn print_status(r: &Value) {
             show(&b["resets"]),
             show(&b["last_good_poll"]),
         );
+        if !b["moving"].is_null() {
+            let m = &b["moving"];
+            println!(
+                "    in transit: stepper {} {} {} -> {} since {} (expected {} s); silent since {}",
+                show(&m["stepper"]),
+                show(&m["op"]),
+                show(&m["from"]),
+                show(&m["target"]),
+                show(&m["since"]),
+                show(&m["expected_s"]),
+                show(&b["silent_since"]),
+            );
+        }
     }
     println!("enabled: {}", show(&r["enabled"]));
     let f = &r["feed"];

@@ -16,6 +16,21 @@
 //!   is reported unresponsive and polling goes on; only an I/O failure of the
 //!   device (unplug) closes it, and reopening follows a capped backoff;
 //! - after any error or timeout a lone `;` clears the board's parser;
+//! - a board that stays silent (a move far longer than expected, a runaway)
+//!   gets one clearing `;` and one poll at a time, further apart each time
+//!   (capped at `busy_probe_max`), and its late answer is taken when it
+//!   comes (the answers it still owes to earlier probes are read before
+//!   anything else is sent): a board that reads nothing while it moves must
+//!   not be fed more than its 63-byte receive buffer holds;
+//! - counters that change with no command are judged (`super::judge`): jogs
+//!   at the machine stay trusted and are announced, a reset (all zeros, or
+//!   silence for about the boot time followed by changes) is restored or
+//!   distrusted, and motion after a reset is never trusted;
+//! - a restore after a reset is paced (`restore`): never more bytes in
+//!   flight than the board's receive buffer holds, each batch confirmed by a
+//!   positions reply, the last one verifying every counter;
+//! - a stepper whose move is not yet confirmed is in transit
+//!   (`BoardStatus::moving`): its counter is not a position;
 //! - indices and values are checked before anything is sent: every argument
 //!   against its width in the firmware's layout (v1 values are 4-byte
 //!   `long`s), every target or counter against what the positions reply can
@@ -24,6 +39,9 @@
 //!   sent as the `amove` to the same target, so a confirmed move is
 //!   confirmed against what the firmware really did.
 
+mod restore;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,11 +53,12 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::error::BoardError;
+use super::judge::{judge, Judgement, ResetEvidence};
 use super::link::{Connector, Link};
 use super::spec::BoardSpec;
-use super::status::{BoardEvent, BoardStatus, LinkState};
+use super::status::{BoardEvent, BoardStatus, InTransit, LinkState};
 use crate::backoff::Backoff;
-use crate::protocol::frame::{DiscardReason, EXCERPT_LEN};
+use crate::protocol::frame::{DiscardReason, BOARD_RX_BUFFER, EXCERPT_LEN};
 use crate::protocol::{CmdCodec, Inbound, Op, Outbound, Reply, Request as Wire};
 
 /// A command for the driver.
@@ -143,6 +162,16 @@ pub(super) struct Driver {
     store: Option<Arc<dyn super::counters::CounterStore>>,
     /// What was saved last (saves happen only on change).
     saved: Option<KnownCounters>,
+    /// When the board last answered a poll.
+    last_good: Option<Instant>,
+    /// Steppers being jogged at the machine, with their counter before the jog.
+    jogs: BTreeMap<usize, i32>,
+    /// Delay before the next probe of an unresponsive board (doubles, capped).
+    probe_delay: Duration,
+    /// When an unresponsive board is probed next.
+    next_probe: Instant,
+    /// The reading just taken came after about a boot time of silence.
+    after_silence: bool,
 }
 
 /// Which counters a write just sent may have changed.
@@ -189,6 +218,11 @@ impl Driver {
             exempt: Exempt::None,
             store,
             saved: None,
+            last_good: None,
+            jogs: BTreeMap::new(),
+            probe_delay: Duration::ZERO,
+            next_probe: Instant::now(),
+            after_silence: false,
         }
     }
 
@@ -339,6 +373,12 @@ impl Driver {
         self.busy_until = Instant::now();
         self.grace = Duration::ZERO;
         self.missed = 0;
+        self.jogs.clear();
+        self.status.send_modify(|s| {
+            s.moving = None;
+            s.silent_since = None;
+            s.jogging.clear();
+        });
 
         // The first poll decides whether the counters can be believed.
         let first = loop {
@@ -363,6 +403,7 @@ impl Driver {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.reset();
         loop {
+            let silent = self.unresponsive();
             let result = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return End::Shutdown,
@@ -388,11 +429,76 @@ impl Driver {
                         fail
                     }
                 },
-                _ = tick.tick() => self.poll(&mut io).await.err(),
+                // A silent board is not polled on the tick: see `probe`.
+                _ = tick.tick(), if !silent => self.poll(&mut io).await.err(),
+                _ = sleep_until(self.next_probe), if silent => self.probe(&mut io).await.err(),
+                // Its answer to the last probe may come late (a long move).
+                item = io.next(), if silent => self.late_reply(&mut io, item).await.err(),
             };
             if let Some(Fail::Link(e)) = result {
                 return End::Lost(e);
             }
+            if silent && !self.unresponsive() {
+                if let Err(e) = self.settle(&mut io).await {
+                    return End::Lost(e);
+                }
+            }
+        }
+    }
+
+    /// A board that answers again after a silence may still owe answers to
+    /// earlier probes (each `1;` it held in its buffer gets a reply): read
+    /// them until the line is quiet for a reply timeout, so that none is
+    /// later taken for the answer to a newer request. Bounded: at most one
+    /// reply per probe its 63-byte buffer could hold.
+    async fn settle(&mut self, io: &mut Io) -> Result<(), String> {
+        for _ in 0..BOARD_RX_BUFFER {
+            match timeout_at(Instant::now() + self.spec.reply_timeout, io.next()).await {
+                Err(_) => return Ok(()),
+                Ok(item) => self.absorb(item)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn unresponsive(&self) -> bool {
+        matches!(self.status.borrow().link, LinkState::Unresponsive { .. })
+    }
+
+    /// One clearing `;` and one poll to a board that stopped answering, then
+    /// a longer wait before the next (doubling up to `busy_probe_max`): a
+    /// board that moves reads nothing, and every byte sent meanwhile sits in
+    /// its 63-byte receive buffer or is lost.
+    async fn probe(&mut self, io: &mut Io) -> Result<Vec<i32>, Fail> {
+        self.probe_delay = (self.probe_delay * 2)
+            .max(self.spec.poll_interval)
+            .min(self.spec.busy_probe_max.max(self.spec.poll_interval));
+        self.next_probe = Instant::now() + self.probe_delay;
+        tracing::debug!(board = %self.spec.name, next_in = ?self.probe_delay, "probing a silent board");
+        self.poll(io).await
+    }
+
+    /// Something arrived from a silent board between probes: a positions
+    /// reply is its (late) answer to the last probe and counts as a poll.
+    async fn late_reply(
+        &mut self,
+        io: &mut Io,
+        item: Option<Result<Inbound, crate::protocol::FrameError>>,
+    ) -> Result<(), Fail> {
+        let id = self.spec.firmware.id(Op::Positions);
+        match item {
+            Some(Ok(Inbound::Message(r))) if Some(r.id) == id => match self.parse_positions(&r) {
+                Ok(p) => {
+                    tracing::debug!(board = %self.spec.name, "late positions reply taken");
+                    self.accept_positions(&p);
+                    self.after_read(io, p).await.map(|_| ())
+                }
+                Err(e) => {
+                    tracing::debug!(board = %self.spec.name, error = %e, "late reply unusable");
+                    Ok(())
+                }
+            },
+            other => self.absorb(other).map_err(Fail::Link),
         }
     }
 
@@ -534,30 +640,90 @@ impl Driver {
         };
         match result {
             Ok(positions) => {
-                self.missed = 0;
-                self.status.send_modify(|s| {
-                    s.positions = Some(positions.clone());
-                    s.last_good_poll = Some(Utc::now());
-                    s.polls_ok += 1;
-                });
+                self.accept_positions(&positions);
                 Ok(positions)
             }
             Err(Fail::Link(e)) => Err(Fail::Link(e)),
             Err(Fail::Device(e)) => {
                 self.missed += 1;
                 let missed = self.missed;
-                tracing::warn!(board = %self.spec.name, error = %e, missed, "poll failed");
+                // Once silent, one line when it starts and one when it ends
+                // (`accept_positions`); every probe is a debug line.
+                if missed <= self.spec.max_missed_polls {
+                    tracing::warn!(board = %self.spec.name, error = %e, missed, "poll failed");
+                } else {
+                    tracing::debug!(board = %self.spec.name, error = %e, missed, "poll failed");
+                }
                 self.status.send_modify(|s| {
                     s.polls_failed += 1;
                     s.last_error = Some(e.to_string());
+                    s.silent_since.get_or_insert_with(Utc::now);
                 });
                 if missed >= self.spec.max_missed_polls {
+                    if !self.unresponsive() {
+                        self.report_silence(missed);
+                        self.probe_delay = Duration::ZERO;
+                        self.next_probe = Instant::now() + self.spec.poll_interval;
+                    }
                     self.set_link(LinkState::Unresponsive { missed });
                 }
                 self.recover(io).await?;
                 Err(Fail::Device(e))
             }
         }
+    }
+
+    /// Accounts for a good positions reading (the board answers: any move is over).
+    fn accept_positions(&mut self, positions: &[i32]) {
+        self.after_silence = self.was_silent();
+        self.missed = 0;
+        self.last_good = Some(Instant::now());
+        let mut ended = None;
+        self.status.send_modify(|s| {
+            s.positions = Some(positions.to_vec());
+            s.last_good_poll = Some(Utc::now());
+            s.polls_ok += 1;
+            if let Some(since) = s.silent_since.take() {
+                ended = Some((since, s.moving.clone()));
+            }
+            s.moving = None;
+        });
+        if let Some((since, moving)) = ended.filter(|_| self.unresponsive()) {
+            let silent_for = (Utc::now() - since).to_std().unwrap_or_default();
+            match moving {
+                Some(m) => tracing::warn!(
+                    board = %self.spec.name, stepper = m.stepper, op = %m.op, target = m.target,
+                    expected = ?m.expected, ?silent_for,
+                    "board answers again after a move far longer than expected"
+                ),
+                None => tracing::warn!(board = %self.spec.name, ?silent_for, "board answers again"),
+            }
+        }
+    }
+
+    /// The one line that says a board went silent, and with which move.
+    fn report_silence(&self, missed: u32) {
+        let s = self.status.borrow();
+        match &s.moving {
+            Some(m) => tracing::warn!(
+                board = %self.spec.name, stepper = m.stepper, op = %m.op, target = m.target,
+                expected = ?m.expected, missed,
+                "board busy far longer than its move should take (a runaway, or limits the configuration does not match): probing it once at a time, backing off"
+            ),
+            None => tracing::warn!(
+                board = %self.spec.name, missed,
+                "board unresponsive: probing it once at a time, backing off"
+            ),
+        }
+    }
+
+    /// Whether the board was silent for about its boot time before this
+    /// reading: polls failed and the last good one is at least `reset_wait` old.
+    fn was_silent(&self) -> bool {
+        self.status.borrow().silent_since.is_some()
+            && self
+                .last_good
+                .is_none_or(|t| t.elapsed() >= self.spec.reset_wait)
     }
 
     /// [`Self::read_positions`] retried up to the missed-poll limit.
@@ -588,25 +754,90 @@ impl Driver {
 
     async fn after_read(&mut self, io: &mut Io, positions: Vec<i32>) -> Result<Vec<i32>, Fail> {
         let exempt = std::mem::replace(&mut self.exempt, Exempt::None);
-        let reset = positions.iter().all(|p| *p == 0)
-            && self.known.as_ref().is_some_and(|k| {
-                k.iter().enumerate().any(|(i, p)| {
-                    *p != 0
-                        && match exempt {
-                            Exempt::None => true,
-                            Exempt::One(s) => s != i,
-                            Exempt::All => false,
-                        }
-                })
-            });
-        if reset {
-            self.reconcile(io, positions).await.map_err(Fail::Link)?;
-            return Ok(self.known.clone().unwrap_or_default());
+        let silent = std::mem::take(&mut self.after_silence);
+        let Some(known) = self.known.clone() else {
+            self.known = Some(positions.clone());
+            self.set_link(LinkState::Connected);
+            self.persist_or_log().await;
+            return Ok(positions);
+        };
+        let is_exempt = |i: usize| match exempt {
+            Exempt::None => false,
+            Exempt::One(s) => s == i,
+            Exempt::All => true,
+        };
+        match judge(&known, &positions, is_exempt, silent) {
+            Judgement::Unchanged => self.track_jogs(&known, &positions, &[]),
+            Judgement::Jogged(steppers) => self.track_jogs(&known, &positions, &steppers),
+            Judgement::Reset {
+                evidence,
+                zeros,
+                moved,
+            } => {
+                self.reset(io, known, positions, evidence, zeros, moved)
+                    .await
+                    .map_err(Fail::Link)?;
+                return Ok(self.known.clone().unwrap_or_default());
+            }
         }
         self.known = Some(positions.clone());
         self.set_link(LinkState::Connected);
         self.persist_or_log().await;
         Ok(positions)
+    }
+
+    /// Jogs at the machine: `changed` counters moved with no command while
+    /// the board answered. A jog is announced when first seen and when its
+    /// counter holds still for a poll; the counter stays trusted (the
+    /// firmware counted the steps).
+    fn track_jogs(&mut self, known: &[i32], fresh: &[i32], changed: &[usize]) {
+        let name = self.spec.name.clone();
+        for &s in changed {
+            if self.jogs.contains_key(&s) {
+                continue;
+            }
+            let (from, to) = (known[s], fresh[s]);
+            self.jogs.insert(s, from);
+            tracing::warn!(board = %name, stepper = s, from, to, "stepper {s} jogged at the machine: {from} -> {to} (counter kept as true)");
+            self.status.send_modify(|st| st.judgements.jogs += 1);
+            self.emit(BoardEvent::Jogged {
+                board: name.clone(),
+                stepper: s,
+                from,
+                to,
+                ended: false,
+            });
+        }
+        let ended: Vec<(usize, i32)> = self
+            .jogs
+            .iter()
+            .filter(|(s, _)| !changed.contains(s))
+            .map(|(s, f)| (*s, *f))
+            .collect();
+        for (s, _) in &ended {
+            self.jogs.remove(s);
+        }
+        // The status first: whoever reacts to the end of a jog (an event
+        // snapshot) must find the stepper no longer in transit.
+        let jogging: Vec<usize> = self.jogs.keys().copied().collect();
+        self.status.send_if_modified(|st| {
+            if st.jogging == jogging {
+                return false;
+            }
+            st.jogging = jogging;
+            true
+        });
+        for (s, from) in ended {
+            let to = fresh.get(s).copied().unwrap_or_default();
+            tracing::info!(board = %name, stepper = s, from, to, "jog of stepper {s} ended: {from} -> {to}");
+            self.emit(BoardEvent::Jogged {
+                board: name.clone(),
+                stepper: s,
+                from,
+                to,
+                ended: true,
+            });
+        }
     }
 
     fn parse_positions(&self, reply: &Reply) -> Result<Vec<i32>, BoardError> {
@@ -633,6 +864,7 @@ impl Driver {
     /// Compares fresh counters with what was known and restores or distrusts.
     async fn reconcile(&mut self, io: &mut Io, fresh: Vec<i32>) -> Result<(), String> {
         let name = self.spec.name.clone();
+        self.after_silence = false;
         let Some(prev) = self.known.clone() else {
             // First contact and nothing persisted: zeros are not knowledge.
             tracing::warn!(board = %name, "no earlier counters known: positions untrusted until calibrated or set");
@@ -642,66 +874,90 @@ impl Driver {
             self.set_link(LinkState::Connected);
             return Ok(());
         };
-        if prev == fresh {
-            self.set_link(LinkState::Connected);
-            return Ok(());
+        // Opening the port resets an AVR board: whatever changed since the
+        // counters were last known is judged as after a silence.
+        match judge(&prev, &fresh, |_| false, true) {
+            Judgement::Reset {
+                evidence,
+                zeros,
+                moved,
+            } => self.reset(io, prev, fresh, evidence, zeros, moved).await,
+            Judgement::Unchanged | Judgement::Jogged(_) => {
+                self.known = Some(fresh);
+                self.set_link(LinkState::Connected);
+                Ok(())
+            }
         }
-        let was_reset = fresh.iter().all(|p| *p == 0);
-        if !was_reset {
-            tracing::warn!(board = %name, ?prev, ?fresh, "counters changed while the board was away: marked untrusted");
-            self.status.send_modify(|s| {
-                for (i, t) in s.trusted.iter_mut().enumerate() {
-                    if prev.get(i) != fresh.get(i) {
-                        *t = false;
-                    }
-                }
-            });
-            self.known = Some(fresh);
-            self.set_link(LinkState::Connected);
-            return Ok(());
-        }
-        let mut restored = false;
-        if self.spec.restore_counters_after_reset {
-            tracing::warn!(board = %name, ?prev, "board reset detected: writing the last known counters back");
-            restored = true;
-            for (i, &v) in prev.iter().enumerate().filter(|(_, v)| **v != 0) {
-                match self.exchange(io, Op::SetStepper, vec![i as i32, v]).await {
-                    Ok(_) => {}
-                    Err(Fail::Link(e)) => return Err(e),
-                    Err(Fail::Device(e)) => {
-                        tracing::error!(board = %name, error = %e, "restoring a counter failed");
-                        restored = false;
-                    }
+    }
+
+    /// A board reset: restores (paced) or distrusts the counters that read
+    /// 0, distrusts those that moved after it, and says so.
+    async fn reset(
+        &mut self,
+        io: &mut Io,
+        prev: Vec<i32>,
+        fresh: Vec<i32>,
+        evidence: ResetEvidence,
+        zeros: Vec<usize>,
+        moved: Vec<usize>,
+    ) -> Result<(), String> {
+        let name = self.spec.name.clone();
+        tracing::warn!(board = %name, ?evidence, ?prev, ?fresh, ?moved, "board reset detected");
+        self.jogs.clear();
+        self.status.send_modify(|s| {
+            s.jogging.clear();
+            match evidence {
+                ResetEvidence::AllZero => s.judgements.resets_all_zero += 1,
+                ResetEvidence::Silence => s.judgements.resets_after_silence += 1,
+            }
+            s.judgements.moved_after_reset += moved.len() as u64;
+            for i in &moved {
+                if let Some(t) = s.trusted.get_mut(*i) {
+                    *t = false;
                 }
             }
-            let check = match self.read_retrying(io).await {
-                Ok(p) => p,
-                Err(Fail::Link(e)) => return Err(e),
-                Err(Fail::Device(_)) => fresh.clone(),
-            };
-            restored &= check == prev;
+        });
+        if !moved.is_empty() {
+            tracing::error!(board = %name, ?moved, "counters moved after the board reset with no command: untrusted until calibrated or set, never restored");
+        }
+        let mut restored = false;
+        let mut known = fresh.clone();
+        if self.spec.restore_counters_after_reset {
+            tracing::warn!(board = %name, ?zeros, "writing the last known counters back, paced");
+            let writes: Vec<(usize, i32)> = zeros.iter().map(|&i| (i, prev[i])).collect();
+            let (check, report) = self.restore_paced(io, &writes).await?;
+            tracing::info!(board = %name, counters = report.counters, batches = report.batches,
+                max_bytes_in_flight = report.max_bytes_in_flight, took = ?report.took,
+                verified = report.verified, "restore finished");
+            self.status.send_modify(|s| s.last_restore = Some(report));
+            let check = check.unwrap_or_else(|| fresh.clone());
+            restored = zeros.iter().all(|&i| check.get(i) == prev.get(i));
+            // A restore keeps trust, never grants it: a counter untrusted
+            // before the reset is untrusted after it, written back or not.
             self.status.send_modify(|s| {
-                for (i, t) in s.trusted.iter_mut().enumerate() {
+                for &i in &zeros {
                     if check.get(i) != prev.get(i) {
-                        *t = false;
+                        if let Some(t) = s.trusted.get_mut(i) {
+                            *t = false;
+                        }
                     }
                 }
             });
-            self.known = Some(check);
+            known = check;
+            if !restored {
+                tracing::error!(board = %name, "counters could not be restored after a reset: untrusted");
+            }
         } else {
-            tracing::warn!(board = %name, ?prev, "board reset detected: counters untrusted until calibration");
+            tracing::warn!(board = %name, ?zeros, "counters untrusted until calibration (restore is off)");
             self.status.send_modify(|s| {
-                for (i, t) in s.trusted.iter_mut().enumerate() {
-                    if prev.get(i).is_some_and(|p| *p != 0) {
+                for &i in &zeros {
+                    if let Some(t) = s.trusted.get_mut(i) {
                         *t = false;
                     }
                 }
             });
-            self.known = Some(fresh);
         }
-        if !restored && self.spec.restore_counters_after_reset {
-            tracing::error!(board = %name, "counters could not be restored after a reset: untrusted");
-        }
+        self.known = Some(known);
         self.persist_or_log().await;
         // Counted only now, so that whoever sees the count also sees the outcome.
         self.status.send_modify(|s| s.resets_detected += 1);
@@ -710,6 +966,7 @@ impl Driver {
             board: name,
             previous: prev,
             restored,
+            moved,
         });
         Ok(())
     }
@@ -756,9 +1013,19 @@ impl Driver {
         io: &mut Io,
         command: Command,
     ) -> (Result<Response, BoardError>, Option<Fail>) {
+        let what = format!("{command:?}");
         match self.serve_inner(io, command).await {
             Ok(r) => (Ok(r), None),
-            Err(Fail::Device(e)) => (Err(e), None),
+            Err(Fail::Device(e)) => {
+                // What the board did wrong belongs in the daemon's log, not
+                // only in the answer to whoever asked.
+                if e.is_device_fault() {
+                    tracing::warn!(board = %self.spec.name, command = %what, error = %e, "board command failed");
+                } else {
+                    tracing::info!(board = %self.spec.name, command = %what, error = %e, "board command refused");
+                }
+                (Err(e), None)
+            }
             Err(Fail::Link(e)) => (
                 Err(BoardError::Link {
                     board: self.spec.name.clone(),
@@ -772,6 +1039,11 @@ impl Driver {
     async fn serve_inner(&mut self, io: &mut Io, command: Command) -> Result<Response, Fail> {
         let refuse = Fail::Device;
         if command != Command::Poll && self.status.borrow().link != LinkState::Connected {
+            return Err(refuse(self.not_ready()));
+        }
+        // A silent board is probed on its own schedule, never on demand:
+        // each probe is bytes into a buffer it may not be reading.
+        if command == Command::Poll && self.unresponsive() {
             return Err(refuse(self.not_ready()));
         }
         match command {
@@ -882,6 +1154,21 @@ impl Driver {
                     detail,
                 })
             })?;
+        }
+        if matches!(op, Op::Rmove | Op::Amove) {
+            let steps = (target as i64 - current as i64).unsigned_abs();
+            let expected = self.spec.move_duration(stepper, steps);
+            // In transit from now until a positions reply confirms the end.
+            self.status.send_modify(|s| {
+                s.moving = Some(InTransit {
+                    stepper,
+                    op: op.to_string(),
+                    target,
+                    from: current,
+                    since: Utc::now(),
+                    expected,
+                })
+            });
         }
         self.exchange(io, op, vec![stepper as i32, arg]).await?;
         // This counter may legitimately change: the confirming poll must not

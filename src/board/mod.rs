@@ -16,6 +16,7 @@
 mod counters;
 mod driver;
 mod error;
+mod judge;
 mod link;
 mod spec;
 mod status;
@@ -33,7 +34,7 @@ pub use driver::{Command, KnownCounters, Response};
 pub use error::BoardError;
 pub use link::{Connector, Link, OpenFuture, SerialConnector};
 pub use spec::BoardSpec;
-pub use status::{BoardEvent, BoardStatus, LinkState};
+pub use status::{BoardEvent, BoardStatus, InTransit, Judgements, LinkState, RestoreReport};
 
 /// Starts the driver of one board. `initial` is what was known of its
 /// counters before (persisted state); `None` means nothing is known and the

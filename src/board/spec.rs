@@ -46,6 +46,9 @@ pub struct BoardSpec {
     pub reconnect_initial: Duration,
     /// Longest delay between attempts to reopen.
     pub reconnect_max: Duration,
+    /// Longest delay between probes (one `;` and one poll) of a board that
+    /// stopped answering; the delay doubles from `poll_interval` up to this.
+    pub busy_probe_max: Duration,
 }
 
 impl BoardSpec {
@@ -79,6 +82,7 @@ impl BoardSpec {
             max_missed_polls: 3,
             reconnect_initial: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
+            busy_probe_max: Duration::from_secs(30),
         }
     }
 

@@ -87,6 +87,67 @@ pub struct BoardStatus {
     pub last_error: Option<String>,
     /// Free RAM the board reported, if asked.
     pub free_memory: Option<i32>,
+    /// The move the board was given and has not been confirmed yet: while it
+    /// is set the stepper is in transit and its counter is not a position.
+    pub moving: Option<InTransit>,
+    /// Since when polls have failed one after another (`None` while the
+    /// board answers): with `moving`, how long a board has been busy.
+    pub silent_since: Option<DateTime<Utc>>,
+    /// Steppers being jogged at the machine right now (local indices): their
+    /// counters change between polls, so they are in transit too.
+    pub jogging: Vec<usize>,
+    /// What the driver concluded from counters that changed without a
+    /// command, counted since start.
+    pub judgements: Judgements,
+    /// The last restore of counters after a reset, how it was paced.
+    pub last_restore: Option<RestoreReport>,
+}
+
+/// A move sent to the board and not yet confirmed by a positions reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InTransit {
+    /// Local stepper index.
+    pub stepper: usize,
+    /// `amove` or `rmove`.
+    pub op: String,
+    /// The counter it was sent toward.
+    pub target: i32,
+    /// The counter when it was sent.
+    pub from: i32,
+    /// When it was sent.
+    pub since: DateTime<Utc>,
+    /// How long it should take (steps / speed, margin included).
+    pub expected: Duration,
+}
+
+/// Counts of the driver's judgements on counters that changed with no
+/// command from the host (see `driver::judge`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judgements {
+    /// Jogs at the machine (counter changes the driver kept as true).
+    pub jogs: u64,
+    /// Resets recognised because every counter read 0.
+    pub resets_all_zero: u64,
+    /// Resets recognised from the board's silence followed by changed
+    /// counters (a reset followed by motion).
+    pub resets_after_silence: u64,
+    /// Counters distrusted because they moved after a reset.
+    pub moved_after_reset: u64,
+}
+
+/// How a restore of counters after a reset went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreReport {
+    /// Counters written.
+    pub counters: usize,
+    /// Most bytes sent and not yet confirmed consumed by the board at once.
+    pub max_bytes_in_flight: usize,
+    /// Batches (each confirmed by a positions reply).
+    pub batches: usize,
+    /// From the first write to the verifying reply.
+    pub took: Duration,
+    /// Whether every counter read back as written.
+    pub verified: bool,
 }
 
 impl BoardStatus {
@@ -105,6 +166,11 @@ impl BoardStatus {
             noise_bytes: 0,
             last_error: None,
             free_memory: None,
+            moving: None,
+            silent_since: None,
+            jogging: Vec::new(),
+            judgements: Judgements::default(),
+            last_restore: None,
         }
     }
 
@@ -131,7 +197,8 @@ pub enum BoardEvent {
         /// Why.
         error: String,
     },
-    /// The board restarted its counters at 0 while its motors stood still.
+    /// The board restarted its counters at 0 (all of them read 0, or it was
+    /// silent for about its boot time and then counters had changed).
     ResetDetected {
         /// Board name.
         board: String,
@@ -139,6 +206,25 @@ pub enum BoardEvent {
         previous: Vec<i32>,
         /// Whether they were written back (otherwise they are untrusted).
         restored: bool,
+        /// Steppers whose counters moved away from 0 after the reset
+        /// (motion nobody commanded): untrusted, never restored.
+        moved: Vec<usize>,
+    },
+    /// An operator jogged a stepper at the machine: its counter changed with
+    /// no command and stays trusted (the firmware counted the steps).
+    /// Raised when the jog is first seen (`ended: false`) and when its
+    /// counter stops changing (`ended: true`).
+    Jogged {
+        /// Board name.
+        board: String,
+        /// Local stepper index.
+        stepper: usize,
+        /// Counter before the jog.
+        from: i32,
+        /// Counter now.
+        to: i32,
+        /// Whether the jog is over (the counter held still for a poll).
+        ended: bool,
     },
     /// Counters changed by a move or a counter write the driver confirmed.
     PositionsChanged {

@@ -119,6 +119,31 @@ pub async fn status(sh: &Shared) -> Value {
                 "resets": s.resets_detected,
                 "connects": s.connects,
                 "last_error": s.last_error,
+                // A move sent and not yet confirmed, and how long the board
+                // has been silent with it (a runaway shows here).
+                "moving": s.moving.as_ref().map(|m| json!({
+                    "stepper": m.stepper,
+                    "op": m.op,
+                    "from": m.from,
+                    "target": m.target,
+                    "since": m.since,
+                    "expected_s": m.expected.as_secs_f64(),
+                })),
+                "silent_since": s.silent_since,
+                "jogging": s.jogging,
+                "judgements": {
+                    "jogs": s.judgements.jogs,
+                    "resets_all_zero": s.judgements.resets_all_zero,
+                    "resets_after_silence": s.judgements.resets_after_silence,
+                    "moved_after_reset": s.judgements.moved_after_reset,
+                },
+                "last_restore": s.last_restore.as_ref().map(|r| json!({
+                    "counters": r.counters,
+                    "batches": r.batches,
+                    "max_bytes_in_flight": r.max_bytes_in_flight,
+                    "took_s": r.took.as_secs_f64(),
+                    "verified": r.verified,
+                })),
             })
         })
         .collect();

@@ -358,33 +358,13 @@ pub async fn run_with_shipping(
         None => shipper_rx,
     };
 
-    // Board reconnects and resets are events worth a snapshot.
-    let event_task = {
-        let snapshots = snapshots.clone();
-        let mut subs: Vec<_> = boards.iter().map(BoardHandle::subscribe).collect();
-        tokio::spawn(async move {
-            let mut merged = futures::stream::select_all(subs.drain(..).map(tokio_stream_from));
-            while let Some(ev) = merged.next().await {
-                match ev {
-                    BoardEvent::Connected { board } => {
-                        snapshots.request(format!("board {board} connected"))
-                    }
-                    BoardEvent::ResetDetected {
-                        board, restored, ..
-                    } => snapshots.request(format!(
-                        "board {board} reset (counters restored: {restored})"
-                    )),
-                    _ => {}
-                }
-            }
-        })
-    };
-
     let gate = crate::motion::MotionGate::new(
         boards.clone(),
         Arc::new(cfg.layout.clone()),
         settings_tx.subscribe(),
     );
+    let event_task =
+        forward_board_events(&boards, cfg.layout.clone(), gate.clone(), snapshots.clone());
     let sensors: Arc<dyn crate::sensors::TouchSensors> = match crate::sensors::from_config(
         &cfg, touch,
     ) {
@@ -593,6 +573,58 @@ pub async fn run_with_shipping(
         ));
     }
     Ok(())
+}
+
+/// Turns board events into what the daemon does about them: a snapshot when
+/// a board connects or resets and when a jog at the machine ends, and, when a
+/// jog starts, a stop of the running operation if it works on the jogged
+/// stepper ([`crate::motion::MotionGate::jogged`]). Runs until every board's
+/// event channel closes.
+pub fn forward_board_events(
+    boards: &[BoardHandle],
+    layout: crate::config::Layout,
+    gate: crate::motion::MotionGate,
+    snapshots: crate::snapshot::SnapshotHandle,
+) -> tokio::task::JoinHandle<()> {
+    let names: Vec<String> = boards.iter().map(|b| b.name().to_string()).collect();
+    let mut subs: Vec<_> = boards.iter().map(BoardHandle::subscribe).collect();
+    tokio::spawn(async move {
+        let mut merged = futures::stream::select_all(subs.drain(..).map(tokio_stream_from));
+        while let Some(ev) = merged.next().await {
+            match ev {
+                BoardEvent::Connected { board } => {
+                    snapshots.request(format!("board {board} connected"))
+                }
+                BoardEvent::ResetDetected {
+                    board,
+                    restored,
+                    moved,
+                    ..
+                } => snapshots.request(format!(
+                    "board {board} reset (counters restored: {restored}; moved after the reset, untrusted: {moved:?})"
+                )),
+                BoardEvent::Jogged {
+                    board,
+                    stepper,
+                    from,
+                    to,
+                    ended,
+                } => {
+                    let Some(b) = names.iter().position(|n| *n == board) else {
+                        continue;
+                    };
+                    let global = layout.global(b, stepper);
+                    let what = format!("stepper {global} jogged at the machine: {from} -> {to}");
+                    if ended {
+                        snapshots.request(what);
+                    } else {
+                        gate.jogged(global, &what);
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
 }
 
 fn tokio_stream_from(

@@ -203,6 +203,8 @@ impl Machine {
             OperationType::ZAdjust => self.enabled_z(None)?,
             _ => self.enabled_z(only)?,
         };
+        // A jog of one of these at the machine stops the operation.
+        ticket.watch_steppers(&steppers);
         let state_id = match self
             .snapshots
             .snapshot(format!("before {}", kind.as_str()))
@@ -236,12 +238,14 @@ impl Machine {
             OperationType::ZCalibrate => Box::pin(z_calibrate::run(self, ticket, &steppers)).await,
             OperationType::ZAdjust => Box::pin(z_adjust::run(self, ticket)).await,
         };
-        let (status, message) = match &result {
-            Ok(m) => (OperationStatus::Completed, m.clone()),
-            Err(OpError::Gate(GateError::Cancelled)) => {
+        let (status, message) = match (&result, ticket.interrupted()) {
+            // Stopped from the machine: whatever the steps said, the plan no longer holds.
+            (_, Some(why)) => (OperationStatus::Failed, format!("stopped: {why}")),
+            (Ok(m), None) => (OperationStatus::Completed, m.clone()),
+            (Err(OpError::Gate(GateError::Cancelled)), None) => {
                 (OperationStatus::Cancelled, "cancelled".to_string())
             }
-            Err(e) => (OperationStatus::Failed, e.to_string()),
+            (Err(e), None) => (OperationStatus::Failed, e.to_string()),
         };
         let done = OperationEvent {
             operation_status: status,

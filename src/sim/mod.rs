@@ -15,7 +15,10 @@
 //!   keeps it busy, what does not fit is lost and recorded
 //!   ([`SimHandle::rx_lost`]); replies start after the board's latency;
 //! - unplugging ([`Fault::Vanish`]) removes the device node and hangs up the
-//!   open descriptor; [`Fault::Reappear`] brings a new device at the same path.
+//!   open descriptor; [`Fault::Reappear`] brings a new device at the same path;
+//! - jog switches held at the machine ([`Fault::JogPress`]) move a stepper
+//!   and its counter between messages; a reset can be followed by motion
+//!   nobody commanded ([`Fault::ResetThenMotion`]), see [`jog`].
 //!
 //! The model also keeps the mechanism (see [`firmware`]): a physical position
 //! per stepper that only moves change, a string contact per Z stepper and a
@@ -31,6 +34,7 @@
 
 pub mod feed;
 pub mod firmware;
+pub mod jog;
 mod pty;
 pub mod touch;
 
@@ -95,6 +99,25 @@ pub enum Fault {
     Reappear,
     /// Brown-out: the board resets (counters to 0, deaf window) while the port stays open.
     Reset,
+    /// A reset followed by motion nobody commanded (a board that boots with
+    /// switch inputs reading pressed): after the deaf window each listed
+    /// (local stepper, steps) moves, counter and mechanism, before the
+    /// firmware reads anything.
+    ResetThenMotion(Vec<(usize, i32)>),
+    /// An operator presses the jog switch of `stepper` (local index) and
+    /// holds it: the firmware moves it toward its max (or min) at its speed,
+    /// counting, until [`Fault::JogRelease`] or the limit (see [`jog`]).
+    JogPress {
+        /// Local stepper index.
+        stepper: usize,
+        /// Direction: toward the group's max, else its min.
+        toward_max: bool,
+    },
+    /// The jog switch of `stepper` is released.
+    JogRelease {
+        /// Local stepper index.
+        stepper: usize,
+    },
     /// The touch sensor of `stepper` (local index on this board) reads
     /// `touching` whatever the mechanism does: a stuck or disconnected
     /// switch. `None` makes it healthy again. Applied at once, not when the

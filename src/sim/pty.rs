@@ -134,6 +134,8 @@ pub(super) struct Runner {
     drop_next: bool,
     corrupt_next: bool,
     stop: bool,
+    /// Jog switches held at the machine.
+    switches: super::jog::Switches,
     /// Model time 0: the receiver's clock is `Instant::now() - epoch`.
     epoch: Instant,
     /// The board's serial receiver (line rate, 63-byte ring).
@@ -166,6 +168,7 @@ impl Runner {
             drop_next: false,
             corrupt_next: false,
             stop: false,
+            switches: super::jog::Switches::default(),
         }
     }
 
@@ -186,6 +189,7 @@ impl Runner {
             if self.stop {
                 break;
             }
+            self.advance_jogs();
             // Wake for the next byte still on the (modelled) line.
             let wait = self
                 .uart
@@ -223,6 +227,16 @@ impl Runner {
         if self.port.take().is_some() {
             let _ = fs::remove_file(&self.link);
         }
+    }
+
+    /// Moves the steppers whose jog switches are held (between messages only).
+    fn advance_jogs(&mut self) {
+        if !self.switches.any() {
+            return;
+        }
+        let scale = self.opts.speed_scale;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        self.switches.advance(&mut shared.board, scale);
     }
 
     fn handle_control(&mut self) {
@@ -265,6 +279,26 @@ impl Runner {
                 } else {
                     self.lock().board.reset();
                 }
+            }
+            Fault::ResetThenMotion(motion) => {
+                if self.open {
+                    self.reset_board();
+                } else {
+                    self.lock().board.reset();
+                }
+                let mut shared = self.lock();
+                for (stepper, steps) in motion {
+                    super::jog::step(&mut shared.board, stepper, steps as i64);
+                }
+            }
+            Fault::JogPress {
+                stepper,
+                toward_max,
+            } => self.switches.press(stepper, toward_max),
+            Fault::JogRelease { stepper } => {
+                // The steps held so far count before the switch lets go.
+                self.advance_jogs();
+                self.switches.release(stepper);
             }
             // The handle applies sensor faults itself, at once: the sensor is
             // not part of the firmware and does not wait for its loop.

@@ -5,6 +5,7 @@
 pub mod control;
 pub mod feed;
 pub mod machine;
+pub mod ops_rig;
 pub mod pg;
 pub mod proxy;
 pub mod raw;
