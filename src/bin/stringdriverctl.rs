@@ -377,12 +377,25 @@ fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<(
     Some(ended)
 }
 
+/// What to do about a failed connect: a permission error is about who runs
+/// stringdriverctl, not about whether the daemon runs.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "only root and members of the daemon's control group (stringdriver under the unit) \
+         may use the socket: `sudo usermod -aG stringdriver $USER`, then log in again \
+         (a new group membership needs a new login session)"
+    } else {
+        "is the daemon running? see --socket"
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let fail_connect = |e: std::io::Error| {
         eprintln!(
-            "stringdriverctl: cannot reach stringdriverd at {}: {e} (is the daemon running? see --socket)",
-            cli.socket.display()
+            "stringdriverctl: cannot reach stringdriverd at {}: {e} ({})",
+            cli.socket.display(),
+            connect_hint(&e)
         );
         ExitCode::from(2)
     };
@@ -403,20 +416,23 @@ fn main() -> ExitCode {
     };
     let mut line = request(&cli.command).to_string();
     line.push('\n');
-    if let Err(e) = (&stream).write_all(line.as_bytes()) {
-        return fail_connect(e);
-    }
+    // A daemon that refuses a client replies `forbidden` and closes at once,
+    // possibly before our request is written: the reply is still there to
+    // read, and it says more than the broken pipe.
+    let written = (&stream).write_all(line.as_bytes());
     let mut reader = BufReader::new(&stream);
     let mut reply = String::new();
     match reader.read_line(&mut reply) {
         Ok(0) => {
-            return fail_connect(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the daemon closed the connection without a reply",
-            ))
+            return fail_connect(written.err().unwrap_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection without a reply",
+                )
+            }))
         }
         Ok(_) => {}
-        Err(e) => return fail_connect(e),
+        Err(e) => return fail_connect(written.err().unwrap_or(e)),
     }
     let reply: Value = match serde_json::from_str(&reply) {
         Ok(v) => v,
