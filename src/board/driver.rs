@@ -221,7 +221,7 @@ impl Driver {
             if s.link == link {
                 return false;
             }
-            tracing::info!(board = %self.spec.name, state = %link, "board link state");
+            tracing::info!(board = %self.spec.name, state = %link, "board {}: link {link}", self.spec.name);
             s.link = link;
             true
         });
@@ -537,7 +537,7 @@ impl Driver {
             Err(Fail::Device(e)) => {
                 self.missed += 1;
                 let missed = self.missed;
-                tracing::warn!(board = %self.spec.name, error = %e, missed, "poll failed");
+                tracing::warn!(board = %self.spec.name, error = %e, missed, "board {}: poll failed ({missed} missed): {e}", self.spec.name);
                 self.status.send_modify(|s| {
                     s.polls_failed += 1;
                     s.last_error = Some(e.to_string());
