@@ -14,8 +14,9 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
 fi
 
 echo "== cargo deb"
-# The last line cargo-deb prints is the path of the package it wrote.
-deb=$(cargo deb 2>/dev/null | tail -n 1)
+# cargo-deb prints the paths of what it wrote: the package and (dbgsym =
+# true) its debug symbols as a .ddeb.
+deb=$(cargo deb 2>/dev/null | grep -E '\.deb$' | tail -n 1)
 if [ ! -f "$deb" ]; then
   echo "cargo deb did not name a package file (got: $deb)" >&2
   exit 1
@@ -24,6 +25,11 @@ echo "package: $deb"
 
 fail=0
 contents=$(dpkg-deb --contents "$deb" | awk '{print $NF}')
+# Stripped: the symbols are in the separate .ddeb.
+for bin in stringdriverd stringdriverctl; do
+  size=$(dpkg-deb --contents "$deb" | awk -v p="./usr/bin/$bin" '$NF == p {print $3}')
+  echo "/usr/bin/$bin: ${size:-missing} bytes"
+done
 for path in \
   ./usr/bin/stringdriverd \
   ./usr/bin/stringdriverctl \
