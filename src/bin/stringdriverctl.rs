@@ -400,12 +400,25 @@ fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<(
     Some(ended)
 }
 
+/// What to do about a failed connect: a permission error is about who runs
+/// stringdriverctl, not about whether the daemon runs.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "only root and members of the daemon's control group (stringdriver under the unit) \
+         may use the socket: `sudo usermod -aG stringdriver $USER`, then log in again \
+         (a new group membership needs a new login session)"
+    } else {
+        "is the daemon running? see --socket"
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let fail_connect = |e: std::io::Error| {
         eprintln!(
-            "stringdriverctl: cannot reach stringdriverd at {}: {e} (is the daemon running? see --socket)",
-            cli.socket.display()
+            "stringdriverctl: cannot reach stringdriverd at {}: {e} ({})",
+            cli.socket.display(),
+            connect_hint(&e)
         );
         ExitCode::from(2)
     };

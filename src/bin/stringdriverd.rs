@@ -33,6 +33,10 @@ enum Cmd {
         /// The TOML file.
         #[arg(long)]
         config: PathBuf,
+        /// Only the verdict, not the resolved file (the unit's ExecReload=,
+        /// whose output goes to the journal on every reload).
+        #[arg(long)]
+        quiet: bool,
     },
     /// Create or upgrade the PostgreSQL schema (machine_state, operations, stepper_roles).
     Migrate {
@@ -177,14 +181,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(stringdriverd::daemon::run(path, cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::CheckConfig { config } => {
+        Cmd::CheckConfig { config, quiet } => {
             let cfg = stringdriverd::config::load(&config)?;
             // A backend this build cannot run is a configuration it cannot use.
             stringdriverd::sensors::check_buildable(&cfg)
                 .with_context(|| format!("{}: sensors.backend", config.display()))?;
             // The TLS certificate files, read as the daemon will read them.
             stringdriverd::store::tls::TlsConnector::new(&cfg.database.tls)?;
-            print!("{}", cfg.to_toml_string());
+            if !quiet {
+                print!("{}", cfg.to_toml_string());
+            }
             eprintln!("{}: configuration is valid", config.display());
             Ok(ExitCode::SUCCESS)
         }

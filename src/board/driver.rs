@@ -261,7 +261,7 @@ impl Driver {
             if s.link == link {
                 return false;
             }
-            tracing::info!(board = %self.spec.name, state = %link, "board link state");
+            tracing::info!(board = %self.spec.name, state = %link, "board {}: link {link}", self.spec.name);
             s.link = link;
             true
         });
@@ -650,9 +650,9 @@ impl Driver {
                 // Once silent, one line when it starts and one when it ends
                 // (`accept_positions`); every probe is a debug line.
                 if missed <= self.spec.max_missed_polls {
-                    tracing::warn!(board = %self.spec.name, error = %e, missed, "poll failed");
+                    tracing::warn!(board = %self.spec.name, error = %e, missed, "board {}: poll failed ({missed} missed): {e}", self.spec.name);
                 } else {
-                    tracing::debug!(board = %self.spec.name, error = %e, missed, "poll failed");
+                    tracing::debug!(board = %self.spec.name, error = %e, missed, "board {}: poll failed ({missed} missed): {e}", self.spec.name);
                 }
                 self.status.send_modify(|s| {
                     s.polls_failed += 1;

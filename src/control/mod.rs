@@ -9,8 +9,9 @@
 //! not start (logged as an error; the daemon goes on without it). After bind
 //! the file gets `control.mode` and, if set, `control.group`. Allowed peers
 //! (by `SO_PEERCRED`): root, the daemon's own user, and members of
-//! `control.group` (primary group, or supplementary groups read from
-//! `/proc/<pid>/status`); others get `forbidden` and are closed. The file is
+//! `control.group` (primary group, or supplementary groups by
+//! `SO_PEERGROUPS`, which works inside the unit's sandbox where `/proc` of
+//! other users is hidden); others get `forbidden` and are closed. The file is
 //! removed at shutdown.
 //!
 //! # Framing
@@ -72,6 +73,7 @@
 //! the connection.
 
 mod handlers;
+mod peer;
 pub mod protocol;
 mod server;
 

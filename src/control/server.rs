@@ -1,7 +1,8 @@
 //! The listener and one task per client.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -145,7 +146,8 @@ impl Access {
         cred.uid() == 0 || cred.uid() == self.own_uid
     }
 
-    fn allows(&self, cred: &tokio::net::unix::UCred) -> bool {
+    /// `groups`: the peer's supplementary groups (`SO_PEERGROUPS`).
+    fn allows(&self, cred: &tokio::net::unix::UCred, groups: &[u32]) -> bool {
         let uid = cred.uid();
         if uid == 0 || uid == self.own_uid {
             return true;
@@ -153,25 +155,8 @@ impl Access {
         let Some(gid) = self.gid else {
             return false;
         };
-        cred.gid() == gid
-            || cred
-                .pid()
-                .is_some_and(|pid| supplementary_groups(pid).contains(&gid))
+        cred.gid() == gid || groups.contains(&gid)
     }
-}
-
-/// The peer's supplementary groups from `/proc/<pid>/status` (empty if unreadable).
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
 }
 
 /// Prepares the socket (stale file removed, mode and group set) and spawns
@@ -194,8 +179,13 @@ pub async fn start(
         None => None,
         Some(name) => match nix::unistd::Group::from_name(name) {
             Ok(Some(g)) => {
-                if let Err(e) = nix::unistd::chown(&path, None, Some(g.gid)) {
-                    tracing::warn!(group = %name, error = %e, "cannot give the control socket to its group");
+                // Under the unit the socket is born with the service's group
+                // and chown is filtered out: change only what needs changing.
+                let current = std::fs::metadata(&path).map(|m| m.gid()).ok();
+                if current != Some(g.gid.as_raw()) {
+                    if let Err(e) = nix::unistd::chown(&path, None, Some(g.gid)) {
+                        tracing::warn!(group = %name, error = %e, "cannot give the control socket to its group {name}: {e}");
+                    }
                 }
                 Some(g.gid.as_raw())
             }
@@ -342,15 +332,23 @@ async fn client(
     cancel: CancellationToken,
 ) {
     let cred = stream.peer_cred();
+    let groups = super::peer::peer_groups(stream.as_fd());
     let (read, write) = stream.into_split();
     let (out, rx) = mpsc::channel::<String>(CLIENT_QUEUE);
     let writer = tokio::spawn(writer(write, rx, cancel.clone()));
     let allowed = match &cred {
-        Ok(c) => access.allows(c),
+        Ok(c) => access.allows(c, groups.as_deref().unwrap_or_default()),
         Err(_) => false,
     };
     if !allowed {
-        tracing::warn!(peer = ?cred.ok(), "control socket: refused a client without permission");
+        if let Err(e) = &groups {
+            tracing::warn!(error = %e, "control socket: cannot read the peer's groups ({e})");
+        }
+        let who = match &cred {
+            Ok(c) => format!("uid {} gid {}", c.uid(), c.gid()),
+            Err(e) => format!("unknown peer ({e})"),
+        };
+        tracing::warn!(peer = ?cred.ok(), "control socket: refused a client without permission: {who}");
         let _ = push(
             &out,
             protocol::reply(

@@ -451,13 +451,18 @@ pub async fn run_with_shipping(
     let ready_at = tokio::time::Instant::now() + ready_wait;
 
     let watchdog = notify::watchdog_period();
+    let watchdog_every = watchdog.map_or(Duration::from_secs(3600), |p| p / 2);
+    // The first check one period after start, not at once: the snapshot
+    // engine's first heartbeat may not have happened yet (a spurious "no
+    // progress" error at start otherwise).
     let mut watchdog_tick =
-        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |p| p / 2));
+        tokio::time::interval_at(tokio::time::Instant::now() + watchdog_every, watchdog_every);
     let mut last_heartbeat = 0u64;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     let mut ready_tick = tokio::time::interval(Duration::from_millis(100));
     let mut failed = false;
     let mut current = cfg.clone();
+    let started = cfg.clone();
 
     loop {
         tokio::select! {
@@ -466,14 +471,16 @@ pub async fn run_with_shipping(
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             Some(()) = reload.recv() => {
                 match config::load(&path) {
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one: {e}"),
                     Ok(new) => {
-                        let d = reload::diff(&current, &new);
+                        // Restart-only settings against what still runs
+                        // (the start's file), not the last reload's.
+                        let d = reload::diff_running(&started, &current, &new);
                         for change in &d.applied {
-                            tracing::info!(%change, "SIGHUP: applied");
+                            tracing::info!(%change, "SIGHUP: applied {change}");
                         }
                         for key in &d.need_restart {
-                            tracing::warn!(%key, "SIGHUP: changed, takes effect after a restart");
+                            tracing::warn!(%key, "SIGHUP: {key} changed, takes effect after a restart");
                         }
                         if d.applied.is_empty() && d.need_restart.is_empty() {
                             tracing::info!("SIGHUP: nothing changed");
@@ -506,8 +513,11 @@ pub async fn run_with_shipping(
                     if !all {
                         tracing::warn!("not every board answered in time; ready anyway, they are retried");
                     }
-                    notify::ready();
-                    tracing::info!("ready");
+                    // STATUS= in the same message: `systemctl status` never
+                    // shows a ready service with the starting status.
+                    let line = status_line(&boards, &snapshots, &shipper_rx, &feed_rx);
+                    notify::ready_with_status(&line);
+                    tracing::info!(status = %line, "ready: {line}");
                 }
             }
             _ = status_tick.tick() => {

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-/// Tells systemd the daemon is ready.
-pub fn ready() {
-    send(&[NotifyState::Ready]);
+/// Tells systemd the daemon is ready, with its first status line in the
+/// same message.
+pub fn ready_with_status(line: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(line)]);
 }
 
 /// Sets the one-line status `systemctl status` shows.

@@ -20,6 +20,17 @@ pub struct Diff {
     pub need_restart: Vec<String>,
 }
 
+/// What a reload to `new` changes while the daemon runs `current` (live
+/// settings, as of the last reload) and was started with `started` (every
+/// restart-only setting still runs as it was at start, so a change made by
+/// one reload is still reported by the next).
+pub fn diff_running(started: &Config, current: &Config, new: &Config) -> Diff {
+    Diff {
+        applied: diff(current, new).applied,
+        need_restart: diff(started, new).need_restart,
+    }
+}
+
 /// Compares two configurations.
 pub fn diff(old: &Config, new: &Config) -> Diff {
     let mut d = Diff::default();
@@ -131,4 +142,37 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     restart("compat", old.compat != new.compat);
     restart("log", old.log != new.log);
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        crate::config::load(&path).expect("valid")
+    }
+
+    #[test]
+    fn restart_only_change_is_still_reported_by_the_next_reload() {
+        let base =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+                .expect("demo config");
+        let started = config(&base);
+        let changed_text = base.replacen("host = \"stringdriver-demo\"", "host = \"other\"", 1);
+        assert_ne!(changed_text, base, "the demo file names its host");
+        let changed = config(&changed_text);
+        // First reload: host changed, needs a restart.
+        let first = diff_running(&started, &started, &changed);
+        assert_eq!(first.need_restart, ["host"]);
+        // Second reload of the same file: the old host still runs.
+        let second = diff_running(&started, &changed, &changed);
+        assert_eq!(second.need_restart, ["host"]);
+        assert!(second.applied.is_empty());
+        // Back to the running value: nothing pending any more.
+        let back = diff_running(&started, &changed, &started);
+        assert!(back.need_restart.is_empty());
+    }
 }

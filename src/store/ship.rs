@@ -52,6 +52,11 @@ use super::spool_handle::SpoolHandle;
 use crate::backoff::Backoff;
 use crate::config::Config;
 
+/// At shutdown, how long the shipper may take for one last batch (the
+/// final snapshot, captured just before) while connected: within the
+/// daemon's 3 s wait for its parts and the unit's stop budget.
+const FINAL_BATCH: Duration = Duration::from_secs(2);
+
 /// Called after PostgreSQL committed a batch and before the spool delete
 /// (tests use it to crash exactly there).
 pub type CommitHook = Arc<dyn Fn(&[Spooled]) + Send + Sync>;
@@ -445,6 +450,10 @@ impl Shipper {
         let mut batch: Vec<Spooled> = Vec::new();
         let stop = loop {
             if self.shutdown.is_cancelled() {
+                // Connected at shutdown: one last batch, so that the final
+                // snapshot reaches PostgreSQL now rather than at the next start.
+                self.final_batch(client, ctl, &mut batch, &mut committed)
+                    .await;
                 break Stop::Shutdown;
             }
             if batch.is_empty() {
@@ -515,6 +524,39 @@ impl Shipper {
             tracing::warn!(error = %e, "could not delete shipped records from the spool; they will be shipped again (idempotently)");
         }
         stop
+    }
+
+    /// One bounded attempt at shipping what is waiting (the batch in hand,
+    /// else the spool's first) when shutdown came while connected. A failure
+    /// or timeout leaves the records in the spool for the next start.
+    async fn final_batch(
+        &self,
+        client: &mut Client,
+        ctl: ControlsIdType,
+        batch: &mut Vec<Spooled>,
+        committed: &mut Vec<Spooled>,
+    ) {
+        let attempt = async {
+            if batch.is_empty() {
+                *batch = self.spool.peek(self.opts.batch_size.max(1)).await.ok()?;
+            }
+            if batch.is_empty() {
+                return None;
+            }
+            ship(client, batch, ctl).await.ok()
+        };
+        match tokio::time::timeout(FINAL_BATCH, attempt).await {
+            Ok(Some(())) => {
+                if let Some(hook) = &self.opts.after_commit {
+                    hook(batch);
+                }
+                committed.append(batch);
+            }
+            Ok(None) => {}
+            Err(_) => tracing::warn!(
+                "the last batch did not ship within {FINAL_BATCH:?} of shutdown; it stays in the spool"
+            ),
+        }
     }
 
     /// After a commit: the spool delete, then the count.

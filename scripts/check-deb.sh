@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds the Debian package with `cargo deb` (installs cargo-deb from
+# crates.io, --locked, when it is missing) and checks what it holds: both
+# binaries, the unit, the sysusers and tmpfiles entries under /usr/lib, the
+# configuration as a conffile under /etc/stringdriver, the docs and the
+# maintainer scripts. Prints the package's path; exits non-zero on the first
+# thing missing. Installs nothing on the host but cargo-deb.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "== installing cargo-deb"
+  cargo install cargo-deb --locked --version '^3' --quiet
+fi
+
+echo "== cargo deb"
+# cargo-deb prints the paths of what it wrote: the package and (dbgsym =
+# true) its debug symbols as a .ddeb.
+deb=$(cargo deb 2>/dev/null | grep -E '\.deb$' | tail -n 1)
+if [ ! -f "$deb" ]; then
+  echo "cargo deb did not name a package file (got: $deb)" >&2
+  exit 1
+fi
+echo "package: $deb"
+
+fail=0
+contents=$(dpkg-deb --contents "$deb" | awk '{print $NF}')
+# Stripped: the symbols are in the separate .ddeb.
+for bin in stringdriverd stringdriverctl; do
+  size=$(dpkg-deb --contents "$deb" | awk -v p="./usr/bin/$bin" '$NF == p {print $3}')
+  echo "/usr/bin/$bin: ${size:-missing} bytes"
+done
+for path in \
+  ./usr/bin/stringdriverd \
+  ./usr/bin/stringdriverctl \
+  ./usr/lib/systemd/system/stringdriverd.service \
+  ./usr/lib/sysusers.d/stringdriverd.conf \
+  ./usr/lib/tmpfiles.d/stringdriverd.conf \
+  ./etc/stringdriver/stringdriver.toml \
+  ./usr/share/doc/stringdriverd/INSTALL.md \
+  ./usr/share/doc/stringdriverd/README.md; do
+  if ! grep -qxF "$path" <<<"$contents"; then
+    echo "missing from the package: $path" >&2
+    fail=1
+  fi
+done
+
+control=$(mktemp -d)
+trap 'rm -rf "$control"' EXIT
+dpkg-deb --control "$deb" "$control"
+if ! grep -qxF /etc/stringdriver/stringdriver.toml "$control/conffiles" 2>/dev/null; then
+  echo "/etc/stringdriver/stringdriver.toml is not a conffile" >&2
+  fail=1
+fi
+for script in postinst prerm postrm; do
+  if [ ! -x "$control/$script" ]; then
+    echo "maintainer script missing: $script" >&2
+    fail=1
+  elif ! sh -n "$control/$script"; then
+    echo "maintainer script does not parse: $script" >&2
+    fail=1
+  fi
+done
+# An unconfigured service must not be started or enabled by the package.
+if grep -qE 'systemctl (start|enable|restart)\b' "$control/postinst"; then
+  echo "postinst starts or enables the service" >&2
+  fail=1
+fi
+arch=$(dpkg-deb --field "$deb" Architecture)
+version=$(dpkg-deb --field "$deb" Version)
+echo "version $version, architecture $arch"
+if [ "$fail" = 0 ]; then
+  echo "package: OK"
+fi
+exit "$fail"
