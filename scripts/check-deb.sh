@@ -5,8 +5,16 @@
 # configuration as a conffile under /etc/stringdriver, the docs and the
 # maintainer scripts. Prints the package's path; exits non-zero on the first
 # thing missing. Installs nothing on the host but cargo-deb.
+#
+#   scripts/check-deb.sh                 # the package as shipped (release build)
+#   scripts/check-deb.sh --profile dev   # CI: the same package from the debug
+#                                        # build the tests already made
 set -euo pipefail
 cd "$(dirname "$0")/.."
+profile=()
+if [ "${1:-}" = "--profile" ] && [ -n "${2:-}" ]; then
+  profile=(--profile "$2")
+fi
 
 if ! command -v cargo-deb >/dev/null 2>&1; then
   echo "== installing cargo-deb"
@@ -16,7 +24,14 @@ fi
 echo "== cargo deb"
 # cargo-deb prints the paths of what it wrote: the package and (dbgsym =
 # true) its debug symbols as a .ddeb.
-deb=$(cargo deb 2>/dev/null | grep -E '\.deb$' | tail -n 1)
+log=$(mktemp)
+if ! cargo deb "${profile[@]}" >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "cargo deb failed" >&2
+  exit 1
+fi
+deb=$(grep -E '\.deb$' "$log" | tail -n 1)
+rm -f "$log"
 if [ ! -f "$deb" ]; then
   echo "cargo deb did not name a package file (got: $deb)" >&2
   exit 1
