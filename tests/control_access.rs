@@ -95,8 +95,10 @@ async fn member_by_supplementary_group_only_is_served_and_a_stranger_is_refused(
     assert_eq!(status["boards"][0]["name"], "carriage", "{status}");
 
     let err = String::from_utf8_lossy(&stranger.stderr);
-    assert_eq!(stranger.status.code(), Some(1), "{err}");
-    assert!(err.starts_with("forbidden:"), "{err}");
+    // Refused at connection: exit 2 like any socket the client cannot use,
+    // naming the daemon's reason.
+    assert_eq!(stranger.status.code(), Some(2), "{err}");
+    assert!(err.contains("refused the connection (forbidden)"), "{err}");
 }
 
 #[test]

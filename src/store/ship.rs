@@ -467,8 +467,10 @@ impl Shipper {
                         if let Err(e) = self.recovered().await {
                             tracing::warn!(error = %e, "cannot clear the shipping error in the spool");
                         }
+                        // Shutdown goes round once more: the final
+                        // snapshot may have arrived with it.
                         tokio::select! {
-                            _ = self.shutdown.cancelled() => break Stop::Shutdown,
+                            _ = self.shutdown.cancelled() => {}
                             _ = notified => {}
                             _ = tokio::time::sleep(self.opts.idle_wait) => {}
                         }
@@ -526,9 +528,10 @@ impl Shipper {
         stop
     }
 
-    /// One bounded attempt at shipping what is waiting (the batch in hand,
-    /// else the spool's first) when shutdown came while connected. A failure
-    /// or timeout leaves the records in the spool for the next start.
+    /// One bounded attempt at shipping everything waiting (the batch in
+    /// hand, then what follows it in the spool) when shutdown came while
+    /// connected. A failure or timeout leaves the rest in the spool for the
+    /// next start.
     async fn final_batch(
         &self,
         client: &mut Client,
@@ -536,23 +539,29 @@ impl Shipper {
         batch: &mut Vec<Spooled>,
         committed: &mut Vec<Spooled>,
     ) {
+        let n = self.opts.batch_size.max(1);
+        // Until nothing waits: the batch in hand may be a read-ahead taken
+        // before the final snapshot was captured.
         let attempt = async {
-            if batch.is_empty() {
-                *batch = self.spool.peek(self.opts.batch_size.max(1)).await.ok()?;
-            }
-            if batch.is_empty() {
-                return None;
-            }
-            ship(client, batch, ctl).await.ok()
-        };
-        match tokio::time::timeout(FINAL_BATCH, attempt).await {
-            Ok(Some(())) => {
+            loop {
+                if batch.is_empty() {
+                    *batch = match committed.last().map(|s| s.seq) {
+                        Some(seq) => self.spool.peek_after(seq, n).await.ok()?,
+                        None => self.spool.peek(n).await.ok()?,
+                    };
+                }
+                if batch.is_empty() {
+                    return Some(());
+                }
+                ship(client, batch, ctl).await.ok()?;
                 if let Some(hook) = &self.opts.after_commit {
                     hook(batch);
                 }
                 committed.append(batch);
             }
-            Ok(None) => {}
+        };
+        match tokio::time::timeout(FINAL_BATCH, attempt).await {
+            Ok(_) => {}
             Err(_) => tracing::warn!(
                 "the last batch did not ship within {FINAL_BATCH:?} of shutdown; it stays in the spool"
             ),
