@@ -222,3 +222,30 @@ async fn a_refusal_is_printed_once_by_stringdriverctl() {
     );
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn op_run_wait_exits_non_zero_when_the_operation_failed() {
+    // No touch sensors configured: bump_check cannot read them and fails.
+    let rig = SimMachine::start(MachineOptions::new(HOST));
+    let run = InProcess::start(&rig).await;
+    set_pose(&run.parts).await;
+    let sock = rig.socket();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["--json", "op", "run", "bump_check", "--wait"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    // Recorded and answered as an outcome, not refused: the exit code
+    // comes from the operation's status.
+    let outcome: serde_json::Value = serde_json::from_str(&text).expect("JSON outcome");
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    run.stop().await;
+}
