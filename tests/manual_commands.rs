@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::control::{request, Client};
-use common::machine::{pose, set_pose, InProcess, MachineOptions, SimMachine, WAIT};
+use common::machine::{pose, started, MachineOptions, WAIT};
 use serde_json::json;
 use stringdriverd::protocol::{Firmware, Op};
 use tokio::io::AsyncWriteExt;
@@ -25,12 +25,20 @@ fn moves_of(sim: &stringdriverd::sim::SimHandle, local: i32) -> usize {
         .count()
 }
 
+/// `stringdriverctl --socket SOCKET ARGS...` as a process, off the runtime.
+async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
+    cmd.arg("--socket").arg(socket).args(args);
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("stringdriverctl runs")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_position_outside_the_travel_is_refused_like_a_move_but_a_disabled_steppers_counter_may_be_set(
 ) {
-    let rig = SimMachine::start(MachineOptions::new(HOST));
-    let run = InProcess::start(&rig).await;
-    set_pose(&run.parts).await;
+    let (rig, run) = started(MachineOptions::new(HOST)).await;
     let mut c = Client::connect(&rig.socket()).await;
     let (min, max) = run.parts.machine.layout.limits(2);
 
@@ -80,9 +88,7 @@ async fn a_move_by_zero_sends_nothing_and_starts_no_rest() {
     let mut o = MachineOptions::new(HOST);
     // A rest long enough that waiting for it would show.
     o.z_rest = 30.0;
-    let rig = SimMachine::start(o);
-    let run = InProcess::start(&rig).await;
-    set_pose(&run.parts).await;
+    let (rig, run) = started(o).await;
     let mut c = Client::connect(&rig.socket()).await;
     let before = moves_of(&rig.sims[0], 3);
     let r = c.ok(json!({"cmd": "move", "stepper": 3, "delta": 0})).await;
@@ -103,9 +109,7 @@ async fn a_move_by_zero_sends_nothing_and_starts_no_rest() {
 async fn a_manual_move_still_waiting_for_its_rest_is_dropped_when_its_client_hangs_up() {
     let mut o = MachineOptions::new(HOST);
     o.z_rest = 1.0;
-    let rig = SimMachine::start(o);
-    let run = InProcess::start(&rig).await;
-    set_pose(&run.parts).await;
+    let (rig, run) = started(o).await;
     let socket = rig.socket();
     let mut c = Client::connect(&socket).await;
     let start = pose()[2];
@@ -200,20 +204,8 @@ fn errors_say_their_cause_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_is_printed_once_by_stringdriverctl() {
-    let rig = SimMachine::start(MachineOptions::new(HOST));
-    let run = InProcess::start(&rig).await;
-    set_pose(&run.parts).await;
-    let sock = rig.socket();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
-            .arg("--socket")
-            .arg(&sock)
-            .args(["move", "99", "1"])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("runs");
+    let (rig, run) = started(MachineOptions::new(HOST)).await;
+    let out = ctl(&rig.socket(), &["move", "99", "1"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -226,20 +218,12 @@ async fn a_refusal_is_printed_once_by_stringdriverctl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn op_run_wait_exits_non_zero_when_the_operation_failed() {
     // No touch sensors configured: bump_check cannot read them and fails.
-    let rig = SimMachine::start(MachineOptions::new(HOST));
-    let run = InProcess::start(&rig).await;
-    set_pose(&run.parts).await;
-    let sock = rig.socket();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
-            .arg("--socket")
-            .arg(&sock)
-            .args(["--json", "op", "run", "bump_check", "--wait"])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("runs");
+    let (rig, run) = started(MachineOptions::new(HOST)).await;
+    let out = ctl(
+        &rig.socket(),
+        &["--json", "op", "run", "bump_check", "--wait"],
+    )
+    .await;
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}{err}");

@@ -481,3 +481,12 @@ pub async fn set_pose(parts: &Parts) {
         }
     }
 }
+
+/// A simulated machine with its daemon started and every counter set to
+/// [`pose`]: the usual start of a test that moves steppers.
+pub async fn started(options: MachineOptions) -> (SimMachine, InProcess) {
+    let machine = SimMachine::start(options);
+    let run = InProcess::start(&machine).await;
+    set_pose(&run.parts).await;
+    (machine, run)
+}
