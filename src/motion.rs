@@ -119,7 +119,10 @@ impl GateError {
     /// Whether the gate refused before anything reached a board (as
     /// opposed to a board failing or an operation being cancelled).
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, GateError::Board(_) | GateError::Cancelled)
+        !matches!(
+            self,
+            GateError::Board(_) | GateError::Cancelled | GateError::Interrupted(_)
+        )
     }
 }
 
