@@ -48,6 +48,10 @@ pub const SETTINGS: &[&str] = &[
     "retry_threshold",
     "delta_threshold",
     "z_variance_threshold",
+    "x_start",
+    "x_finish",
+    "x_step",
+    "tuner_step",
     "voice_count_min",
     "voice_count_max",
     "amp_sum_min",
@@ -143,6 +147,26 @@ pub fn apply(s: &mut Settings, name: &str, value: &Value) -> Result<(), String> 
                 o.delta_threshold = v
             } else {
                 o.z_variance_threshold = v
+            }
+        }
+        "x_start" | "x_finish" => {
+            let v = int()?;
+            o.check_x_position(name, v)?;
+            if name == "x_start" {
+                o.x_start = v
+            } else {
+                o.x_finish = v
+            }
+        }
+        "x_step" | "tuner_step" => {
+            let v = int()?;
+            if v < 1 {
+                return Err(format!("{name} must be at least 1, not {v}"));
+            }
+            if name == "x_step" {
+                o.x_step = v
+            } else {
+                o.tuner_step = v
             }
         }
         "voice_count_min" | "voice_count_max" | "amp_sum_min" | "amp_sum_max" => {
@@ -268,6 +292,19 @@ mod tests {
             },
             enabled: vec![true; 5],
         }
+    }
+
+    #[test]
+    fn sweep_positions_are_checked_against_the_x_travel() {
+        let mut s = settings();
+        apply(&mut s, "x_finish", &json!(2000)).expect("inside 0..2600");
+        assert_eq!(s.operations.x_finish, 2000);
+        let e = apply(&mut s, "x_start", &json!(2601)).expect_err("past X max");
+        assert!(e.contains("x_start") && e.contains("0 to 2600"), "{e}");
+        assert_eq!(s.operations.x_start, 100, "a refused value changes nothing");
+        assert!(apply(&mut s, "x_step", &json!(0)).is_err());
+        apply(&mut s, "tuner_step", &json!(50)).expect("ok");
+        assert_eq!(s.operations.tuner_step, 50);
     }
 
     #[test]

@@ -305,6 +305,47 @@ fn stringdriver_3_layout_has_unused_steppers() {
 }
 
 #[test]
+fn sweep_range_defaults_follow_each_hosts_x_travel() {
+    // operations.md: x_start 100, x_finish X max - 100.
+    let sd2 = parse(&example_text()).unwrap().operations;
+    assert_eq!(
+        (sd2.x_start, sd2.x_finish, sd2.x_step, sd2.tuner_step),
+        (100, 2500, 10, 100)
+    );
+    let sd1 = parse(SD1).unwrap().operations;
+    assert_eq!((sd1.x_start, sd1.x_finish), (100, 2296), "X max 2396");
+    // A placeholder X (max 0) has nowhere to sweep: both ends at 0.
+    let sd3 = parse(SD3).unwrap().operations;
+    assert_eq!((sd3.x_start, sd3.x_finish, sd3.x_travel), (0, 0, (0, 0)));
+}
+
+#[test]
+fn sweep_positions_must_lie_inside_the_x_travel() {
+    let t = example_text();
+    let e = rejects(
+        &edit(&t, "x_finish = 2500", "x_finish = 2700"),
+        "operations.x_finish",
+        "travel 0 to 2600",
+    );
+    assert!(e.to_string().contains("2700"), "{e}");
+    rejects(
+        &edit(&t, "x_start = 100", "x_start = -1"),
+        "operations.x_start",
+        "travel 0 to 2600",
+    );
+    rejects(
+        &edit(&t, "x_step = 10", "x_step = 0"),
+        "operations.x_step",
+        ">= 1",
+    );
+    rejects(
+        &edit(&t, "tuner_step = 100", "tuner_step = -5"),
+        "operations.tuner_step",
+        ">= 1",
+    );
+}
+
+#[test]
 #[should_panic(expected = "does not exist")]
 fn global_panics_past_a_board() {
     let c = parse(SD3).unwrap();

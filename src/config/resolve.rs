@@ -128,7 +128,7 @@ pub(crate) fn resolve(
     let strings = layout.strings();
     let config = Config {
         host: String::new(),
-        operations: operations(raw.operations).map_err(Resolve::Invalid)?,
+        operations: operations(raw.operations, x_travel(&layout)).map_err(Resolve::Invalid)?,
         thresholds: thresholds(raw.thresholds, strings).map_err(Resolve::Invalid)?,
         snapshot: snapshot(raw.snapshot).map_err(Resolve::Invalid)?,
         feed: feed(raw.feed).map_err(Resolve::Invalid)?,
@@ -265,8 +265,18 @@ fn rest(key: &str, v: Option<f64>, default: f64) -> R<f64> {
     Ok(v)
 }
 
-fn operations(raw: RawOperations) -> R<OperationSettings> {
+/// The X stepper's travel, `(0, 0)` without an X or with a placeholder X
+/// (X max 0).
+fn x_travel(layout: &crate::config::Layout) -> (i32, i32) {
+    match layout.x() {
+        Some(x) if x.max > x.min => (x.min, x.max),
+        _ => (0, 0),
+    }
+}
+
+fn operations(raw: RawOperations, x_travel: (i32, i32)) -> R<OperationSettings> {
     let d = OperationSettings::default();
+    let (start_default, finish_default) = OperationSettings::sweep_defaults(x_travel);
     let k = |n: &str| format!("operations.{n}");
     let opt_int = |n: &str, v: Option<i64>, def: i32, lo: i64, what: &str| match v {
         None => Ok(def),
@@ -324,7 +334,26 @@ fn operations(raw: RawOperations) -> R<OperationSettings> {
             0,
             ">= 0",
         )?,
+        x_start: x_position(&k("x_start"), raw.x_start, start_default, x_travel)?,
+        x_finish: x_position(&k("x_finish"), raw.x_finish, finish_default, x_travel)?,
+        x_step: opt_int("x_step", raw.x_step, d.x_step, 1, ">= 1")?,
+        tuner_step: opt_int("tuner_step", raw.tuner_step, d.tuner_step, 1, ">= 1")?,
+        x_travel,
     })
+}
+
+/// A sweep's X position: inside the X stepper's travel.
+fn x_position(key: &str, v: Option<i64>, default: i32, (lo, hi): (i32, i32)) -> R<i32> {
+    let Some(v) = v else { return Ok(default) };
+    if !(i64::from(lo)..=i64::from(hi)).contains(&v) {
+        return Err(Invalid::new(
+            key,
+            format!(
+                "{v} is outside the X stepper's travel {lo} to {hi} (layout.x_min, layout.x_max)"
+            ),
+        ));
+    }
+    int(key, v, i64::from(lo), "")
 }
 
 fn per_channel(name: &str, v: Option<PerChannel>, default: i32, strings: usize) -> R<Vec<i32>> {
@@ -1195,6 +1224,10 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
             retry_threshold: Some(o.retry_threshold.into()),
             delta_threshold: Some(o.delta_threshold.into()),
             z_variance_threshold: Some(o.z_variance_threshold.into()),
+            x_start: Some(o.x_start.into()),
+            x_finish: Some(o.x_finish.into()),
+            x_step: Some(o.x_step.into()),
+            tuner_step: Some(o.tuner_step.into()),
         },
         thresholds: RawThresholds {
             voice_count_min: each(&t.voice_count_min),

@@ -194,6 +194,18 @@ pub(crate) struct RawOperations {
     /// See `OperationSettings`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub z_variance_threshold: Option<i64>,
+    /// See `OperationSettings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_start: Option<i64>,
+    /// See `OperationSettings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_finish: Option<i64>,
+    /// See `OperationSettings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_step: Option<i64>,
+    /// See `OperationSettings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuner_step: Option<i64>,
 }
 
 /// `[thresholds]`.

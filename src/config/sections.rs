@@ -66,11 +66,53 @@ pub struct OperationSettings {
     pub delta_threshold: i32,
     /// voice_count variance that triggers recalibration; >= 0.
     pub z_variance_threshold: i32,
+    /// Sweeps: the first X position; inside `x_travel`.
+    pub x_start: i32,
+    /// Sweeps: the last X position; inside `x_travel`.
+    pub x_finish: i32,
+    /// Sweeps' X increment and the X jog step of the operator tools; >= 1.
+    pub x_step: i32,
+    /// The tuner jog step of the operator tools; >= 1.
+    pub tuner_step: i32,
+    /// Not a setting: the X stepper's travel `(min, max)` from the layout,
+    /// against which `x_start` and `x_finish` are checked whenever they
+    /// change. `(0, 0)` on a machine without an X or with a placeholder X
+    /// (X max 0).
+    pub x_travel: (i32, i32),
+}
+
+impl OperationSettings {
+    /// The sweep defaults of operations.md for an X travel of
+    /// `(min, max)`: x_start 100 and x_finish X max - 100, kept inside
+    /// the travel (both `min` on a placeholder X whose max is 0).
+    pub fn sweep_defaults(travel: (i32, i32)) -> (i32, i32) {
+        let (lo, hi) = travel;
+        let start = 100_i32.clamp(lo, hi.max(lo));
+        let finish = hi.saturating_sub(100).clamp(start, hi.max(start));
+        (start, finish)
+    }
+
+    /// Checks an X position setting (`x_start`, `x_finish`) against the
+    /// X travel; the error names the setting and the travel.
+    pub fn check_x_position(&self, name: &str, v: i32) -> Result<(), String> {
+        let (lo, hi) = self.x_travel;
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name} must lie inside the X stepper's travel {lo} to {hi}, not {v}"
+            ))
+        }
+    }
 }
 
 impl Default for OperationSettings {
-    /// The values in use on the machines today (operations.md).
+    /// The values in use on the machines today (operations.md), for the
+    /// X travel of stringdriver-2 (0 to 2600); the configuration computes
+    /// the sweep range from the host's own X.
     fn default() -> Self {
+        let x_travel = (0, 2600);
+        let (x_start, x_finish) = OperationSettings::sweep_defaults(x_travel);
         OperationSettings {
             bump_check_enable: true,
             z_up_step: 2,
@@ -83,6 +125,11 @@ impl Default for OperationSettings {
             retry_threshold: 50,
             delta_threshold: 50,
             z_variance_threshold: 50,
+            x_start,
+            x_finish,
+            x_step: 10,
+            tuner_step: 100,
+            x_travel,
         }
     }
 }

@@ -95,6 +95,26 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         o.z_variance_threshold.to_string(),
         n.z_variance_threshold.to_string(),
     );
+    live(
+        "operations.x_start",
+        o.x_start.to_string(),
+        n.x_start.to_string(),
+    );
+    live(
+        "operations.x_finish",
+        o.x_finish.to_string(),
+        n.x_finish.to_string(),
+    );
+    live(
+        "operations.x_step",
+        o.x_step.to_string(),
+        n.x_step.to_string(),
+    );
+    live(
+        "operations.tuner_step",
+        o.tuner_step.to_string(),
+        n.tuner_step.to_string(),
+    );
     let (t, u) = (&old.thresholds, &new.thresholds);
     live(
         "thresholds.voice_count_min",
