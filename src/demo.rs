@@ -102,6 +102,9 @@ pub enum DemoError {
         /// Why.
         cause: crate::sim::SimError,
     },
+    /// Another daemon or demo uses the state directory.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// The simulated audmon could not write its feed.
     #[error("cannot write the simulated audmon feed in {}: {cause}", dir.display())]
     Feed {
@@ -282,6 +285,10 @@ pub async fn run(
             Shipping::SpoolOnly
         }
     };
+
+    // Before the previous demo's counters and feed are touched: a second
+    // demo on the same directory would delete the running one's.
+    let _claim = crate::lock::StateLock::acquire(&crate::lock::state_dir(&cfg.spool.path))?;
 
     // The simulated boards are new every run: counters kept from an earlier
     // demo describe other boards and must not be restored onto these.

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod feed;
 pub mod files;
+pub mod lock;
 pub mod logging;
 pub mod motion;
 pub mod ops;

@@ -526,6 +526,90 @@ async fn link_backfills_controls_id_once_and_prints_what_it_changed() {
     assert!(out.contains("linked 0 machine_state rows"), "{out}");
 }
 
+/// `stringdriverctl --socket S status`, with `--json` when asked.
+fn ctl_status(socket: &Path, json: bool) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
+    c.arg("--socket").arg(socket);
+    if json {
+        c.arg("--json");
+    }
+    c.arg("status").output().expect("ctl runs")
+}
+
+/// Waits on the structured status until every board is connected with
+/// trusted counters (the demo sets its starting pose after the boards'
+/// reset). The printed text is no condition: "shipper: not connected"
+/// contains "connected" while the boards still wait for their reset.
+fn wait_boards_ready(socket: &Path) {
+    let mut last = String::new();
+    let ready = wait_until(Duration::from_secs(30), || {
+        let o = ctl_status(socket, true);
+        last = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success()
+            && serde_json::from_str::<serde_json::Value>(&last)
+                .is_ok_and(|st| common::control::boards_ready(&st))
+    });
+    assert!(ready, "boards never ready: {last}");
+}
+
+#[test]
+fn a_second_demo_on_the_same_state_directory_exits_at_once_naming_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut first, socket) = common::spawn_demo(dir.path(), 120);
+    wait_boards_ready(&socket);
+    // The same configuration, another socket: before the lock, this one
+    // deleted the first one's counters and feed and fought for its ports.
+    let o = bin()
+        .args(["demo", "--seconds", "30", "--speed-scale", "5", "--config"])
+        .arg(dir.path().join("stringdriver.toml"))
+        .arg("--socket")
+        .arg(dir.path().join("second.sock"))
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("second demo runs");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another stringdriverd (pid {})", first.id())),
+        "{err}"
+    );
+    assert!(err.contains("stop it first"), "{err}");
+    // The first one is untouched: still ready, its feed still written.
+    let st = ctl_status(&socket, true);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    assert!(common::control::boards_ready(&st), "{st}");
+    assert!(!dir.path().join("second.sock").exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal the demo");
+    assert!(first.wait().expect("demo ends").success());
+}
+
+#[test]
+fn run_refuses_a_state_directory_another_process_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = common::demo_config(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
+    let _held = stringdriverd::lock::StateLock::acquire(dir.path()).expect("claim");
+    let o = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another stringdriverd (pid {}) uses {}",
+            std::process::id(),
+            dir.path().display()
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -534,28 +618,8 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
         wait_until(Duration::from_secs(30), || socket.exists()),
         "the socket appears"
     );
-    let ctl = |json: bool| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
-        c.arg("--socket").arg(&socket);
-        if json {
-            c.arg("--json");
-        }
-        c.arg("status").output().expect("ctl runs")
-    };
-    // Wait on the structured status: every board connected with trusted
-    // counters (the demo sets its starting pose after the boards' reset).
-    // The printed text is no condition: "shipper: not connected" contains
-    // "connected" while the boards still wait for their reset.
-    let mut last = String::new();
-    let ready = wait_until(Duration::from_secs(30), || {
-        let o = ctl(true);
-        last = String::from_utf8_lossy(&o.stdout).into_owned();
-        o.status.success()
-            && serde_json::from_str::<serde_json::Value>(&last)
-                .is_ok_and(|st| common::control::boards_ready(&st))
-    });
-    assert!(ready, "boards never ready: {last}");
-    let o = ctl(false);
+    wait_boards_ready(&socket);
+    let o = ctl_status(&socket, false);
     assert!(o.status.success(), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("carriage"));
     // An operation through the socket, with progress while it runs.

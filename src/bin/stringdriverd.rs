@@ -176,6 +176,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Run { config } => {
             let cfg = stringdriverd::config::load(&config)?;
+            // Before anything in the state directory is touched: one daemon per machine.
+            let _claim = stringdriverd::lock::StateLock::acquire(&stringdriverd::lock::state_dir(
+                &cfg.spool.path,
+            ))?;
             stringdriverd::logging::init(&cfg.log.level);
             let path = stringdriverd::daemon::config_path(&config);
             runtime()?.block_on(stringdriverd::daemon::run(path, cfg))?;
