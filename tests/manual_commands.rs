@@ -233,3 +233,61 @@ async fn op_run_wait_exits_non_zero_when_the_operation_failed() {
     assert_eq!(outcome["status"], "failed", "{outcome}");
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steppers_are_addressed_by_name_or_index_alike() {
+    let (rig, run) = started(MachineOptions::new(HOST)).await;
+    let socket = rig.socket();
+    // The map: every stepper of the host with its name and live position.
+    let out = ctl(&socket, &["--json", "steppers"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let map: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON map");
+    let list = map["steppers"].as_array().expect("steppers");
+    assert_eq!(list.len(), 19);
+    assert_eq!(list[0]["name"], "x");
+    assert_eq!(list[5]["name"], "z2in");
+    assert_eq!(list[5]["role"], "Z in, string 2");
+    assert_eq!(list[16]["name"], "tuner3");
+    for (g, s) in list.iter().enumerate() {
+        assert_eq!(s["index"], json!(g));
+        assert_eq!(s["position"], json!(pose()[g]), "{s}");
+        assert_eq!(s["trusted"], json!(true), "{s}");
+    }
+    let table = ctl(&socket, &["steppers"]).await;
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("z2in") && l.contains("Z in, string 2")),
+        "{table}"
+    );
+
+    // A name and its index move the same motor.
+    let before = moves_of(&rig.sims[0], 5);
+    let by_name = ctl(&socket, &["--json", "move", "z2in", "1"]).await;
+    assert!(by_name.status.success(), "{by_name:?}");
+    let r: serde_json::Value = serde_json::from_slice(&by_name.stdout).expect("JSON");
+    assert_eq!(r["stepper"], json!(5));
+    assert_eq!(r["position"], json!(pose()[5] + 1));
+    let by_index = ctl(&socket, &["--json", "move", "5", "-1"]).await;
+    assert!(by_index.status.success(), "{by_index:?}");
+    let r: serde_json::Value = serde_json::from_slice(&by_index.stdout).expect("JSON");
+    assert_eq!(r["position"], json!(pose()[5]));
+    assert_eq!(moves_of(&rig.sims[0], 5), before + 2);
+
+    // Names in any command that takes a stepper; an unknown one moves nothing.
+    let r = request(
+        &socket,
+        json!({"v": 1, "cmd": "disable", "stepper": "Z2OUT"}),
+        WAIT,
+    )
+    .await
+    .expect("disable by name");
+    assert_eq!(r["stepper"], json!(6), "{r}");
+    let wrong = ctl(&socket, &["move", "z9in", "1"]).await;
+    assert_eq!(wrong.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("no stepper is named `z9in`"), "{err}");
+    assert_eq!(moves_of(&rig.sims[0], 5), before + 2, "nothing moved");
+    run.stop().await;
+}

@@ -34,6 +34,9 @@ struct Cli {
 enum Cmd {
     /// Boards, enables, settings, feed, spool, shipper, operation, snapshots.
     Status,
+    /// The stepper map with live positions: index, name, role, board,
+    /// position, trusted, enabled, touching, limits.
+    Steppers,
     /// Take an event snapshot now and print its state_id.
     Snapshot,
     /// Move a stepper by DELTA steps (or to POS with --abs).
@@ -42,28 +45,32 @@ enum Cmd {
         /// Move to an absolute position instead.
         #[arg(long)]
         abs: bool,
-        /// Global stepper index.
-        stepper: usize,
+        /// The stepper: its name (x, z2in, z2out, tuner3; `steppers` lists
+        /// them) or its global index.
+        stepper: String,
         /// Steps (or the target with --abs).
         value: i32,
     },
     /// Set a stepper's counter without moving it.
     #[command(allow_negative_numbers = true)]
     SetPosition {
-        /// Global stepper index.
-        stepper: usize,
+        /// The stepper: its name (x, z2in, z2out, tuner3; `steppers` lists
+        /// them) or its global index.
+        stepper: String,
         /// The counter value.
         position: i32,
     },
     /// Enable a stepper.
     Enable {
-        /// Global stepper index.
-        stepper: usize,
+        /// The stepper: its name (x, z2in, z2out, tuner3; `steppers` lists
+        /// them) or its global index.
+        stepper: String,
     },
     /// Disable a stepper.
     Disable {
-        /// Global stepper index.
-        stepper: usize,
+        /// The stepper: its name (x, z2in, z2out, tuner3; `steppers` lists
+        /// them) or its global index.
+        stepper: String,
     },
     /// Print one run-time setting, or all of them.
     Get {
@@ -95,9 +102,9 @@ enum OpCmd {
     Run {
         /// The operation.
         kind: String,
-        /// Only this stepper.
+        /// Only this stepper (a name such as z2in, or an index).
         #[arg(long)]
-        stepper: Option<usize>,
+        stepper: Option<String>,
         /// Wait for the outcome.
         #[arg(long)]
         wait: bool,
@@ -137,17 +144,18 @@ fn request(cmd: &Cmd) -> Value {
             abs: false,
             stepper,
             value,
-        } => json!({"cmd": "move", "stepper": stepper, "delta": value}),
+        } => json!({"cmd": "move", "stepper": stepper_value(stepper), "delta": value}),
         Cmd::Move {
             abs: true,
             stepper,
             value,
-        } => json!({"cmd": "move", "stepper": stepper, "position": value}),
+        } => json!({"cmd": "move", "stepper": stepper_value(stepper), "position": value}),
         Cmd::SetPosition { stepper, position } => {
-            json!({"cmd": "set_position", "stepper": stepper, "position": position})
+            json!({"cmd": "set_position", "stepper": stepper_value(stepper), "position": position})
         }
-        Cmd::Enable { stepper } => json!({"cmd": "enable", "stepper": stepper}),
-        Cmd::Disable { stepper } => json!({"cmd": "disable", "stepper": stepper}),
+        Cmd::Enable { stepper } => json!({"cmd": "enable", "stepper": stepper_value(stepper)}),
+        Cmd::Disable { stepper } => json!({"cmd": "disable", "stepper": stepper_value(stepper)}),
+        Cmd::Steppers => json!({"cmd": "steppers"}),
         Cmd::Get { setting } => json!({"cmd": "get", "name": setting}),
         Cmd::Set { setting, value } => {
             let v = serde_json::from_str::<Value>(value).unwrap_or_else(|_| json!(value));
@@ -159,7 +167,10 @@ fn request(cmd: &Cmd) -> Value {
                 kind,
                 stepper,
                 wait,
-            } => json!({"cmd": "op_run", "kind": kind, "stepper": stepper, "wait": wait}),
+            } => json!({
+                "cmd": "op_run", "kind": kind,
+                "stepper": stepper.as_deref().map(stepper_value), "wait": wait,
+            }),
             OpCmd::Cancel => json!({"cmd": "op_cancel"}),
             OpCmd::Wait => json!({"cmd": "op_wait"}),
             OpCmd::Report {
@@ -181,6 +192,47 @@ fn request(cmd: &Cmd) -> Value {
         m.insert("id".into(), json!(1));
     }
     r
+}
+
+/// A stepper argument as the daemon takes it: an index as a number, a
+/// name as a string (the daemon resolves names with its own stepper map).
+fn stepper_value(s: &str) -> Value {
+    match s.trim().parse::<u64>() {
+        Ok(i) => json!(i),
+        Err(_) => json!(s),
+    }
+}
+
+/// The stepper map with live positions, one line per stepper.
+fn print_steppers(r: &Value) {
+    println!(
+        "{:>3}  {:<8} {:<17} {:<11} {:>7}  {:<7} {:<8} {:<8} limits",
+        "#", "name", "role", "board", "pos", "trusted", "enabled", "touching"
+    );
+    let yes_no = |v: &Value| match v.as_bool() {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    for s in r["steppers"].as_array().into_iter().flatten() {
+        let board = match (s["board"].as_str(), s["board_index"].as_u64()) {
+            (Some(b), Some(i)) => format!("{b}:{i}"),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:>3}  {:<8} {:<17} {:<11} {:>7}  {:<7} {:<8} {:<8} {} to {}",
+            show(&s["index"]),
+            show(&s["name"]),
+            show(&s["role"]),
+            board,
+            show(&s["position"]),
+            yes_no(&s["trusted"]),
+            yes_no(&s["enabled"]),
+            yes_no(&s["touching"]),
+            show(&s["min"]),
+            show(&s["max"]),
+        );
+    }
 }
 
 fn show(v: &Value) -> String {
@@ -283,6 +335,7 @@ fn print_status(r: &Value) {
 fn print_readable(cmd: &Cmd, r: &Value) {
     match cmd {
         Cmd::Status => print_status(r),
+        Cmd::Steppers => print_steppers(r),
         Cmd::Snapshot => println!("snapshot {}", show(&r["state_id"])),
         Cmd::Move { .. } | Cmd::SetPosition { .. } => println!(
             "stepper {} at {} (board: {})",

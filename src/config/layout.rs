@@ -64,6 +64,19 @@ impl Role {
     pub fn is_z(self) -> bool {
         matches!(self, Role::ZIn { .. } | Role::ZOut { .. })
     }
+
+    /// The stepper's name, by which commands address it: `x`, `z<s>in`,
+    /// `z<s>out`, `tuner<s>` with `s` the string (= audio channel) from 0,
+    /// as in the stepper map. An unused slot has none (only its index).
+    pub fn name(self) -> Option<String> {
+        match self {
+            Role::X => Some("x".to_string()),
+            Role::ZIn { string } => Some(format!("z{string}in")),
+            Role::ZOut { string } => Some(format!("z{string}out")),
+            Role::Tuner { string } => Some(format!("tuner{string}")),
+            Role::Unused => None,
+        }
+    }
 }
 
 impl fmt::Display for Role {
@@ -163,6 +176,34 @@ impl Layout {
     /// What stepper `global` is for; `Role::Unused` past the last stepper.
     pub fn role(&self, global: usize) -> Role {
         self.roles.get(global).copied().unwrap_or(Role::Unused)
+    }
+
+    /// The stepper `spec` names: a global index (`"3"`) or a name
+    /// ([`Role::name`], any case: `x`, `z2in`, `z2out`, `tuner3`). An index
+    /// is returned as it is (whether it exists is the gate's check); an
+    /// unknown name is an error listing the names this machine has.
+    pub fn stepper(&self, spec: &str) -> Result<usize, String> {
+        let spec = spec.trim();
+        if let Ok(i) = spec.parse::<usize>() {
+            return Ok(i);
+        }
+        let wanted = spec.to_ascii_lowercase();
+        self.roles
+            .iter()
+            .position(|r| r.name().as_deref() == Some(wanted.as_str()))
+            .ok_or_else(|| {
+                let names: Vec<String> = self.roles.iter().filter_map(|r| r.name()).collect();
+                let shown = match names.as_slice() {
+                    [] => String::new(),
+                    [one] => one.clone(),
+                    [first, .., last] => format!("{first}, ..., {last}"),
+                };
+                format!(
+                    "no stepper is named `{spec}`: give an index from 0 to {} or a name \
+                     ({shown}; x, z<string>in, z<string>out, tuner<string>, strings from 0)",
+                    self.roles.len().saturating_sub(1)
+                )
+            })
     }
 
     /// Position limits `(min, max)` of stepper `global` after overrides;
@@ -696,6 +737,28 @@ mod tests {
         assert_eq!(l.limits(6), UNUSED_LIMITS);
         assert_eq!(l.role(9), Role::Tuner { string: 1 });
         assert_eq!(l.role(4), Role::ZOut { string: 1 });
+    }
+
+    #[test]
+    fn names_and_indices_address_the_same_steppers() {
+        let boards = [board("a", 13, IntWidth::Two), board("b", 6, IntWidth::Four)];
+        let l = build(&raw(6, Some(0), 1, Some(13)), &boards).unwrap();
+        for g in 0..l.total_steppers() {
+            let name = l
+                .role(g)
+                .name()
+                .expect("every stepper of stringdriver-2 has a role");
+            assert_eq!(l.stepper(&name), Ok(g), "{name}");
+            assert_eq!(l.stepper(&name.to_uppercase()), Ok(g), "any case");
+            assert_eq!(l.stepper(&g.to_string()), Ok(g));
+        }
+        assert_eq!(l.stepper("x"), Ok(0));
+        assert_eq!(l.stepper("z2in"), Ok(5));
+        assert_eq!(l.stepper("z2out"), Ok(6));
+        assert_eq!(l.stepper("tuner3"), Ok(16));
+        let e = l.stepper("z9in").unwrap_err();
+        assert!(e.contains("`z9in`") && e.contains("0 to 18"), "{e}");
+        assert!(e.contains("x, ..., tuner5"), "{e}");
     }
 
     #[test]

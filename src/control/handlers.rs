@@ -77,6 +77,34 @@ fn check_exists(sh: &Shared, stepper: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The stepper a request's `field` names: a global index (a number) or a
+/// name (`x`, `z2in`, `tuner3`: [`crate::config::Layout::stepper`]).
+fn stepper_of(sh: &Shared, req: &Request, field: &str) -> Result<usize, ApiError> {
+    match req.args.get(field).filter(|v| !v.is_null()) {
+        Some(Value::String(name)) => sh
+            .parts
+            .machine
+            .layout
+            .stepper(name)
+            .map_err(|e| ApiError::new("bad_request", format!("field `{field}`: {e}"))),
+        _ => req.index(field).map_err(|_| {
+            ApiError::bad_field(
+                field,
+                "a stepper: its index (a non-negative integer) or its name (x, z2in, tuner3)",
+                req.args.get(field),
+            )
+        }),
+    }
+}
+
+/// [`stepper_of`] for an optional field.
+fn opt_stepper_of(sh: &Shared, req: &Request, field: &str) -> Result<Option<usize>, ApiError> {
+    match req.args.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => stepper_of(sh, req, field).map(Some),
+    }
+}
+
 /// Runs one request (everything but `events`, which the server handles).
 pub async fn handle(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
     match req.cmd.as_str() {
@@ -92,11 +120,45 @@ pub async fn handle(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> 
         "op_cancel" => Ok(json!({"cancelled": sh.parts.gate.cancel()})),
         "op_wait" => op_wait(sh).await,
         "op_report" => op_report(sh, req).await,
+        "steppers" => Ok(steppers(sh)),
         other => Err(ApiError::new(
             "unknown_command",
             format!("unknown command `{other}` (known: {})", COMMANDS.join(", ")),
         )),
     }
+}
+
+/// The stepper map with live state: per global index its name, role,
+/// board and index there, limits, counter, trusted, enabled and touching
+/// (null where the machine has no sensor for it or the board is down).
+pub fn steppers(sh: &Shared) -> Value {
+    let p = &sh.parts;
+    let layout = &p.machine.layout;
+    let statuses: Vec<_> = p.boards.iter().map(|b| b.status()).collect();
+    let enabled = p.settings.borrow().enabled.clone();
+    let touch = p.touch.borrow().clone();
+    let list: Vec<Value> = (0..layout.total_steppers())
+        .map(|g| {
+            let role = layout.role(g);
+            let (board, local) = layout.locate(g).unzip();
+            let st = board.and_then(|b| statuses.get(b));
+            let (min, max) = layout.limits(g);
+            json!({
+                "index": g,
+                "name": role.name(),
+                "role": role.to_string(),
+                "board": st.map(|s| s.name.clone()),
+                "board_index": local,
+                "min": min,
+                "max": max,
+                "position": local.and_then(|l| st?.positions.as_ref()?.get(l).copied()),
+                "trusted": local.and_then(|l| st?.trusted.get(l).copied()),
+                "enabled": enabled.get(g).copied(),
+                "touching": touch.sensors.iter().find(|t| t.stepper == g).and_then(|t| t.touching),
+            })
+        })
+        .collect();
+    json!({"steppers": list})
 }
 
 /// Every part's status in one object.
@@ -212,7 +274,7 @@ fn moved(sh: &Shared, stepper: usize, board_positions: Vec<i32>) -> Value {
 }
 
 async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
-    let stepper = req.index("stepper")?;
+    let stepper = stepper_of(sh, req, "stepper")?;
     let delta = req.opt_i32("delta")?;
     let position = req.opt_i32("position")?;
     let gate = &sh.parts.gate;
@@ -230,7 +292,7 @@ async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
 }
 
 async fn set_position(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
-    let stepper = req.index("stepper")?;
+    let stepper = stepper_of(sh, req, "stepper")?;
     let position = req.i32("position")?;
     let p = sh
         .parts
@@ -245,7 +307,7 @@ async fn set_position(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
 }
 
 fn enable(sh: &Shared, req: &Request, on: bool) -> Result<Value, ApiError> {
-    let stepper = req.index("stepper")?;
+    let stepper = stepper_of(sh, req, "stepper")?;
     check_exists(sh, stepper)?;
     // The daemon's enables task persists the change.
     sh.parts.settings.send_modify(|s| {
@@ -349,7 +411,7 @@ fn outcome_value(o: &crate::ops::Outcome, kind: OperationType) -> Value {
 
 async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
     let kind = parse_kind(req)?;
-    let stepper = req.opt_index("stepper")?;
+    let stepper = opt_stepper_of(sh, req, "stepper")?;
     let wait = req.flag("wait")?;
     let mut busy = None;
     // Checked and marked under the channel's lock: two clients starting at

@@ -45,6 +45,7 @@
 //! | `status` | | boards, enables, settings, feed, spool, shipper, operation, snapshots |
 //! | `snapshot` | | `{state_id}` of an event snapshot, or `no_snapshot` with the reason |
 //! | `move` | `stepper`, `delta` or `position` | `{stepper, position, board_positions}` |
+//! | `steppers` | — | `{steppers: [{index, name, role, board, board_index, min, max, position, trusted, enabled, touching}]}` |
 //! | `set_position` | `stepper`, `position` | as `move` (sets the counter, nothing moves) |
 //! | `enable` / `disable` | `stepper` | `{stepper, enabled}` (persisted, event snapshot) |
 //! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
@@ -55,6 +56,8 @@
 //! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |
 //! | `events` | | `{events: true}`, then the connection is a stream of event lines |
 //!
+//! A `stepper` is a global index (a number) or a name (a string: `x`,
+//! `z2in`, `z2out`, `tuner3`; [`Layout::stepper`](crate::config::Layout::stepper)).
 //! Moves and counter writes go through the motion gate as [`Origin::Manual`](crate::motion::Origin).
 //! Event lines look like `{"v":1,"event":"snapshot","status":{...}}`,
 //! `{"v":1,"event":"board","board":"carriage","link":"connected","detail":"connected"}`,

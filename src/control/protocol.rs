@@ -24,6 +24,7 @@ pub const COMMANDS: &[&str] = &[
     "op_cancel",
     "op_wait",
     "op_report",
+    "steppers",
     "events",
 ];
 
