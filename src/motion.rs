@@ -110,6 +110,10 @@ pub enum GateError {
         /// Upper limit.
         max: i32,
     },
+    /// An emergency stop (`stringdriverctl stop`) came while this move
+    /// waited for its turn or its rest: it is dropped, never sent.
+    #[error("dropped by an emergency stop before it was sent")]
+    Stopped,
     /// The board failed or refused.
     #[error(transparent)]
     Board(#[from] BoardError),
@@ -121,8 +125,27 @@ impl GateError {
     pub fn is_refusal(&self) -> bool {
         !matches!(
             self,
-            GateError::Board(_) | GateError::Cancelled | GateError::Interrupted(_)
+            GateError::Board(_)
+                | GateError::Cancelled
+                | GateError::Interrupted(_)
+                | GateError::Stopped
         )
+    }
+}
+
+/// Counts a move inside the gate for as long as it is there.
+struct Inside<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Inside<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Inside<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Inside(n)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -148,6 +171,11 @@ struct Inner {
     next_ticket: Mutex<u64>,
     /// One move at a time through the gate.
     serial: tokio::sync::Mutex<()>,
+    /// Bumped by every emergency stop: a move that saw another value when it
+    /// entered the gate is dropped before it is sent.
+    stops: watch::Sender<u64>,
+    /// Moves inside the gate: waiting for their turn or rest, or on their way.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// The gate. Cheap to clone; all clones share one state.
@@ -233,6 +261,8 @@ impl MotionGate {
                 running: Mutex::new(None),
                 next_ticket: Mutex::new(1),
                 serial: tokio::sync::Mutex::new(()),
+                stops: watch::channel(0).0,
+                waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -298,6 +328,33 @@ impl MotionGate {
             }
             None => false,
         }
+    }
+
+    /// The emergency stop: cancels the running operation and drops every
+    /// move still waiting in the gate (for its turn or its rest), then
+    /// waits until the move on its way to a board, if any, has ended (a
+    /// firmware move cannot be interrupted). Returns the kind of the
+    /// operation it cancelled. Moves that arrive after it pass as usual.
+    pub async fn stop(&self) -> Option<String> {
+        self.inner.stops.send_modify(|n| *n += 1);
+        let cancelled = {
+            let r = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+            r.as_ref().map(|run| {
+                run.cancel.cancel();
+                run.kind.clone()
+            })
+        };
+        // Every move holds this while it is sent and confirmed; the dropped
+        // ones give it up at once.
+        drop(self.inner.serial.lock().await);
+        tracing::warn!(operation = ?cancelled, "emergency stop: operation cancelled, waiting moves dropped");
+        cancelled
+    }
+
+    /// Moves inside the gate now: waiting for their turn or their rest, or
+    /// on their way to a board.
+    pub fn waiting_moves(&self) -> usize {
+        self.inner.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The kind of the running operation, if any.
@@ -427,7 +484,16 @@ impl MotionGate {
         // an operation may have started, a stepper been disabled meanwhile.
         self.check_origin(origin)?;
         self.check_stepper(stepper)?;
-        let _one = self.inner.serial.lock().await;
+        let _inside = Inside::enter(&self.inner.waiting);
+        let mut stops = self.inner.stops.subscribe();
+        stops.mark_unchanged();
+        let _one = tokio::select! {
+            one = self.inner.serial.lock() => one,
+            _ = stops.changed() => return Err(GateError::Stopped),
+        };
+        if stops.has_changed().unwrap_or(true) {
+            return Err(GateError::Stopped);
+        }
         let cancel = self.check_origin(origin)?;
         let (board, local) = self.check_stepper(stepper)?;
         let current = self.current(board, local, stepper, origin)?;
@@ -462,16 +528,23 @@ impl MotionGate {
             .flatten();
         if let Some(last) = since {
             let until = last + self.rest_of(stepper);
-            match &cancel {
-                Some(c) => tokio::select! {
-                    _ = c.cancelled() => return Err(GateError::Cancelled),
-                    _ = tokio::time::sleep_until(until) => {}
-                },
-                None => tokio::time::sleep_until(until).await,
+            let cancelled = async {
+                match &cancel {
+                    Some(c) => c.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancelled => return Err(GateError::Cancelled),
+                _ = stops.changed() => return Err(GateError::Stopped),
+                _ = tokio::time::sleep_until(until) => {}
             }
         }
         if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
             return Err(GateError::Cancelled);
+        }
+        if stops.has_changed().unwrap_or(true) {
+            return Err(GateError::Stopped);
         }
         let result = self.inner.boards[board].amove(local, target as i32).await;
         // The rest counts from the end of the move, even a failed one: the

@@ -291,3 +291,128 @@ async fn steppers_are_addressed_by_name_or_index_alike() {
     assert_eq!(moves_of(&rig.sims[0], 5), before + 2, "nothing moved");
     run.stop().await;
 }
+
+/// Polls `cond` every 20 ms for up to `WAIT`.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_op_run_wait_cancels_the_operation_it_started() {
+    let mut o = MachineOptions::new(HOST);
+    o.sensors = true;
+    // Mechanisms start clear of their strings (at 0 every sensor would touch).
+    o.demo_physics = true;
+    // Long enough that the calibration is still descending when Ctrl-C comes.
+    o.z_rest = 0.3;
+    let (rig, run) = started(o).await;
+    let before = moves_of(&rig.sims[0], 1);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+        .arg("--socket")
+        .arg(rig.socket())
+        .args(["--json", "op", "run", "z_calibrate", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("stringdriverctl runs");
+    // Descending: the first stepper's first move reached the board.
+    if !eventually(|| moves_of(&rig.sims[0], 1) > before).await {
+        let out = child.wait_with_output().expect("exits");
+        panic!("z_calibrate never moved: {out:?}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("Ctrl-C");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("exits");
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(130), "{text}{err}");
+    assert!(
+        err.contains("cancelling the operation this command started"),
+        "{err}"
+    );
+    let outcome: serde_json::Value = serde_json::from_str(&text).expect("the outcome as JSON");
+    assert_eq!(outcome["kind"], "z_calibrate", "{outcome}");
+    assert_eq!(outcome["status"], "cancelled", "{outcome}");
+    // The operation is over: nothing runs, so nothing of it can move any more.
+    assert_eq!(run.parts.gate.running(), None);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drops_a_move_waiting_for_its_rest_and_answers_when_nothing_moves() {
+    let mut o = MachineOptions::new(HOST);
+    // The second move of stepper 3 waits this long for its rest.
+    o.z_rest = 60.0;
+    let (rig, run) = started(o).await;
+    let socket = rig.socket();
+    let r = request(
+        &socket,
+        json!({"v": 1, "cmd": "move", "stepper": 3, "delta": 1}),
+        WAIT,
+    )
+    .await
+    .expect("first move");
+    assert_eq!(r["position"], json!(pose()[3] + 1));
+    let sent = moves_of(&rig.sims[0], 3);
+    let waiting = {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            request(
+                &socket,
+                json!({"v": 1, "cmd": "move", "stepper": 3, "delta": 1}),
+                Duration::from_secs(120),
+            )
+            .await
+        })
+    };
+    // Wait until the daemon holds the second move (it is queued behind its rest).
+    assert!(
+        eventually(|| run.parts.gate.waiting_moves() == 1).await,
+        "the second move never reached the gate"
+    );
+    let out = ctl(&socket, &["--json", "stop"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["operation_cancelled"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["still_moving"], json!([]), "{r}");
+    let dropped = waiting.await.expect("join");
+    let e = dropped.expect_err("the waiting move is dropped");
+    assert!(e.contains("stopped") && e.contains("emergency stop"), "{e}");
+    assert_eq!(
+        moves_of(&rig.sims[0], 3),
+        sent,
+        "the dropped move was never sent"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_all_and_enable_all_cover_every_stepper_with_a_role() {
+    let (rig, run) = started(MachineOptions::new(HOST)).await;
+    let socket = rig.socket();
+    let out = ctl(&socket, &["disable", "all"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(run.parts.settings.borrow().enabled.iter().all(|e| !e));
+    let moved = ctl(&socket, &["move", "x", "1"]).await;
+    assert_eq!(moved.status.code(), Some(1));
+    let out = ctl(&socket, &["--json", "enable", "all"]).await;
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["steppers"].as_array().map(Vec::len), Some(19), "{r}");
+    assert!(run.parts.settings.borrow().enabled.iter().all(|e| *e));
+    run.stop().await;
+}

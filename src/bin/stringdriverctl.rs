@@ -3,7 +3,12 @@
 //! and prints the reply readably, or as raw JSON with `--json`.
 //!
 //! Exit codes: 0 success, 1 the daemon answered with an error (printed on
-//! stderr as `kind: message`), 2 the daemon could not be reached.
+//! stderr as `kind: message`) or an operation waited for failed or was
+//! cancelled, 2 the daemon could not be reached, 130 interrupted by Ctrl-C.
+//!
+//! Ctrl-C means stop: during `op run --wait` it cancels the operation this
+//! command started and waits for its outcome (a second Ctrl-C leaves without
+//! waiting); during `op wait` it stops waiting and says how to cancel.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -37,6 +42,9 @@ enum Cmd {
     /// The stepper map with live positions: index, name, role, board,
     /// position, trusted, enabled, touching, limits.
     Steppers,
+    /// Emergency stop: cancel the running operation, drop every move still
+    /// waiting in the daemon, and answer when nothing of ours moves.
+    Stop,
     /// Take an event snapshot now and print its state_id.
     Snapshot,
     /// Move a stepper by DELTA steps (or to POS with --abs).
@@ -63,13 +71,13 @@ enum Cmd {
     /// Enable a stepper.
     Enable {
         /// The stepper: its name (x, z2in, z2out, tuner3; `steppers` lists
-        /// them) or its global index.
+        /// them) or its global index; `all` for every stepper.
         stepper: String,
     },
     /// Disable a stepper.
     Disable {
         /// The stepper: its name (x, z2in, z2out, tuner3; `steppers` lists
-        /// them) or its global index.
+        /// them) or its global index; `all` for every stepper.
         stepper: String,
     },
     /// Print one run-time setting, or all of them.
@@ -156,6 +164,7 @@ fn request(cmd: &Cmd) -> Value {
         Cmd::Enable { stepper } => json!({"cmd": "enable", "stepper": stepper_value(stepper)}),
         Cmd::Disable { stepper } => json!({"cmd": "disable", "stepper": stepper_value(stepper)}),
         Cmd::Steppers => json!({"cmd": "steppers"}),
+        Cmd::Stop => json!({"cmd": "stop"}),
         Cmd::Get { setting } => json!({"cmd": "get", "name": setting}),
         Cmd::Set { setting, value } => {
             let v = serde_json::from_str::<Value>(value).unwrap_or_else(|_| json!(value));
@@ -343,6 +352,41 @@ fn print_readable(cmd: &Cmd, r: &Value) {
             show(&r["position"]),
             show(&r["board_positions"])
         ),
+        Cmd::Stop => {
+            match r["operation_cancelled"].as_str() {
+                Some(k) => println!("stopped: operation {k} cancelled"),
+                None => println!("stopped: no operation was running"),
+            }
+            let moving: Vec<String> = r["still_moving"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(show)
+                .collect();
+            if moving.is_empty() {
+                println!(
+                    "nothing moves (waited {:.1} s)",
+                    r["waited_s"].as_f64().unwrap_or(0.0)
+                );
+            } else {
+                println!("still moving after the wait: {}", moving.join(", "));
+            }
+        }
+        Cmd::Enable { .. } | Cmd::Disable { .. } if r["steppers"].is_array() => println!(
+            "steppers {} {}",
+            r["steppers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(show)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if r["enabled"].as_bool() == Some(true) {
+                "enabled"
+            } else {
+                "disabled"
+            }
+        ),
         Cmd::Enable { .. } | Cmd::Disable { .. } => println!(
             "stepper {} {}",
             show(&r["stepper"]),
@@ -453,6 +497,70 @@ fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<(
     Some(ended)
 }
 
+/// One request on a connection of its own; the result, or the error text.
+fn one_request(socket: &std::path::Path, cmd: &str) -> Result<Value, String> {
+    let stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    let mut line = json!({"v": 1, "id": 1, "cmd": cmd}).to_string();
+    line.push('\n');
+    (&stream)
+        .write_all(line.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&reply).map_err(|e| e.to_string())?;
+    if v["ok"].as_bool() == Some(true) {
+        Ok(v["result"].clone())
+    } else {
+        Err(format!(
+            "{}: {}",
+            show(&v["error"]["kind"]),
+            show(&v["error"]["message"])
+        ))
+    }
+}
+
+/// Ctrl-C while waiting for an operation. For one this command started: the
+/// first cancels it (the wait goes on to print the `cancelled` outcome), the
+/// second leaves at once. For one it did not start (`op wait`): leave, and
+/// say how to cancel it. Returns the flag that says a Ctrl-C came.
+fn on_ctrl_c(
+    socket: &std::path::Path,
+    started_here: bool,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]) else {
+        return flag;
+    };
+    let (socket, seen) = (socket.to_path_buf(), flag.clone());
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if !started_here {
+                eprintln!(
+                    "stopped waiting; the operation goes on (cancel it with `stringdriverctl op cancel`, \
+                     or stop everything with `stringdriverctl stop`)"
+                );
+                std::process::exit(130);
+            }
+            if seen.swap(true, Ordering::SeqCst) {
+                eprintln!("leaving without waiting for the cancel to finish");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "Ctrl-C: cancelling the operation this command started (Ctrl-C again to leave without waiting)"
+            );
+            match one_request(&socket, "op_cancel") {
+                Ok(r) if r["cancelled"].as_bool() == Some(true) => {}
+                Ok(_) => eprintln!("no operation was running any more"),
+                Err(e) => eprintln!("cannot cancel: {e}"),
+            }
+        }
+    });
+    flag
+}
+
 /// What to do about a failed connect: a permission error is about who runs
 /// stringdriverctl, not about whether the daemon runs.
 fn connect_hint(e: &std::io::Error) -> &'static str {
@@ -485,6 +593,17 @@ fn main() -> ExitCode {
             op: OpCmd::Run { wait: true, .. } | OpCmd::Wait
         }
     );
+    let interrupted = waits.then(|| {
+        on_ctrl_c(
+            &cli.socket,
+            matches!(
+                &cli.command,
+                Cmd::Op {
+                    op: OpCmd::Run { .. }
+                }
+            ),
+        )
+    });
     let progress = if waits && !cli.json {
         show_progress(&cli.socket)
     } else {
@@ -567,6 +686,9 @@ fn main() -> ExitCode {
         );
     } else {
         print_readable(&cli.command, result);
+    }
+    if interrupted.is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+        return ExitCode::from(130);
     }
     // Scripts rely on the exit code: an operation waited for that failed or
     // was cancelled is not a success.

@@ -61,6 +61,7 @@ impl Shared {
 fn gate_error(e: GateError) -> ApiError {
     match e {
         GateError::Board(b) => ApiError::new("board_error", b.to_string()),
+        GateError::Stopped => ApiError::new("stopped", GateError::Stopped.to_string()),
         other => ApiError::new("refused", other.to_string()),
     }
 }
@@ -121,6 +122,7 @@ pub async fn handle(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> 
         "op_wait" => op_wait(sh).await,
         "op_report" => op_report(sh, req).await,
         "steppers" => Ok(steppers(sh)),
+        "stop" => Ok(stop(sh).await),
         other => Err(ApiError::new(
             "unknown_command",
             format!("unknown command `{other}` (known: {})", COMMANDS.join(", ")),
@@ -159,6 +161,36 @@ pub fn steppers(sh: &Shared) -> Value {
         })
         .collect();
     json!({"steppers": list})
+}
+
+/// How long `stop` waits for the cancelled operation to end and the move
+/// on its way to end: longer than the longest single move (X across 2600
+/// steps at 500 steps/s is about 5 s).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The emergency stop: the running operation cancelled, every waiting move
+/// dropped; answers once the operation has ended and no board has a move
+/// of ours unconfirmed (or after [`STOP_WAIT`], saying what still moves).
+async fn stop(sh: &Shared) -> Value {
+    let t0 = tokio::time::Instant::now();
+    let cancelled = sh.parts.gate.stop().await;
+    let mut op = sh.op.subscribe();
+    let ended = tokio::time::timeout(STOP_WAIT, op.wait_for(|s| s.running.is_none()))
+        .await
+        .is_ok();
+    let mut still_moving = Vec::new();
+    for b in &sh.parts.boards {
+        let left = STOP_WAIT.saturating_sub(t0.elapsed());
+        if b.wait_for(left, |s| s.moving.is_none()).await.is_none() {
+            still_moving.push(b.status().name);
+        }
+    }
+    json!({
+        "operation_cancelled": cancelled,
+        "operation_ended": ended,
+        "still_moving": still_moving,
+        "waited_s": t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Every part's status in one object.
@@ -307,6 +339,25 @@ async fn set_position(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
 }
 
 fn enable(sh: &Shared, req: &Request, on: bool) -> Result<Value, ApiError> {
+    let word = if on { "enabled" } else { "disabled" };
+    if req.args.get("stepper").and_then(Value::as_str) == Some("all") {
+        // Every stepper with a role: an unused slot stays disabled.
+        let layout = &sh.parts.machine.layout;
+        let all: Vec<usize> = (0..layout.total_steppers())
+            .filter(|g| layout.role(*g) != crate::config::Role::Unused)
+            .collect();
+        sh.parts.settings.send_modify(|s| {
+            for g in &all {
+                if let Some(e) = s.enabled.get_mut(*g) {
+                    *e = on;
+                }
+            }
+        });
+        sh.parts
+            .snapshots
+            .request(format!("every stepper {word} by the control API"));
+        return Ok(json!({"steppers": all, "enabled": on}));
+    }
     let stepper = stepper_of(sh, req, "stepper")?;
     check_exists(sh, stepper)?;
     // The daemon's enables task persists the change.
@@ -315,7 +366,6 @@ fn enable(sh: &Shared, req: &Request, on: bool) -> Result<Value, ApiError> {
             *e = on;
         }
     });
-    let word = if on { "enabled" } else { "disabled" };
     sh.parts
         .snapshots
         .request(format!("stepper {stepper} {word} by the control API"));

@@ -45,9 +45,10 @@
 //! | `status` | | boards, enables, settings, feed, spool, shipper, operation, snapshots |
 //! | `snapshot` | | `{state_id}` of an event snapshot, or `no_snapshot` with the reason |
 //! | `move` | `stepper`, `delta` or `position` | `{stepper, position, board_positions}` |
+//! | `stop` | — | the emergency stop: cancels the running operation, drops every move waiting in the gate, answers `{operation_cancelled, operation_ended, still_moving, waited_s}` once nothing of ours moves |
 //! | `steppers` | — | `{steppers: [{index, name, role, board, board_index, min, max, position, trusted, enabled, touching}]}` |
 //! | `set_position` | `stepper`, `position` | as `move` (sets the counter, nothing moves) |
-//! | `enable` / `disable` | `stepper` | `{stepper, enabled}` (persisted, event snapshot) |
+//! | `enable` / `disable` | `stepper` (or `"all"`: every stepper with a role) | `{stepper, enabled}` or `{steppers, enabled}` (persisted, event snapshot) |
 //! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
 //! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust), `stepper`?, `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |

@@ -25,6 +25,7 @@ pub const COMMANDS: &[&str] = &[
     "op_wait",
     "op_report",
     "steppers",
+    "stop",
     "events",
 ];
 
