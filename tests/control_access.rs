@@ -94,11 +94,13 @@ async fn member_by_supplementary_group_only_is_served_and_a_stranger_is_refused(
         serde_json::from_slice(&member.stdout).expect("status --json is JSON");
     assert_eq!(status["boards"][0]["name"], "carriage", "{status}");
 
-    let err = String::from_utf8_lossy(&stranger.stderr);
     // Refused at connection: exit 2 like any socket the client cannot use,
-    // naming the daemon's reason.
-    assert_eq!(stranger.status.code(), Some(2), "{err}");
-    assert!(err.contains("refused the connection (forbidden)"), "{err}");
+    // naming the daemon's reason (as JSON: the client was asked for --json).
+    let e: serde_json::Value = serde_json::from_slice(&stranger.stdout).expect("a JSON error");
+    assert_eq!(stranger.status.code(), Some(2), "{e}");
+    assert_eq!(e["error"]["kind"], "forbidden", "{e}");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("refused the connection"), "{msg}");
 }
 
 #[test]
@@ -111,7 +113,9 @@ fn permission_error_on_the_socket_says_who_may_use_it() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).expect("chmod");
 
     let o = ctl_as_nobody(&socket, None);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON error");
+    assert_eq!(e["error"]["kind"], "unreachable", "{e}");
+    let err = e["error"]["message"].as_str().unwrap_or_default();
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("ermission denied"), "{err}");
     assert!(err.contains("usermod -aG stringdriver"), "{err}");

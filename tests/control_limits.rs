@@ -119,12 +119,12 @@ async fn stringdriverctl_says_the_daemon_refused_the_connection() {
     .await
     .expect("ctl");
     server.await.expect("server");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("refused the connection (too_many_clients)"),
-        "{err}"
-    );
+    // --json: the error is a JSON object on stdout, with the same exit code.
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON error");
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e["error"]["kind"], "too_many_clients", "{e}");
+    let err = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(err.contains("refused the connection"), "{err}");
     assert!(err.contains("at most 64 clients"), "{err}");
     assert!(!err.contains("is the daemon running"), "{err}");
 }

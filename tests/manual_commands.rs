@@ -416,3 +416,39 @@ async fn disable_all_and_enable_all_cover_every_stepper_with_a_role() {
     assert!(run.parts.settings.borrow().enabled.iter().all(|e| *e));
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_errors_are_json_on_stdout_with_the_same_exit_codes() {
+    let (rig, run) = started(MachineOptions::new(HOST)).await;
+    let out = ctl(&rig.socket(), &["--json", "move", "99", "1"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+    assert_eq!(
+        e,
+        json!({"error": {"kind": "refused", "message": "stepper 99 does not exist (the host has 19)"}})
+    );
+    // STRINGDRIVER_SOCKET stands for --socket.
+    let socket = rig.socket();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+            .env("STRINGDRIVER_SOCKET", &socket)
+            .args(["--json", "status"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status");
+    assert!(st["boards"].is_array(), "{st}");
+    // A path that is not a socket says so, as JSON too.
+    let file = rig.dir.path().join("not-a-socket");
+    std::fs::write(&file, "").expect("file");
+    let out = ctl(&file, &["--json", "status"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+    assert_eq!(e["error"]["kind"], "unreachable", "{e}");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("is not a socket"), "{msg}");
+    run.stop().await;
+}

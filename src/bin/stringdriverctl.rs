@@ -26,7 +26,12 @@ use serde_json::{json, Value};
 )]
 struct Cli {
     /// The daemon's control socket.
-    #[arg(long, global = true, default_value = "/run/stringdriver/control.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRINGDRIVER_SOCKET",
+        default_value = "/run/stringdriver/control.sock"
+    )]
     socket: PathBuf,
     /// Print the raw result JSON.
     #[arg(long, global = true)]
@@ -573,15 +578,38 @@ fn connect_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// Ends with an error: `kind: message` on stderr, or with `--json` the
+/// object `{"error": {"kind", "message"}}` on stdout, so that a script reads
+/// errors where it reads results; the exit code is the same either way.
+fn fail(json: bool, code: u8, kind: &str, message: &str) -> ExitCode {
+    if json {
+        println!("{}", json!({"error": {"kind": kind, "message": message}}));
+    } else {
+        eprintln!("{kind}: {message}");
+    }
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let fail_connect = |e: std::io::Error| {
-        eprintln!(
-            "stringdriverctl: cannot reach stringdriverd at {}: {e} ({})",
-            cli.socket.display(),
-            connect_hint(&e)
-        );
-        ExitCode::from(2)
+        let path = &cli.socket;
+        let not_a_socket = std::fs::metadata(path)
+            .is_ok_and(|m| !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+        let message = if not_a_socket {
+            format!(
+                "{} is not a socket (give the daemon's control socket: --socket or STRINGDRIVER_SOCKET; \
+                 [control] socket in its configuration)",
+                path.display()
+            )
+        } else {
+            format!(
+                "cannot reach stringdriverd at {}: {e} ({})",
+                path.display(),
+                connect_hint(&e)
+            )
+        };
+        fail(cli.json, 2, "unreachable", &message)
     };
     let stream = match UnixStream::connect(&cli.socket) {
         Ok(s) => s,
@@ -617,11 +645,15 @@ fn main() -> ExitCode {
     let mut reader = BufReader::new(&stream);
     let mut reply = String::new();
     let closed = |e: std::io::Error| {
-        eprintln!(
-            "stringdriverctl: stringdriverd at {} accepted the connection and then closed it without a reply: {e}",
-            cli.socket.display()
-        );
-        ExitCode::from(2)
+        fail(
+            cli.json,
+            2,
+            "closed",
+            &format!(
+                "stringdriverd at {} accepted the connection and then closed it without a reply: {e}",
+                cli.socket.display()
+            ),
+        )
     };
     match reader.read_line(&mut reply) {
         Ok(0) => {
@@ -635,8 +667,12 @@ fn main() -> ExitCode {
     let reply: Value = match serde_json::from_str(&reply) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("stringdriverctl: the daemon's reply is not JSON: {e}: {reply}");
-            return ExitCode::from(2);
+            return fail(
+                cli.json,
+                2,
+                "bad_reply",
+                &format!("the daemon's reply is not JSON: {e}: {}", reply.trim_end()),
+            );
         }
     };
     if reply["ok"].as_bool() != Some(true) {
@@ -645,16 +681,18 @@ fn main() -> ExitCode {
             e["kind"].as_str(),
             Some("too_many_clients" | "forbidden" | "idle_timeout")
         ) {
-            eprintln!(
-                "stringdriverctl: stringdriverd at {} refused the connection ({}): {}",
-                cli.socket.display(),
-                show(&e["kind"]),
-                show(&e["message"])
+            return fail(
+                cli.json,
+                2,
+                &show(&e["kind"]),
+                &format!(
+                    "stringdriverd at {} refused the connection: {}",
+                    cli.socket.display(),
+                    show(&e["message"])
+                ),
             );
-            return ExitCode::from(2);
         }
-        eprintln!("{}: {}", show(&e["kind"]), show(&e["message"]));
-        return ExitCode::from(1);
+        return fail(cli.json, 1, &show(&e["kind"]), &show(&e["message"]));
     }
     let result = &reply["result"];
     if let (
