@@ -7,6 +7,7 @@ pub mod board;
 pub mod compat;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod feed;

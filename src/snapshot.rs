@@ -140,8 +140,12 @@ pub fn build(i: &Inputs<'_>) -> Result<MachineState, Unknown> {
             )));
         };
         if let Some(s) = b.trusted.iter().position(|t| !t) {
+            let g = positions.len() + s;
+            let role = i.layout.role(g);
             return Err(Unknown::Untrusted(format!(
-                "board {}: counter of stepper {s} is untrusted (reset or never set; calibrate or set it)",
+                "counter of stepper {g} ({}, {role}) on board {} is untrusted (the board reset, or it \
+                 was never set): set it (stringdriverctl set-position) or calibrate",
+                role.name().unwrap_or_else(|| "unused".into()),
                 b.name
             )));
         }

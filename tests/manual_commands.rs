@@ -452,3 +452,48 @@ async fn with_json_errors_are_json_on_stdout_with_the_same_exit_codes() {
     assert!(msg.contains("is not a socket"), "{msg}");
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_check_exit_codes_follow_capturing_paused_and_unreachable() {
+    use common::machine::{InProcess, SimMachine};
+    // Paused: the boards reset when their ports opened and nobody has set
+    // their counters yet.
+    let rig = SimMachine::start(MachineOptions::new(HOST));
+    let run = InProcess::start(&rig).await;
+    let out = ctl(&rig.socket(), &["status", "--check"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.starts_with("paused: "), "{text}");
+    // Capturing once every counter is set.
+    common::machine::set_pose(&run.parts).await;
+    assert!(
+        eventually(|| {
+            let s = run.parts.snapshots.status();
+            s.unknown.is_none() && s.last_at.is_some()
+        })
+        .await,
+        "never capturing: {:?}",
+        run.parts.snapshots.status().unknown
+    );
+    let out = ctl(&rig.socket(), &["status", "--check"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "capturing\n");
+    // The readable status fits 80 columns and starts with the summary.
+    let out = ctl(&rig.socket(), &["status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    for l in text.lines() {
+        assert!(l.chars().count() <= 80, "{l}");
+    }
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("capturing: ")),
+        "{text}"
+    );
+    assert!(text.contains(" z2in "), "{text}");
+    run.stop().await;
+    // Unreachable: the daemon is gone.
+    let out = ctl(&rig.socket(), &["status", "--check"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -42,8 +42,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Boards, enables, settings, feed, spool, shipper, operation, snapshots.
-    Status,
+    /// The machine at a glance: capturing or the one reason not, the
+    /// operation, boards, feed, storage, then every stepper and channel.
+    Status {
+        /// Print one line and exit 0 when the daemon captures rows, 1 when
+        /// it does not (2: unreachable): for scripts and monitoring.
+        #[arg(long)]
+        check: bool,
+    },
     /// The stepper map with live positions: index, name, role, board,
     /// position, trusted, enabled, touching, limits.
     Steppers,
@@ -151,7 +157,7 @@ enum OpCmd {
 
 fn request(cmd: &Cmd) -> Value {
     let mut r = match cmd {
-        Cmd::Status => json!({"cmd": "status"}),
+        Cmd::Status { .. } => json!({"cmd": "status"}),
         Cmd::Snapshot => json!({"cmd": "snapshot"}),
         Cmd::Move {
             abs: false,
@@ -257,98 +263,12 @@ fn show(v: &Value) -> String {
     }
 }
 
-fn print_status(r: &Value) {
-    println!("boards:");
-    for b in r["boards"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<10} {:<14} positions {} trusted {} polls {}/{} failed, resets {}, last good poll {}",
-            show(&b["name"]),
-            show(&b["link"]),
-            show(&b["positions"]),
-            show(&b["trusted"]),
-            show(&b["polls_ok"]),
-            show(&b["polls_failed"]),
-            show(&b["resets"]),
-            show(&b["last_good_poll"]),
-        );
-        if !b["moving"].is_null() {
-            let m = &b["moving"];
-            println!(
-                "    in transit: stepper {} {} {} -> {} since {} (expected {} s); silent since {}",
-                show(&m["stepper"]),
-                show(&m["op"]),
-                show(&m["from"]),
-                show(&m["target"]),
-                show(&m["since"]),
-                show(&m["expected_s"]),
-                show(&b["silent_since"]),
-            );
-        }
-    }
-    println!("enabled: {}", show(&r["enabled"]));
-    let f = &r["feed"];
-    println!(
-        "feed: {} (voice_count {}, amp_sum {})",
-        show(&f["detail"]),
-        show(&f["voice_count"]),
-        show(&f["amp_sum"])
-    );
-    let s = &r["snapshots"];
-    println!(
-        "snapshots: {} timer, {} event, last {}{}",
-        show(&s["timer"]),
-        show(&s["events"]),
-        show(&s["last_state_id"]),
-        s["unknown"]
-            .as_str()
-            .map(|u| format!("; paused: {u}"))
-            .unwrap_or_default()
-    );
-    let sp = &r["spool"];
-    println!(
-        "spool: backlog {}, dead letters {}, {} of {} bytes{}",
-        show(&sp["backlog"]),
-        show(&sp["dead_letters"]),
-        show(&sp["used_bytes"]),
-        show(&sp["limit_bytes"]),
-        match sp["lost_captures"].as_u64() {
-            Some(n) if n > 0 => format!(", {n} captures lost ({})", show(&sp["lost"])),
-            _ => String::new(),
-        }
-    );
-    let sh = &r["shipper"];
-    println!(
-        "shipper: {}, shipped {}{}",
-        if sh["connected"].as_bool() == Some(true) {
-            "connected"
-        } else {
-            "not connected"
-        },
-        show(&sh["shipped"]),
-        sh["last_error"]
-            .as_str()
-            .map(|e| format!(", error since {}: {e}", show(&sh["error_since"])))
-            .unwrap_or_default()
-    );
-    if let Some(n) = sh["stalls"].as_u64().filter(|n| *n > 0) {
-        println!(
-            "shipper stalls: {n}, the latest at {} (connection dropped and reopened)",
-            show(&sh["last_stall_at"])
-        );
-    }
-    println!(
-        "operation: {}",
-        r["operation"]["running"].as_str().unwrap_or("none running")
-    );
-    println!("settings:");
-    for (k, v) in r["settings"].as_object().into_iter().flatten() {
-        println!("  {k} = {v}");
-    }
-}
-
 fn print_readable(cmd: &Cmd, r: &Value) {
     match cmd {
-        Cmd::Status => print_status(r),
+        Cmd::Status { .. } => print!(
+            "{}",
+            stringdriverd::ctl::status_view::render(r, chrono::Utc::now())
+        ),
         Cmd::Steppers => print_steppers(r),
         Cmd::Snapshot => println!("snapshot {}", show(&r["state_id"])),
         Cmd::Move { .. } | Cmd::SetPosition { .. } => println!(
@@ -500,6 +420,24 @@ fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<(
         }
     });
     Some(ended)
+}
+
+/// Warns (stderr) when this client and the daemon differ in version or
+/// protocol: fields may be missing or mean something else.
+fn warn_version_skew(status: &Value) {
+    let d = &status["daemon"];
+    let mine = env!("CARGO_PKG_VERSION");
+    if d["protocol"].as_u64() != Some(1) {
+        eprintln!(
+            "warning: the daemon speaks control protocol {}, this stringdriverctl 1",
+            show(&d["protocol"])
+        );
+    } else if d["version"].as_str() != Some(mine) {
+        eprintln!(
+            "warning: stringdriverd is version {}, this stringdriverctl {mine}",
+            show(&d["version"])
+        );
+    }
 }
 
 /// One request on a connection of its own; the result, or the error text.
@@ -695,6 +633,23 @@ fn main() -> ExitCode {
         return fail(cli.json, 1, &show(&e["kind"]), &show(&e["message"]));
     }
     let result = &reply["result"];
+    if let Cmd::Status { .. } = cli.command {
+        warn_version_skew(result);
+    }
+    if let Cmd::Status { check: true } = cli.command {
+        let capturing = stringdriverd::ctl::status_view::capturing(result);
+        if cli.json {
+            println!(
+                "{}",
+                json!({"capturing": capturing, "reason": result["health"]["reason"]})
+            );
+        } else if capturing {
+            println!("capturing");
+        } else {
+            println!("paused: {}", show(&result["health"]["reason"]));
+        }
+        return ExitCode::from(if capturing { 0 } else { 1 });
+    }
     if let (
         Some(ended),
         Cmd::Op {

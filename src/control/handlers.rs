@@ -26,6 +26,10 @@ pub struct OpState {
     pub running: Option<String>,
     /// How the last one ended (an outcome object, or why it did not start).
     pub last: Option<Result<Value, ApiError>>,
+    /// When the running one started.
+    pub running_since: Option<DateTime<Utc>>,
+    /// When the last one ended.
+    pub last_ended_at: Option<DateTime<Utc>>,
 }
 
 /// State shared by every client of one server.
@@ -193,6 +197,17 @@ async fn stop(sh: &Shared) -> Value {
     })
 }
 
+/// Capturing, or the one reason not: what is unknown, or that no row has
+/// been captured yet (at start, before the engine's first try).
+fn health(s: &crate::snapshot::SnapshotStatus) -> Value {
+    let reason = match (&s.unknown, s.last_at) {
+        (Some(why), _) => Some(why.clone()),
+        (None, None) => Some("starting: no row captured yet".to_string()),
+        (None, Some(_)) => None,
+    };
+    json!({"capturing": reason.is_none(), "reason": reason})
+}
+
 /// Every part's status in one object.
 pub async fn status(sh: &Shared) -> Value {
     let p = &sh.parts;
@@ -252,7 +267,17 @@ pub async fn status(sh: &Shared) -> Value {
         Err(e) => json!({"error": e.to_string()}),
     };
     let op = sh.op.borrow().clone();
+    let snapshots = p.snapshots.status();
     json!({
+        "daemon": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol": super::protocol::VERSION,
+            "host": p.machine.host,
+        },
+        // One line for people and monitoring: rows are being captured, or
+        // the one reason they are not (with what to do about it).
+        "health": health(&snapshots),
+        "steppers": steppers(sh)["steppers"],
         "boards": boards,
         "enabled": settings.enabled,
         "settings": values,
@@ -271,9 +296,11 @@ pub async fn status(sh: &Shared) -> Value {
         "shipper": serde_json::to_value(p.shipper.borrow().clone()).unwrap_or(Value::Null),
         "operation": {
             "running": p.gate.running(),
+            "running_since": op.running_since,
             "last": op.last.map(outcome_json),
+            "last_ended_at": op.last_ended_at,
         },
-        "snapshots": serde_json::to_value(p.snapshots.status()).unwrap_or(Value::Null),
+        "snapshots": serde_json::to_value(snapshots).unwrap_or(Value::Null),
         "control": {
             "requests_dropped": sh.dropped.load(std::sync::atomic::Ordering::Relaxed),
         },
@@ -472,6 +499,7 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
             return false;
         }
         st.running = Some(kind.as_str().to_string());
+        st.running_since = Some(Utc::now());
         true
     });
     if let Some(k) = busy {
@@ -508,7 +536,9 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
             let _ = sh.op_events.send(super::protocol::event("operation", m));
             sh.op.send_modify(|st| {
                 st.running = None;
+                st.running_since = None;
                 st.last = Some(last);
+                st.last_ended_at = Some(Utc::now());
             });
         })
     };
