@@ -575,3 +575,89 @@ async fn a_sweep_is_refused_with_no_row_when_x_is_disabled_or_the_feed_is_absent
     assert_eq!(ops, 0, "refused before any row");
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_right_left_goes_from_x_finish_back_to_x_start() {
+    let (rig, run) = started(options("sd-sweep-rl", None)).await;
+    ready(&rig).await;
+    let mut c = Client::connect(&rig.socket()).await;
+    // The sound of Z 20 steps above the strings (~209) is in range for the
+    // operators' amp_sum_max 250: one clean pass per position.
+    set(
+        &mut c,
+        &[
+            ("amp_sum_max", json!(250)),
+            ("x_start", json!(95)),
+            ("x_finish", json!(110)),
+            ("x_step", json!(10)),
+            ("adjustment_level", json!(1)),
+        ],
+    )
+    .await;
+    let collector = collect_op_events(&rig).await;
+    let since = Instant::now();
+    let out = c
+        .ok(json!({"cmd": "op_run", "kind": "sweep_right_left", "wait": true}))
+        .await;
+    assert_eq!(out["status"], "completed", "{out}");
+    assert!(
+        out["message"].as_str().expect("message").starts_with(
+            "X (stepper 0) 110 to 95 in steps of 10: 3 of 3 positions done, X at 95, 3 passes"
+        ),
+        "{out}"
+    );
+    // Absolute to x_finish first, then toward x_start, the last step short.
+    let xs: Vec<i32> = moves(&rig.sims[0], since)
+        .iter()
+        .filter(|m| m.0 == 0)
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(xs, [110, 100, 95]);
+    let evs = collector.await.expect("events");
+    let at: Vec<(i64, &str)> = evs
+        .iter()
+        .filter(|e| e["phase"] == "progress")
+        .map(|e| {
+            (
+                e["x"].as_i64().unwrap_or(-1),
+                e["next"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(at, [(110, "step_x"), (100, "step_x"), (95, "done")]);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_sweep_is_refused_with_no_row_on_a_placeholder_x() {
+    use std::sync::Arc;
+    use stringdriverd::store::OperationType;
+    // The operations rig's machine with X max 0 (stringdriver-3's placeholder X).
+    let r = common::ops_rig::rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    let text = common::ops_rig::CONFIG.replace("z_first_index = 1", "x_max = 0\nz_first_index = 1");
+    let cfg = stringdriverd::config::parse(&text, std::path::Path::new("x0.toml")).expect("config");
+    let m = stringdriverd::ops::Machine {
+        layout: Arc::new(cfg.layout),
+        ..r.machine.clone()
+    };
+    let e = m
+        .run(OperationType::SweepLeftRight, None)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        e.to_string(),
+        "sweep_left_right refused: the X stepper's travel is 0 to 0 (X max 0: a placeholder X): \
+         there is no carriage travel to sweep"
+    );
+    let e = r
+        .machine
+        .run(OperationType::SweepRightLeft, Some(1))
+        .await
+        .expect_err("refused");
+    assert!(
+        e.to_string().contains("a single stepper cannot be given"),
+        "{e}"
+    );
+    assert!(common::ops_rig::events(&r.spool).await.is_empty(), "no row");
+    assert_eq!(common::ops_rig::moves(&r.sims[0]), 0);
+}
