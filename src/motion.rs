@@ -443,6 +443,19 @@ impl MotionGate {
         Ok(p)
     }
 
+    /// The counter of `stepper` if its board is connected and has read it
+    /// (and, with `trusted`, if the counter is trusted): what a move of it
+    /// would start from. For an operation's checks before it starts.
+    pub fn known_counter(&self, stepper: usize, trusted: bool) -> Result<i32, GateError> {
+        let (board, local) = self.locate(stepper)?;
+        let origin = if trusted {
+            Origin::Manual
+        } else {
+            Origin::Operation(0)
+        };
+        self.current(board, local, stepper, &origin)
+    }
+
     fn rest_of(&self, stepper: usize) -> Duration {
         let s = self.inner.settings.borrow();
         let secs = match self.inner.layout.role(stepper) {

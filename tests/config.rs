@@ -346,6 +346,36 @@ fn sweep_positions_must_lie_inside_the_x_travel() {
 }
 
 #[test]
+fn sweep_bounds_are_configured_validated_and_default_out_of_a_real_sweeps_reach() {
+    let t = example_text();
+    let o = parse(&t).unwrap().operations;
+    assert_eq!((o.sweep_max_passes, o.sweep_max_calibrations), (500, 100));
+    assert!(o.sweep_max_passes > o.retry_threshold);
+    let o = parse(&edit(
+        &t,
+        "sweep_max_calibrations = 100",
+        "sweep_max_calibrations = 0",
+    ))
+    .unwrap()
+    .operations;
+    assert_eq!(o.sweep_max_calibrations, 0, "0: a sweep never calibrates");
+    rejects(
+        &edit(&t, "sweep_max_passes = 500", "sweep_max_passes = 0"),
+        "operations.sweep_max_passes",
+        ">= 1",
+    );
+    rejects(
+        &edit(
+            &t,
+            "sweep_max_calibrations = 100",
+            "sweep_max_calibrations = -1",
+        ),
+        "operations.sweep_max_calibrations",
+        ">= 0",
+    );
+}
+
+#[test]
 #[should_panic(expected = "does not exist")]
 fn global_panics_past_a_board() {
     let c = parse(SD3).unwrap();

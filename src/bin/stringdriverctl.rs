@@ -117,7 +117,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum OpCmd {
-    /// Start an operation: bump_check, z_calibrate or z_adjust.
+    /// Start an operation: bump_check, z_calibrate, z_adjust,
+    /// sweep_left_right or sweep_right_left. With --wait, a sweep's progress
+    /// is printed after every pass.
     Run {
         /// The operation.
         kind: String,
@@ -134,7 +136,7 @@ enum OpCmd {
     Wait,
     /// Record an operation run by another program.
     Report {
-        /// bump_check, z_calibrate or z_adjust.
+        /// bump_check, z_calibrate, z_adjust, sweep_left_right or sweep_right_left.
         #[arg(long)]
         kind: String,
         /// started, completed, failed or cancelled.
@@ -369,14 +371,53 @@ fn print_readable(cmd: &Cmd, r: &Value) {
     }
 }
 
-/// While an operation runs, prints its progress (snapshots taken, operations
-/// started and ended, board links) to stderr from a second connection that
-/// streams events. Best effort: without it the wait still works.
-/// Subscribes to the daemon's events and prints progress lines on stderr
-/// while an operation runs. The subscription is confirmed before the caller
-/// sends its request, so the operation's first event cannot be missed; the
-/// receiver hears when an operation's `ended` event has been printed.
-fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<()>> {
+/// A sweep's progress event as one readable line.
+fn sweep_line(ev: &Value) -> String {
+    let deltas: Vec<String> = ev["deltas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| format!("{:.1}", d.as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    let clean = match ev["clean"].as_bool() {
+        Some(true) => "clean",
+        Some(false) => "not clean",
+        None => "no pass",
+    };
+    let mut line = format!(
+        "{} X {} (position {}/{}) pass {}: {clean}, clean run {}/{}, z variance {}, deltas [{}]",
+        show(&ev["kind"]),
+        show(&ev["x"]),
+        show(&ev["position"]),
+        show(&ev["positions"]),
+        show(&ev["pass"]),
+        show(&ev["clean_run"]),
+        show(&ev["adjustment_level"]),
+        show(&ev["z_variance"]),
+        deltas.join(", "),
+    );
+    if ev["skipped"].as_array().is_some_and(|s| !s.is_empty()) {
+        line.push_str(&format!(", skipped channels {}", ev["skipped"]));
+    }
+    line.push_str(&format!(
+        ", calibrations {}; next: {}",
+        show(&ev["calibrations"]),
+        show(&ev["next"]).replace('_', " ")
+    ));
+    if let Some(r) = ev["reason"].as_str() {
+        line.push_str(&format!(" ({r})"));
+    }
+    line
+}
+
+/// Subscribes to the daemon's events and prints progress on stderr while
+/// an operation runs, from a second connection (snapshots taken, operations
+/// started and ended, a sweep's passes, board links; with `json` the
+/// operation events as they came, one JSON line each). The subscription is
+/// confirmed before the caller sends its request, so the operation's first
+/// event cannot be missed; the receiver hears when an operation's `ended`
+/// event has been printed. Best effort: without it the wait still works.
+fn show_progress(socket: &std::path::Path, json: bool) -> Option<std::sync::mpsc::Receiver<()>> {
     let events = UnixStream::connect(socket).ok()?;
     let mut req = json!({"v": 1, "id": "progress", "cmd": "events"}).to_string();
     req.push('\n');
@@ -396,6 +437,9 @@ fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<(
                 continue;
             };
             let text = match ev["event"].as_str() {
+                Some("operation") if json => line.clone(),
+                _ if json => continue,
+                Some("operation") if ev["phase"] == "progress" => sweep_line(&ev),
                 Some("operation") => format!(
                     "operation {} {} {}",
                     show(&ev["kind"]),
@@ -413,7 +457,11 @@ fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<(
                 Some("board") => format!("board {} {}", show(&ev["board"]), show(&ev["link"])),
                 _ => continue,
             };
-            eprintln!("  ... {text}");
+            if json {
+                eprintln!("{text}");
+            } else {
+                eprintln!("  ... {text}");
+            }
             if ev["event"] == "operation" && ev["phase"] == "ended" {
                 let _ = ended_tx.send(());
             }
@@ -570,8 +618,8 @@ fn main() -> ExitCode {
             ),
         )
     });
-    let progress = if waits && !cli.json {
-        show_progress(&cli.socket)
+    let progress = if waits {
+        show_progress(&cli.socket, cli.json)
     } else {
         None
     };

@@ -338,6 +338,20 @@ fn operations(raw: RawOperations, x_travel: (i32, i32)) -> R<OperationSettings> 
         x_finish: x_position(&k("x_finish"), raw.x_finish, finish_default, x_travel)?,
         x_step: opt_int("x_step", raw.x_step, d.x_step, 1, ">= 1")?,
         tuner_step: opt_int("tuner_step", raw.tuner_step, d.tuner_step, 1, ">= 1")?,
+        sweep_max_passes: opt_int(
+            "sweep_max_passes",
+            raw.sweep_max_passes,
+            d.sweep_max_passes,
+            1,
+            ">= 1",
+        )?,
+        sweep_max_calibrations: opt_int(
+            "sweep_max_calibrations",
+            raw.sweep_max_calibrations,
+            d.sweep_max_calibrations,
+            0,
+            ">= 0",
+        )?,
         x_travel,
     })
 }
@@ -1228,6 +1242,8 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
             x_finish: Some(o.x_finish.into()),
             x_step: Some(o.x_step.into()),
             tuner_step: Some(o.tuner_step.into()),
+            sweep_max_passes: Some(o.sweep_max_passes.into()),
+            sweep_max_calibrations: Some(o.sweep_max_calibrations.into()),
         },
         thresholds: RawThresholds {
             voice_count_min: each(&t.voice_count_min),

@@ -206,6 +206,12 @@ pub(crate) struct RawOperations {
     /// See `OperationSettings`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuner_step: Option<i64>,
+    /// See `OperationSettings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_max_passes: Option<i64>,
+    /// See `OperationSettings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_max_calibrations: Option<i64>,
 }
 
 /// `[thresholds]`.

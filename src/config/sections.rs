@@ -74,6 +74,12 @@ pub struct OperationSettings {
     pub x_step: i32,
     /// The tuner jog step of the operator tools; >= 1.
     pub tuner_step: i32,
+    /// Sweeps: most passes at one X position (calibrations included)
+    /// before the sweep fails; >= 1. Not a machine_state column.
+    pub sweep_max_passes: i32,
+    /// Sweeps: most full z_calibrates in one sweep before it fails; >= 0.
+    /// Not a machine_state column.
+    pub sweep_max_calibrations: i32,
     /// Not a setting: the X stepper's travel `(min, max)` from the layout,
     /// against which `x_start` and `x_finish` are checked whenever they
     /// change. `(0, 0)` on a machine without an X or with a placeholder X
@@ -129,6 +135,8 @@ impl Default for OperationSettings {
             x_finish,
             x_step: 10,
             tuner_step: 100,
+            sweep_max_passes: 500,
+            sweep_max_calibrations: 100,
             x_travel,
         }
     }

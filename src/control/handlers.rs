@@ -474,7 +474,13 @@ async fn set(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
 fn parse_kind(req: &Request) -> Result<OperationType, ApiError> {
     let v = req.args.get("kind");
     v.and_then(|k| serde_json::from_value::<OperationType>(k.clone()).ok())
-        .ok_or_else(|| ApiError::bad_field("kind", "one of bump_check, z_calibrate, z_adjust", v))
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                "kind",
+                "one of bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left",
+                v,
+            )
+        })
 }
 
 fn outcome_value(o: &crate::ops::Outcome, kind: OperationType) -> Value {
@@ -518,7 +524,26 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
     let task = {
         let sh = sh.clone();
         tokio::spawn(async move {
-            let r = sh.parts.machine.run(kind, stepper).await;
+            // Subscribed before the run starts: no progress report is missed.
+            let mut progress = sh.parts.machine.progress.subscribe();
+            let run = sh.parts.machine.run(kind, stepper);
+            tokio::pin!(run);
+            let r = loop {
+                tokio::select! {
+                    biased;
+                    p = progress.recv() => match p {
+                        Ok(p) => publish_progress(&sh, &p),
+                        // Lagged: a slow moment dropped some; the next ones still come.
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break (&mut run).await,
+                    },
+                    r = &mut run => break r,
+                }
+            };
+            // Reports sent just before the end come before the `ended` event.
+            while let Ok(p) = progress.try_recv() {
+                publish_progress(&sh, &p);
+            }
             let last = match r {
                 Ok(o) => Ok(outcome_value(&o, kind)),
                 Err(e) => Err(match e {
@@ -552,6 +577,16 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
         return Ok(json!({"started": kind.as_str()}));
     }
     wait_done(&mut rx).await
+}
+
+/// A sweep's progress as an `operation` event with phase `progress`.
+fn publish_progress(sh: &Shared, p: &crate::ops::sweep::SweepProgress) {
+    let mut m = match serde_json::to_value(p) {
+        Ok(Value::Object(m)) => m,
+        _ => return,
+    };
+    m.insert("phase".into(), json!("progress"));
+    let _ = sh.op_events.send(super::protocol::event("operation", m));
 }
 
 async fn wait_done(rx: &mut watch::Receiver<OpState>) -> Result<Value, ApiError> {

@@ -51,7 +51,7 @@
 //! | `enable` / `disable` | `stepper` (or `"all"`: every stepper with a role) | `{stepper, enabled}` or `{steppers, enabled}` (persisted, event snapshot) |
 //! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
-//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust), `stepper`?, `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |
+//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left), `stepper`?, `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |
 //! | `op_cancel` | | `{cancelled}` (whether an operation was running) |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
 //! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |
@@ -62,7 +62,13 @@
 //! Moves and counter writes go through the motion gate as [`Origin::Manual`](crate::motion::Origin).
 //! Event lines look like `{"v":1,"event":"snapshot","status":{...}}`,
 //! `{"v":1,"event":"board","board":"carriage","link":"connected","detail":"connected"}`,
-//! `{"v":1,"event":"operation","phase":"started"|"ended","kind":"bump_check",...}`.
+//! `{"v":1,"event":"operation","phase":"started"|"ended","kind":"bump_check",...}`;
+//! a sweep adds one event after every pass, `{"v":1,"event":"operation",
+//! "phase":"progress","kind":"sweep_left_right","operation_id":...,"x":110,
+//! "position":2,"positions":3,"pass":1,"clean":true,"clean_run":1,
+//! "adjustment_level":4,"deltas":[...],"skipped":[...],"z_variance":0,
+//! "calibrations":0,"next":"pass"|"step_x"|"calibrate"|"done"|"fail","reason":null}`
+//! (`clean` null: a calibration called for before the pass).
 //!
 //! # Error kinds
 //!

@@ -414,6 +414,7 @@ pub async fn run_with_shipping(
                     })
                     .collect()
             }),
+            progress: tokio::sync::broadcast::channel(64).0,
         }
     };
     let parts = Parts {

@@ -115,6 +115,16 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         o.tuner_step.to_string(),
         n.tuner_step.to_string(),
     );
+    live(
+        "operations.sweep_max_passes",
+        o.sweep_max_passes.to_string(),
+        n.sweep_max_passes.to_string(),
+    );
+    live(
+        "operations.sweep_max_calibrations",
+        o.sweep_max_calibrations.to_string(),
+        n.sweep_max_calibrations.to_string(),
+    );
     let (t, u) = (&old.thresholds, &new.thresholds);
     live(
         "thresholds.voice_count_min",

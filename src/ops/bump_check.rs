@@ -3,14 +3,53 @@
 use super::{Machine, OpError, BUMP_ATTEMPTS};
 use crate::motion::OperationTicket;
 
+/// What a bump_check found: the steppers it lifted clear and those it
+/// disabled (still touching). A sweep's pass is clean only when both are empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct BumpReport {
+    /// Skipped: bump_check_enable is off.
+    pub off: bool,
+    /// Lifted until their sensor cleared.
+    pub lifted: Vec<usize>,
+    /// Still touching at their maximum or after 50 attempts: disabled.
+    pub critical: Vec<usize>,
+}
+
+impl BumpReport {
+    /// The enabled Z steppers found touching.
+    pub fn touching(&self) -> Vec<usize> {
+        let mut t = [self.lifted.as_slice(), self.critical.as_slice()].concat();
+        t.sort_unstable();
+        t
+    }
+
+    /// The operation's message.
+    pub fn message(&self) -> String {
+        if self.off {
+            return "bump_check is disabled (bump_check_enable = false): nothing done".into();
+        }
+        let mut msg = format!("lifted {:?}", self.lifted);
+        if !self.critical.is_empty() {
+            msg.push_str(&format!(
+                "; CRITICAL: disabled {:?} (still touching)",
+                self.critical
+            ));
+        }
+        msg
+    }
+}
+
 pub(super) async fn run(
     m: &Machine,
     t: &OperationTicket,
     steppers: &[usize],
-) -> Result<String, OpError> {
+) -> Result<BumpReport, OpError> {
     let s = m.settings();
     if !s.operations.bump_check_enable {
-        return Ok("bump_check is disabled (bump_check_enable = false): nothing done".into());
+        return Ok(BumpReport {
+            off: true,
+            ..BumpReport::default()
+        });
     }
     let up = s.operations.z_up_step;
     let (mut lifted, mut critical) = (Vec::new(), Vec::new());
@@ -44,11 +83,9 @@ pub(super) async fn run(
             critical.push(z);
         }
     }
-    let mut msg = format!("lifted {lifted:?}");
-    if !critical.is_empty() {
-        msg.push_str(&format!(
-            "; CRITICAL: disabled {critical:?} (still touching)"
-        ));
-    }
-    Ok(msg)
+    Ok(BumpReport {
+        off: false,
+        lifted,
+        critical,
+    })
 }

@@ -1,24 +1,29 @@
-//! The machine's operations — bump_check, z_calibrate, z_adjust — as
+//! The machine's operations — bump_check, z_calibrate, z_adjust and the
+//! sweeps (sweep_left_right, sweep_right_left) — as
 //! `../shared/reference/operations.md` describes them, executed through the
 //! motion gate (so every rule about enables, limits, rests and "one operation
 //! at a time" applies) and recorded: a snapshot before, an `operations` row
 //! `started` with the steppers involved and their positions, then
 //! `completed`, `failed` (with the error) or `cancelled` with the final
 //! positions, the message and `completed_at`, and a snapshot after. The
-//! bump_check runs inside z_calibrate and z_adjust are recorded as operations
+//! bump_check runs inside z_calibrate and z_adjust, and the z_adjusts,
+//! bump_checks and z_calibrates inside a sweep, are recorded as operations
 //! of their own.
 //!
 //! Every loop is bounded: bump_check by 50 attempts per stepper, z_calibrate's
-//! descent by the stepper's travel, its final lifting by 10 rounds.
+//! descent by the stepper's travel, its final lifting by 10 rounds, a sweep
+//! by its X positions, `operations.sweep_max_passes` per position and
+//! `operations.sweep_max_calibrations`.
 
 mod bump_check;
+pub mod sweep;
 mod z_adjust;
 mod z_calibrate;
 
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::config::{Layout, Role};
@@ -63,6 +68,14 @@ pub enum OpError {
         /// The enabled Z steppers whose sensors all read touching.
         steppers: Vec<usize>,
     },
+    /// The operation cannot start on this machine as it is now (no X to
+    /// sweep, a board not connected, the feed not usable, ...).
+    #[error("{0}")]
+    Precondition(String),
+    /// A sweep gave up (a bound reached, a nested operation failed); the
+    /// message says where and why.
+    #[error("{0}")]
+    Sweep(String),
 }
 
 /// A gate error inside an operation's message: refusals say so (the
@@ -90,6 +103,9 @@ pub struct Outcome {
     pub status: OperationStatus,
     /// The message recorded.
     pub message: String,
+    /// bump_check: the enabled Z steppers it found touching (lifted or
+    /// disabled). Empty for the other operations.
+    pub touching: Vec<usize>,
 }
 
 /// What the operations work with.
@@ -113,6 +129,10 @@ pub struct Machine {
     pub spool: SpoolHandle,
     /// Current counters of every stepper (global index order).
     pub positions: Arc<dyn Fn() -> Vec<i32> + Send + Sync>,
+    /// A sweep's progress after every pass (the control socket forwards it
+    /// as `operation` events with phase `progress`); sending with nobody
+    /// listening is fine.
+    pub progress: broadcast::Sender<sweep::SweepProgress>,
 }
 
 impl Machine {
@@ -189,6 +209,15 @@ impl Machine {
             );
             return Err(OpError::SensorsAllTouching { steppers: enabled });
         }
+        if kind.is_sweep() {
+            if only.is_some() {
+                return Err(OpError::Precondition(format!(
+                    "{} works on every enabled Z stepper: a single stepper cannot be given",
+                    kind.as_str()
+                )));
+            }
+            sweep::preconditions(self, kind)?;
+        }
         self.run_recorded(&ticket, kind, only).await
     }
 
@@ -199,8 +228,28 @@ impl Machine {
         kind: OperationType,
         only: Option<usize>,
     ) -> Result<Outcome, OpError> {
+        self.run_nested(ticket, kind, only, &[]).await
+    }
+
+    /// As [`run_recorded`](Machine::run_recorded); a z_adjust leaves the
+    /// channels in `skip` alone (a sweep's "still settling" channels).
+    async fn run_nested(
+        &self,
+        ticket: &OperationTicket,
+        kind: OperationType,
+        only: Option<usize>,
+        skip: &[usize],
+    ) -> Result<Outcome, OpError> {
         let steppers = match kind {
             OperationType::ZAdjust => self.enabled_z(None)?,
+            // A sweep works on X and every enabled Z stepper.
+            k if k.is_sweep() => self
+                .layout
+                .x()
+                .map(|x| x.first)
+                .into_iter()
+                .chain(self.enabled_z(None)?)
+                .collect(),
             _ => self.enabled_z(only)?,
         };
         // A jog of one of these at the machine stops the operation.
@@ -233,10 +282,19 @@ impl Machine {
         };
         self.record(started.clone()).await?;
         tracing::info!(%operation_id, operation = kind.as_str(), steppers = ?indices, "operation started");
+        let mut touching = Vec::new();
         let result = match kind {
-            OperationType::BumpCheck => Box::pin(bump_check::run(self, ticket, &steppers)).await,
+            OperationType::BumpCheck => Box::pin(bump_check::run(self, ticket, &steppers))
+                .await
+                .map(|r| {
+                    touching = r.touching();
+                    r.message()
+                }),
             OperationType::ZCalibrate => Box::pin(z_calibrate::run(self, ticket, &steppers)).await,
-            OperationType::ZAdjust => Box::pin(z_adjust::run(self, ticket)).await,
+            OperationType::ZAdjust => Box::pin(z_adjust::run(self, ticket, skip)).await,
+            OperationType::SweepLeftRight | OperationType::SweepRightLeft => {
+                Box::pin(sweep::run(self, ticket, kind, operation_id)).await
+            }
         };
         let (status, message) = match (&result, ticket.interrupted()) {
             // Stopped from the machine: whatever the steps said, the plan no longer holds.
@@ -267,6 +325,7 @@ impl Machine {
             operation_id,
             status,
             message,
+            touching,
         })
     }
 }

@@ -60,10 +60,19 @@ pub fn choose(
     }
 }
 
-pub(super) async fn run(m: &Machine, t: &OperationTicket) -> Result<String, OpError> {
+/// `skip`: channels left alone this time (a sweep's "still settling" ones).
+pub(super) async fn run(
+    m: &Machine,
+    t: &OperationTicket,
+    skip: &[usize],
+) -> Result<String, OpError> {
     m.run_recorded(t, OperationType::BumpCheck, None).await?;
     let mut moved = Vec::new();
     for c in 0..m.layout.strings() {
+        if skip.contains(&c) {
+            moved.push(format!("channel {c}: skipped (still settling)"));
+            continue;
+        }
         let feed = m.feed.borrow().clone();
         let values = feed
             .usable_at(chrono::Utc::now())

@@ -67,6 +67,10 @@ pub enum OperationType {
     ZCalibrate,
     /// Move Z steppers by the audio analysis.
     ZAdjust,
+    /// The automatic mode: X from x_start to x_finish, adjusting at each position.
+    SweepLeftRight,
+    /// The automatic mode: X from x_finish to x_start, adjusting at each position.
+    SweepRightLeft,
 }
 
 impl OperationType {
@@ -76,7 +80,17 @@ impl OperationType {
             OperationType::BumpCheck => "bump_check",
             OperationType::ZCalibrate => "z_calibrate",
             OperationType::ZAdjust => "z_adjust",
+            OperationType::SweepLeftRight => "sweep_left_right",
+            OperationType::SweepRightLeft => "sweep_right_left",
         }
+    }
+
+    /// Whether this is one of the sweeps.
+    pub fn is_sweep(self) -> bool {
+        matches!(
+            self,
+            OperationType::SweepLeftRight | OperationType::SweepRightLeft
+        )
     }
 }
 

@@ -63,6 +63,9 @@ pub struct MachineOptions {
     /// Mechanisms start where the demo's starting pose puts them (Z 20 steps
     /// above their strings) instead of at 0 (touching).
     pub demo_physics: bool,
+    /// More `[operations]` lines (configuration-only keys such as
+    /// `sweep_max_calibrations = 1`).
+    pub operations_extra: String,
 }
 
 impl MachineOptions {
@@ -79,6 +82,7 @@ impl MachineOptions {
             compat: false,
             feed: FeedMode::Static,
             demo_physics: false,
+            operations_extra: String::new(),
         }
     }
 
@@ -148,7 +152,7 @@ z_rest = {z_rest}
 x_rest = 0.05
 tune_rest = 0.05
 lap_rest = 0.05
-
+{operations_extra}
 [snapshot]
 interval = "{interval}"
 {link}
@@ -171,6 +175,7 @@ socket = "{d}/control.sock"
             z_rest = self.z_rest,
             interval = self.snapshot_interval,
             stale = self.stale_after,
+            operations_extra = self.operations_extra,
         )
     }
 }

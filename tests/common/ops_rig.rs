@@ -122,6 +122,7 @@ pub async fn rig(physical: [i64; 5], counters: [i32; 5]) -> Rig {
         snapshots,
         spool: spool.clone(),
         positions: Arc::new(move || b.status().positions.unwrap_or_default()),
+        progress: tokio::sync::broadcast::channel(64).0,
     };
     Rig {
         dir,
