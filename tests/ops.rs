@@ -5,8 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::ops_rig::{events, feed_with, moves, rig};
+use common::ops_rig::{events, feed_with, moves, rig, writes_to};
 use stringdriverd::feed::{FeedState, FeedStatus};
+use stringdriverd::ops::OpError;
 use stringdriverd::protocol::Op;
 use stringdriverd::sim::{Fault, TraceEvent};
 use stringdriverd::store::{OperationStatus, OperationType};
@@ -153,27 +154,267 @@ async fn z_adjust_moves_the_right_stepper_the_right_way() {
     );
 }
 
+/// A feed that is not ok refuses z_adjust before anything is recorded or
+/// moved (preconditions), instead of a row `started` then `failed`.
 #[tokio::test]
-async fn z_adjust_without_a_feed_fails_and_says_why() {
+async fn z_adjust_without_a_feed_is_refused_before_any_row() {
     let r = rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
     r.feed.send_replace(FeedStatus {
         state: FeedState::Absent("no audio_control".into()),
         ..FeedStatus::new()
     });
+    let e = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, OpError::NotReady { .. }), "{e}");
+    assert!(e.to_string().contains("audmon feed"), "{e}");
+    assert!(events(&r.spool).await.is_empty(), "no operation row");
+    assert_eq!(moves(&r.sims[0]), 0);
+    assert_eq!(r.machine.gate.running(), None, "the lock is released");
+}
+
+/// An operation asked for while a board is away (unplugged, or waiting for
+/// its reset) is refused before any row, snapshot or move.
+#[tokio::test]
+async fn an_operation_is_refused_without_a_row_while_its_board_is_not_connected() {
+    let r = rig([0, -3, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    r.sims[0].inject(Fault::Vanish);
+    r.board
+        .wait_for(Duration::from_secs(10), |s| {
+            s.link != stringdriverd::board::LinkState::Connected
+        })
+        .await
+        .expect("the board is seen gone");
+    for kind in [
+        OperationType::BumpCheck,
+        OperationType::ZCalibrate,
+        OperationType::ZAdjust,
+    ] {
+        let e = r.machine.run(kind, None).await.expect_err("refused");
+        assert!(matches!(e, OpError::NotReady { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{} not started: ", kind.as_str())),
+            "{e}"
+        );
+    }
+    assert!(events(&r.spool).await.is_empty(), "no operation row");
+    assert_eq!(moves(&r.sims[0]), 0, "nothing moved");
+}
+
+/// operations.md: on a tie, too close moves "in" on even channels and "out"
+/// on odd ones; too far moves "out" on even channels and "in" on odd ones.
+#[tokio::test]
+async fn z_adjust_breaks_ties_by_channel_parity() {
+    let r = rig([0, 20, 20, 30, 30], [0, 20, 20, 30, 30]).await;
+    // Too far on both channels (2 voices < voice_count_min 4).
+    r.feed.send_replace(feed_with(vec![2, 2], vec![50.0, 50.0]));
     let out = r
         .machine
         .run(OperationType::ZAdjust, None)
         .await
-        .expect("recorded");
-    assert_eq!(out.status, OperationStatus::Failed);
-    assert!(out.message.contains("audmon feed"), "{}", out.message);
-    let ev = events(&r.spool).await;
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let p = r.board.status().positions.expect("read");
+    assert_eq!((p[1], p[2]), (20, 18), "too far, even channel: out moves");
+    assert_eq!((p[3], p[4]), (28, 30), "too far, odd channel: in moves");
+    assert_eq!(&r.sims[0].physical()[1..], &[20, 18, 28, 30]);
+
+    // Tied again, too close on both (13 voices > 12).
+    r.board.set_stepper(2, 20).await.expect("set");
+    r.board.set_stepper(3, 30).await.expect("set");
+    r.sims[0].set_physical(&[0, 20, 20, 30, 30]);
+    r.feed
+        .send_replace(feed_with(vec![13, 13], vec![50.0, 50.0]));
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let p = r.board.status().positions.expect("read");
+    assert_eq!((p[1], p[2]), (22, 20), "too close, even channel: in moves");
+    assert_eq!((p[3], p[4]), (30, 32), "too close, odd channel: out moves");
+}
+
+/// A move that would leave the stepper's limits is that channel's problem
+/// only: reported "at its limit", skipped, the others and the final
+/// bump_check go on and the operation completes.
+#[tokio::test]
+async fn z_adjust_skips_a_channel_at_its_limit_and_still_runs_the_final_bump_check() {
+    // Channel 0's pair at the Z max 40: "too close" would take one to 42.
+    let r = rig([0, 40, 40, 30, 34], [0, 40, 40, 30, 34]).await;
+    r.feed
+        .send_replace(feed_with(vec![13, 2], vec![50.0, 50.0]));
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    assert!(
+        out.message.contains("channel 0: stepper 1 at its limit"),
+        "{}",
+        out.message
+    );
+    assert!(
+        out.message.contains("channel 1: stepper 4 -2"),
+        "{}",
+        out.message
+    );
+    let p = r.board.status().positions.expect("read");
+    assert_eq!(&p[1..], &[40, 40, 30, 32]);
+    let kinds: Vec<(OperationType, OperationStatus)> = events(&r.spool)
+        .await
+        .iter()
+        .map(|e| (e.operation_type, e.operation_status))
+        .collect();
+    use OperationStatus::*;
+    use OperationType::*;
     assert_eq!(
-        ev.last().map(|e| e.operation_status),
-        Some(OperationStatus::Failed)
+        kinds,
+        vec![
+            (ZAdjust, Started),
+            (BumpCheck, Started),
+            (BumpCheck, Completed),
+            (BumpCheck, Started),
+            (BumpCheck, Completed),
+            (ZAdjust, Completed),
+        ],
+        "both bump_checks ran and the operation completed"
+    );
+    assert!(r.sims[0].violations().is_empty());
+}
+
+/// After a move z_adjust rests z_rest and then lap_rest before the next
+/// channel (the simulator's trace has the times the moves arrived).
+#[tokio::test]
+async fn z_adjust_rests_z_rest_then_lap_rest_after_a_move() {
+    let r = rig([0, 20, 24, 30, 34], [0, 20, 24, 30, 34]).await;
+    r.settings.send_modify(|s| {
+        s.operations.z_rest = 0.3;
+        s.operations.lap_rest = 0.3;
+    });
+    // Too far on both: the higher counter of each pair (2, then 4) moves down.
+    r.feed.send_replace(feed_with(vec![2, 2], vec![50.0, 50.0]));
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let first = writes_to(&r.sims[0], 2);
+    let second = writes_to(&r.sims[0], 4);
+    let (Some((a, Op::Amove)), Some((b, Op::Amove))) = (first.last(), second.last()) else {
+        panic!("both moved: {first:?} {second:?}");
+    };
+    let gap = b.duration_since(*a);
+    assert!(
+        gap >= Duration::from_millis(600),
+        "z_rest 0.3 s + lap_rest 0.3 s between the two channels' moves, got {gap:?}"
     );
 }
 
+/// Each channel is judged on the sound when its turn comes: channel 1 is
+/// too close until channel 0's stepper has moved (a feed that follows the
+/// machine), so a judgement read fresh leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn z_adjust_reads_each_channel_fresh_when_its_turn_comes() {
+    let r = rig([0, 20, 24, 30, 34], [0, 20, 24, 30, 34]).await;
+    r.settings.send_modify(|s| {
+        s.operations.z_rest = 0.2;
+        s.operations.lap_rest = 0.2;
+    });
+    // Channel 0 too far; channel 1 too close while stepper 2 stands at 24.
+    let follow = {
+        let mut board = r.board.watch();
+        let feed = r.feed.clone();
+        tokio::spawn(async move {
+            loop {
+                let moved = board
+                    .borrow_and_update()
+                    .positions
+                    .as_ref()
+                    .is_some_and(|p| p[2] != 24);
+                let next = if moved {
+                    feed_with(vec![6, 6], vec![50.0, 50.0])
+                } else {
+                    feed_with(vec![2, 13], vec![50.0, 50.0])
+                };
+                feed.send_replace(next);
+                if board.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    follow.abort();
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let p = r.board.status().positions.expect("read");
+    assert_eq!(
+        p[2], 22,
+        "channel 0 too far: its farther stepper moved down"
+    );
+    assert_eq!(
+        (p[3], p[4]),
+        (30, 34),
+        "channel 1 judged after channel 0's move: in range, left alone ({})",
+        out.message
+    );
+}
+
+/// bump_check and z_calibrate read a stepper's sensor only once z_rest has
+/// passed since its last move (the mechanism has settled).
+#[tokio::test]
+async fn sensors_are_read_only_after_z_rest_since_the_move() {
+    // Z1 pressed 3 steps into its string.
+    let r = rig([0, -3, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    let rest = Duration::from_millis(250);
+    r.settings
+        .send_modify(|s| s.operations.z_rest = rest.as_secs_f64());
+    let out = r
+        .machine
+        .run(OperationType::ZCalibrate, Some(1))
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let moves1: Vec<std::time::Instant> = writes_to(&r.sims[0], 1)
+        .into_iter()
+        .filter(|(_, op)| *op != Op::SetStepper)
+        .map(|(at, _)| at)
+        .collect();
+    let mut checked = 0;
+    for (stepper, at, _) in r.sensors.log() {
+        if stepper != 1 {
+            continue;
+        }
+        let Some(last) = moves1.iter().filter(|m| **m <= at).max() else {
+            continue;
+        };
+        let since = at.duration_since(*last);
+        assert!(
+            since >= rest,
+            "stepper 1 read {since:?} after its move (z_rest {rest:?})"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "reads after moves: lifted twice, descended, lifted again ({checked})"
+    );
+}
+
+/// A cancel mid-descent: z_calibrate ends `cancelled` (its message says
+/// where each stepper was left), the stepper being calibrated — its counter
+/// set to max and never found — is untrusted, and nothing reaches the board
+/// after the cancel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_operation_records_cancelled_and_moves_nothing_more() {
     let r = rig([0, 40, 40, 40, 40], [0, 0, 0, 0, 0]).await;
@@ -198,18 +439,58 @@ async fn cancel_mid_operation_records_cancelled_and_moves_nothing_more() {
     });
     assert!(started.await.expect("join"), "the operation moved");
     assert!(r.machine.gate.cancel());
+    r.machine.gate.quiesce().await;
+    let cancelled_at = std::time::Instant::now();
     let out = task.await.expect("join").expect("recorded");
     assert_eq!(out.status, OperationStatus::Cancelled);
-    let after = moves(&r.sims[0]);
-    // Nothing moves once the operation has ended.
-    let out2 = r.machine.gate.running();
-    assert_eq!(out2, None);
-    assert_eq!(moves(&r.sims[0]), after);
+    assert!(
+        out.message.starts_with("cancelled; left: 1 at "),
+        "{}",
+        out.message
+    );
+    assert!(out.message.contains("(untrusted)"), "{}", out.message);
+    assert!(
+        !r.board.status().trusted[1],
+        "stepper 1's counter was set to max and never calibrated: untrusted"
+    );
+    assert_eq!(r.machine.gate.running(), None);
+    for s in 1..5 {
+        let after: Vec<_> = writes_to(&r.sims[0], s)
+            .into_iter()
+            .filter(|(at, _)| *at > cancelled_at)
+            .collect();
+        assert!(
+            after.is_empty(),
+            "stepper {s} written after the cancel: {after:?}"
+        );
+    }
     let ev = events(&r.spool).await;
     assert_eq!(
-        ev.last().map(|e| e.operation_status),
-        Some(OperationStatus::Cancelled)
+        ev.last().map(|e| (e.operation_type, e.operation_status)),
+        Some((OperationType::ZCalibrate, OperationStatus::Cancelled))
     );
+    assert!(
+        ev.iter()
+            .all(|e| e.operation_status != OperationStatus::Completed
+                || e.operation_type != OperationType::ZCalibrate),
+        "{ev:?}"
+    );
+}
+
+/// A cancelled ticket writes no counter either.
+#[tokio::test]
+async fn a_cancelled_operation_cannot_set_a_counter() {
+    let r = rig([0, 40, 40, 40, 40], [0, 10, 10, 10, 10]).await;
+    let t = r.machine.gate.begin("z_calibrate").expect("ticket");
+    assert!(r.machine.gate.cancel());
+    let e = r
+        .machine
+        .gate
+        .set_counter(&t.origin(), 1, 5)
+        .await
+        .expect_err("refused");
+    assert_eq!(e, stringdriverd::motion::GateError::Cancelled);
+    assert_eq!(r.board.status().positions.expect("read")[1], 10);
 }
 
 /// Every enabled Z sensor touching before an operation is wiring, not
@@ -226,7 +507,7 @@ async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_res
     ] {
         let e = r.machine.run(kind, None).await.expect_err("refused");
         assert!(
-            matches!(&e, stringdriverd::ops::OpError::SensorsAllTouching { steppers } if steppers == &[1, 2, 3, 4]),
+            matches!(&e, OpError::SensorsAllTouching { steppers } if steppers == &[1, 2, 3, 4]),
             "{e}"
         );
         assert!(e.to_string().contains("mis-wired"), "{e}");

@@ -101,6 +101,11 @@ enum OpCmd {
         /// Wait for the outcome.
         #[arg(long)]
         wait: bool,
+        /// Run it again lap_rest after each run until cancelled (`op
+        /// cancel`), a run does not complete, or (bump_check)
+        /// bump_check_enable is off. Each run is its own operation.
+        #[arg(long)]
+        repeat: bool,
     },
     /// Cancel the running operation.
     Cancel,
@@ -159,7 +164,10 @@ fn request(cmd: &Cmd) -> Value {
                 kind,
                 stepper,
                 wait,
-            } => json!({"cmd": "op_run", "kind": kind, "stepper": stepper, "wait": wait}),
+                repeat,
+            } => {
+                json!({"cmd": "op_run", "kind": kind, "stepper": stepper, "wait": wait, "repeat": repeat})
+            }
             OpCmd::Cancel => json!({"cmd": "op_cancel"}),
             OpCmd::Wait => json!({"cmd": "op_wait"}),
             OpCmd::Report {
@@ -270,10 +278,14 @@ fn print_status(r: &Value) {
             show(&sh["last_stall_at"])
         );
     }
-    println!(
-        "operation: {}",
-        r["operation"]["running"].as_str().unwrap_or("none running")
-    );
+    match r["operation"]["running"].as_str() {
+        Some(k) if r["operation"]["repeat"] == json!(true) => println!(
+            "operation: {k} (repeat: true, run: {})",
+            show(&r["operation"]["run"])
+        ),
+        Some(k) => println!("operation: {k}"),
+        None => println!("operation: none running"),
+    }
     println!("settings:");
     for (k, v) in r["settings"].as_object().into_iter().flatten() {
         println!("  {k} = {v}");
@@ -319,7 +331,15 @@ fn print_readable(cmd: &Cmd, r: &Value) {
             }
         }
         Cmd::Op { op } => match op {
-            OpCmd::Run { wait: false, .. } => println!("started {}", show(&r["started"])),
+            OpCmd::Run { wait: false, .. } => println!(
+                "started {}{}",
+                show(&r["started"]),
+                if r["repeat"] == json!(true) {
+                    " (repeat)"
+                } else {
+                    ""
+                }
+            ),
             OpCmd::Cancel => println!(
                 "{}",
                 if r["cancelled"].as_bool() == Some(true) {
@@ -335,13 +355,22 @@ fn print_readable(cmd: &Cmd, r: &Value) {
                     show(&r["status"])
                 )
             }
-            OpCmd::Run { wait: true, .. } | OpCmd::Wait => println!(
-                "{} {}: {} (operation {})",
-                show(&r["kind"]),
-                show(&r["status"]),
-                show(&r["message"]),
-                show(&r["operation_id"])
-            ),
+            OpCmd::Run { wait: true, .. } | OpCmd::Wait => {
+                println!(
+                    "{} {}: {} (operation {})",
+                    show(&r["kind"]),
+                    show(&r["status"]),
+                    show(&r["message"]),
+                    show(&r["operation_id"])
+                );
+                if r["repeat"].is_object() {
+                    println!(
+                        "repeat: {} runs; {}",
+                        show(&r["repeat"]["runs"]),
+                        show(&r["repeat"]["ended"])
+                    );
+                }
+            }
         },
         Cmd::Events => println!("{r}"),
     }
@@ -374,6 +403,13 @@ fn show_progress(socket: &std::path::Path) -> Option<std::sync::mpsc::Receiver<(
                 continue;
             };
             let text = match ev["event"].as_str() {
+                Some("operation") if ev["phase"] == "run_ended" => format!(
+                    "operation {} run {} {}: {}",
+                    show(&ev["kind"]),
+                    show(&ev["run"]),
+                    show(&ev["outcome"]["status"]),
+                    show(&ev["outcome"]["message"])
+                ),
                 Some("operation") => format!(
                     "operation {} {} {}",
                     show(&ev["kind"]),

@@ -49,8 +49,8 @@
 //! | `enable` / `disable` | `stepper` | `{stepper, enabled}` (persisted, event snapshot) |
 //! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
-//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust), `stepper`?, `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |
-//! | `op_cancel` | | `{cancelled}` (whether an operation was running) |
+//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust), `stepper`?, `wait`?, `repeat`? | `{started}` (`{started, repeat: true}`), or with `wait` the outcome `{kind, operation_id, status, message}` (a repetition's: the last run's, `status` `cancelled` if cancelled between runs, and `repeat: {runs, ended}`) |
+//! | `op_cancel` | | `{cancelled}` (whether an operation was running); stops a repetition too |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
 //! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |
 //! | `events` | | `{events: true}`, then the connection is a stream of event lines |
@@ -58,7 +58,16 @@
 //! Moves and counter writes go through the motion gate as [`Origin::Manual`](crate::motion::Origin).
 //! Event lines look like `{"v":1,"event":"snapshot","status":{...}}`,
 //! `{"v":1,"event":"board","board":"carriage","link":"connected","detail":"connected"}`,
-//! `{"v":1,"event":"operation","phase":"started"|"ended","kind":"bump_check",...}`.
+//! `{"v":1,"event":"operation","phase":"started"|"ended","kind":"bump_check",...}`
+//! (a repetition also sends `"phase":"run_ended"` with `run` and `outcome`
+//! after each run).
+//!
+//! `op_run` is refused (`refused`, no `operations` row) when what the
+//! operation needs is missing (`ops::preconditions`). With `repeat` the
+//! operation runs again `lap_rest` after each run until cancelled, a run
+//! does not complete, or (bump_check) bump_check_enable is off; the
+//! one-operation lock is held across the runs and the rests between them;
+//! `status` shows `operation.repeat` and `operation.run`.
 //!
 //! # Error kinds
 //!

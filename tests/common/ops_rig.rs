@@ -4,7 +4,7 @@
 //! works with, real parts throughout.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
@@ -13,7 +13,7 @@ use stringdriverd::feed::{FeedState, FeedStatus, FeedValues};
 use stringdriverd::motion::MotionGate;
 use stringdriverd::ops::Machine;
 use stringdriverd::protocol::{Firmware, Op};
-use stringdriverd::sensors::SimulatedSensors;
+use stringdriverd::sensors::{SensorError, SimulatedSensors, TouchSensors};
 use stringdriverd::sim::{Profile, SimHandle, TraceEvent};
 use stringdriverd::snapshot::{self, Settings, Sources};
 use stringdriverd::store::{Record, Spool, SpoolHandle};
@@ -42,6 +42,37 @@ lap_rest = 0.02
 voice_count_min = 4
 "#;
 
+/// The touch sensors with a log of every read: which stepper, when (on the
+/// same clock as the simulator's trace), what it read.
+pub struct RecordingSensors {
+    inner: SimulatedSensors,
+    /// Every read so far.
+    pub reads: Mutex<Vec<(usize, std::time::Instant, bool)>>,
+}
+
+impl TouchSensors for RecordingSensors {
+    fn read(&self, stepper: usize) -> Result<bool, SensorError> {
+        let r = self.inner.read(stepper)?;
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).push((
+            stepper,
+            std::time::Instant::now(),
+            r,
+        ));
+        Ok(r)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+impl RecordingSensors {
+    /// The reads so far.
+    pub fn log(&self) -> Vec<(usize, std::time::Instant, bool)> {
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Everything the operations work with, and the handles a test drives.
 pub struct Rig {
     pub dir: tempfile::TempDir,
@@ -53,6 +84,8 @@ pub struct Rig {
     pub spool: SpoolHandle,
     pub interval: watch::Sender<Duration>,
     pub shutdown: CancellationToken,
+    /// The sensors the machine reads, with their log.
+    pub sensors: Arc<RecordingSensors>,
 }
 
 /// An `ok` feed with these values.
@@ -110,13 +143,16 @@ pub async fn rig(physical: [i64; 5], counters: [i32; 5]) -> Rig {
     let (interval_tx, interval) = watch::channel(Duration::from_secs(3600));
     let (snapshots, _st) = snapshot::spawn(sources, spool.clone(), interval, shutdown.clone());
     let gate = MotionGate::new(vec![board.clone()], layout.clone(), settings_rx);
-    let sensors = Arc::new(SimulatedSensors::from_handles(&layout, sims.clone()));
+    let sensors = Arc::new(RecordingSensors {
+        inner: SimulatedSensors::from_handles(&layout, sims.clone()),
+        reads: Mutex::new(Vec::new()),
+    });
     let b = board.clone();
     let machine = Machine {
         host: "ops-test".into(),
         layout,
         gate,
-        sensors,
+        sensors: sensors.clone(),
         settings: settings_tx.clone(),
         feed: feed_rx,
         snapshots,
@@ -133,6 +169,7 @@ pub async fn rig(physical: [i64; 5], counters: [i32; 5]) -> Rig {
         spool,
         interval: interval_tx,
         shutdown,
+        sensors,
     }
 }
 
@@ -154,6 +191,22 @@ pub async fn events(spool: &SpoolHandle) -> Vec<stringdriverd::store::OperationE
         .into_iter()
         .filter_map(|r| match r {
             Record::Operation { event } => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+/// When the simulator received each move (amove/rmove) and counter write
+/// (set_stepper) of `stepper` (local index), in order.
+pub fn writes_to(sim: &SimHandle, stepper: usize) -> Vec<(std::time::Instant, Op)> {
+    sim.trace()
+        .iter()
+        .filter_map(|e| match &e.event {
+            TraceEvent::Message {
+                op: Some(op @ (Op::Amove | Op::Rmove | Op::SetStepper)),
+                args,
+                ..
+            } if args.first() == Some(&(stepper as i32)) => Some((e.at, *op)),
             _ => None,
         })
         .collect()
