@@ -528,3 +528,244 @@ async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_res
         "{ran:?}"
     );
 }
+
+// ---- The real daemon (in-process) on the simulated stringdriver-2, with
+// ---- real PostgreSQL, driven through its control socket.
+
+mod daemon_level {
+    use super::common;
+    use super::*;
+    use common::control::{ctl, wait_status, Client};
+    use common::machine::{started, InProcess, MachineOptions, SimMachine};
+    use common::ops_rig::{wait_moves, wait_rows, OpRow};
+    use common::pg::TestDb;
+    use serde_json::json;
+
+    /// A machine with touch sensors, mechanisms 20 steps above their
+    /// strings, shipping to `db`.
+    fn options(host: &str, db: &TestDb) -> MachineOptions {
+        let mut o = MachineOptions::new(host);
+        o.db_url = Some(db.url());
+        o.sensors = true;
+        o.demo_physics = true;
+        o
+    }
+
+    /// Writes (moves, counter sets) the carriage board received after `t`.
+    fn writes_after(m: &SimMachine, t: std::time::Instant) -> Vec<(usize, Op)> {
+        (0..13)
+            .flat_map(|s| {
+                writes_to(&m.sims[0], s)
+                    .into_iter()
+                    .filter(move |(at, _)| *at > t)
+                    .map(move |(_, op)| (s, op))
+            })
+            .collect()
+    }
+
+    fn terminal(rows: &[OpRow]) -> bool {
+        !rows.is_empty() && rows.iter().all(|r| r.status != "started")
+    }
+
+    /// `op cancel` in the middle of z_calibrate's descent: every row ends
+    /// `cancelled` (none `completed` after the cancel, no final bump_check
+    /// rounds), the message says where the steppers were left, the stepper
+    /// being calibrated is untrusted, and nothing reaches the board after
+    /// the cancel's reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn z_calibrate_cancelled_through_the_socket_is_recorded_cancelled_and_moves_nothing_after(
+    ) {
+        const HOST: &str = "sd-ops-cancel";
+        let db = TestDb::create().await;
+        let mut o = options(HOST, &db);
+        // Long rests: the cancel lands in the middle of stepper 1's descent.
+        o.z_rest = 0.2;
+        let (m, run) = started(o).await;
+        let mut c = Client::connect(&m.socket()).await;
+        c.ok(json!({"cmd": "op_run", "kind": "z_calibrate"})).await;
+        wait_moves(&m.sims[0], 3).await;
+        let wall = chrono::Utc::now();
+        assert_eq!(
+            c.ok(json!({"cmd": "op_cancel"})).await,
+            json!({"cancelled": true})
+        );
+        let after = std::time::Instant::now();
+        let out = c.ok(json!({"cmd": "op_wait"})).await;
+        assert_eq!(out["status"], "cancelled", "{out}");
+        let msg = out["message"].as_str().expect("message");
+        assert!(msg.starts_with("cancelled; left: 1 at "), "{msg}");
+        assert!(
+            msg.contains("1 at ") && msg.contains("(untrusted)"),
+            "{msg}"
+        );
+        assert_eq!(
+            writes_after(&m, after),
+            vec![],
+            "nothing written after the cancel"
+        );
+        let st = wait_status(&m.socket(), "the operation ended", |s| {
+            s["operation"]["running"].is_null()
+        })
+        .await;
+        assert_eq!(
+            st["boards"][0]["trusted"][1],
+            json!(false),
+            "stepper 1: set to max, never calibrated: untrusted"
+        );
+
+        let client = db.client().await;
+        let rows = wait_rows(&client, HOST, "the z_calibrate row shipped, ended", |r| {
+            terminal(r) && r.iter().any(|r| r.kind == "z_calibrate")
+        })
+        .await;
+        let kinds: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.kind.as_str(), r.status.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![("z_calibrate", "cancelled"), ("bump_check", "completed")],
+            "the first bump_check completed before the cancel; no final rounds ran"
+        );
+        for r in &rows {
+            if r.status == "completed" {
+                assert!(
+                    r.completed_at.is_some_and(|t| t < wall),
+                    "completed after the cancel: {r:?}"
+                );
+            }
+        }
+        assert_eq!(rows[0].message.as_deref(), Some(msg));
+        assert_eq!(m.violations(), 0);
+        run.stop().await;
+    }
+
+    /// SIGTERM (the daemon's stop) during z_calibrate: the operation is
+    /// recorded `cancelled`, not `completed` nor left for the next start to
+    /// close as interrupted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn z_calibrate_stopped_by_sigterm_is_recorded_cancelled() {
+        const HOST: &str = "sd-ops-term";
+        let db = TestDb::create().await;
+        let mut o = options(HOST, &db);
+        o.z_rest = 0.2;
+        let (m, run) = started(o).await;
+        let mut c = Client::connect(&m.socket()).await;
+        c.ok(json!({"cmd": "op_run", "kind": "z_calibrate"})).await;
+        wait_moves(&m.sims[0], 3).await;
+        drop(c);
+        run.stop().await;
+        // Whatever the stop left unshipped ships at the next start.
+        let again = InProcess::start(&m).await;
+        let client = db.client().await;
+        let rows = wait_rows(&client, HOST, "the z_calibrate row shipped, ended", |r| {
+            terminal(r) && r.iter().any(|r| r.kind == "z_calibrate")
+        })
+        .await;
+        let cal: Vec<&OpRow> = rows.iter().filter(|r| r.kind == "z_calibrate").collect();
+        assert_eq!(cal.len(), 1);
+        assert_eq!(cal[0].status, "cancelled", "{:?}", cal[0]);
+        assert!(
+            cal[0]
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("cancelled; left: ")),
+            "{:?}",
+            cal[0]
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.status != "completed" || r.kind == "bump_check"),
+            "{rows:#?}"
+        );
+        again.stop().await;
+    }
+
+    /// `op run bump_check --repeat`: each run its own row, lap_rest apart,
+    /// the lock held in between (another operation is refused), status shows
+    /// the run; `op cancel` ends the repetition; bump_check_enable off ends
+    /// it too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeat_runs_until_cancelled_each_run_its_own_row() {
+        const HOST: &str = "sd-ops-repeat";
+        let db = TestDb::create().await;
+        let (m, run) = started(options(HOST, &db)).await;
+        let sock = m.socket();
+        let o = ctl(&sock, &["op", "run", "bump_check", "--repeat"]).await;
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "started bump_check (repeat)"
+        );
+        let st = wait_status(&sock, "a third run", |s| {
+            s["operation"]["run"].as_u64().is_some_and(|n| n >= 3)
+        })
+        .await;
+        assert_eq!(st["operation"]["repeat"], json!(true), "{st}");
+        assert_eq!(st["operation"]["running"], json!("bump_check"), "{st}");
+        let shown = ctl(&sock, &["status"]).await;
+        assert!(
+            String::from_utf8_lossy(&shown.stdout)
+                .contains("operation: bump_check (repeat: true, run: "),
+            "{shown:?}"
+        );
+        let mut c = Client::connect(&sock).await;
+        let busy = c
+            .err(json!({"cmd": "op_run", "kind": "z_adjust"}), "busy")
+            .await;
+        assert!(busy.contains("bump_check"), "{busy}");
+        let cancel = ctl(&sock, &["op", "cancel"]).await;
+        assert!(cancel.status.success(), "{cancel:?}");
+        let out = c.ok(json!({"cmd": "op_wait"})).await;
+        assert_eq!(out["status"], "cancelled", "{out}");
+        let runs = out["repeat"]["runs"].as_u64().expect("runs");
+        // status showed run 3: the third running, or awaited after run 2's rest.
+        assert!(runs >= 2, "{out}");
+
+        let client = db.client().await;
+        let rows = wait_rows(&client, HOST, "every run shipped", |r| {
+            terminal(r) && r.len() as u64 == runs
+        })
+        .await;
+        let ids: std::collections::BTreeSet<_> = rows.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len() as u64, runs, "one row per run");
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r.kind, "bump_check");
+            let last = i + 1 == rows.len();
+            assert!(
+                r.status == "completed" || (last && r.status == "cancelled"),
+                "run {i}: {r:?}"
+            );
+        }
+        // lap_rest (50 ms) between the end of one run and the next one's start.
+        for w in rows.windows(2) {
+            let gap = w[1].recorded_at - w[0].completed_at.expect("ended");
+            assert!(
+                gap >= chrono::Duration::milliseconds(50),
+                "runs {:?} apart",
+                gap
+            );
+        }
+
+        // bump_check_enable off ends a repetition after its run.
+        c.ok(json!({"cmd": "op_run", "kind": "bump_check", "repeat": true}))
+            .await;
+        wait_status(&sock, "a second run", |s| {
+            s["operation"]["run"].as_u64().is_some_and(|n| n >= 2)
+        })
+        .await;
+        c.ok(json!({"cmd": "set", "name": "bump_check_enable", "value": false}))
+            .await;
+        let out = c.ok(json!({"cmd": "op_wait"})).await;
+        assert_eq!(out["status"], "completed", "{out}");
+        assert!(
+            out["repeat"]["ended"]
+                .as_str()
+                .is_some_and(|e| e.contains("bump_check_enable is off")),
+            "{out}"
+        );
+        let st = wait_status(&sock, "idle", |s| s["operation"]["running"].is_null()).await;
+        assert_eq!(st["operation"]["repeat"], json!(false));
+        run.stop().await;
+    }
+}

@@ -227,3 +227,73 @@ pub fn moves(sim: &SimHandle) -> usize {
         })
         .count()
 }
+
+/// One `operations` row as the daemon-level tests read it back from PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct OpRow {
+    pub id: uuid::Uuid,
+    pub kind: String,
+    pub status: String,
+    pub message: Option<String>,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub final_positions: Vec<i32>,
+}
+
+/// The `operations` rows of `host`, oldest start first.
+pub async fn op_rows(client: &tokio_postgres::Client, host: &str) -> Vec<OpRow> {
+    client
+        .query(
+            "SELECT operation_id, operation_type, operation_status, message, recorded_at, \
+             completed_at, final_positions FROM operations WHERE host = $1 \
+             ORDER BY recorded_at, operation_id",
+            &[&host],
+        )
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| OpRow {
+            id: r.get(0),
+            kind: r.get(1),
+            status: r.get(2),
+            message: r.get(3),
+            recorded_at: r.get(4),
+            completed_at: r.get(5),
+            final_positions: r.get(6),
+        })
+        .collect()
+}
+
+/// Waits until `host`'s rows in PostgreSQL satisfy `done` (they arrive as
+/// the shipper ships them) and returns them.
+pub async fn wait_rows(
+    client: &tokio_postgres::Client,
+    host: &str,
+    what: &str,
+    done: impl Fn(&[OpRow]) -> bool,
+) -> Vec<OpRow> {
+    let deadline = tokio::time::Instant::now() + super::machine::WAIT;
+    loop {
+        let rows = op_rows(client, host).await;
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited for {what}; rows: {rows:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the simulator has received `n` moves in all.
+pub async fn wait_moves(sim: &SimHandle, n: usize) {
+    let deadline = tokio::time::Instant::now() + super::machine::WAIT;
+    while moves(sim) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited for {n} moves"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
