@@ -18,6 +18,12 @@
 //! A move to where the stepper already stands (`delta` 0) passes checks 1-3
 //! and then ends: nothing is sent, no rest is waited for or started.
 //!
+//! After a cancel nothing of the operation passes: its moves and counter
+//! writes are checked for the cancel under the gate's one-move lock right
+//! before they are sent, and [`MotionGate::quiesce`] waits for a move already
+//! past that check. [`MotionGate::settle`] lets an operation wait out a
+//! stepper's rest before reading its sensor.
+//!
 //! Setting a counter without motion passes check 1, the existence part of
 //! check 2 and check 4 on the value (it is refused to others while an
 //! operation runs; a counter outside the stepper's travel is refused like a

@@ -529,6 +529,78 @@ async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_res
     );
 }
 
+/// A repetition stops at a run that fails (the machine needs attention:
+/// repeating would hammer it), and says so; the failed run is its own row.
+#[tokio::test]
+async fn repeat_stops_at_a_failed_run_and_says_so() {
+    use std::sync::atomic::Ordering;
+    let r = rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    let sensors = r.sensors.clone();
+    let mut seen = Vec::new();
+    let rep = r
+        .machine
+        .run_repeat(OperationType::BumpCheck, None, |n, out| {
+            seen.push((n, out.status));
+            if n == 2 {
+                // Run 3's preconditions read the 4 sensors; its own first read fails.
+                let done = sensors.log().len();
+                sensors.fail_after.store(done + 4, Ordering::SeqCst);
+            }
+        })
+        .await
+        .expect("runs");
+    use OperationStatus::*;
+    assert_eq!(seen, vec![(1, Completed), (2, Completed), (3, Failed)]);
+    assert_eq!(rep.runs, 3);
+    assert_eq!(rep.last.status, Failed);
+    assert!(!rep.cancelled);
+    assert_eq!(rep.ended, "run 3 failed: repetition stopped");
+    assert!(
+        rep.last.message.contains("sensor line broke"),
+        "{}",
+        rep.last.message
+    );
+    let ended: Vec<OperationStatus> = events(&r.spool)
+        .await
+        .iter()
+        .map(|e| e.operation_status)
+        .filter(|s| *s != Started)
+        .collect();
+    assert_eq!(ended, vec![Completed, Completed, Failed], "one row per run");
+    assert_eq!(r.machine.gate.running(), None, "the lock is released");
+}
+
+/// A repetition whose next run is refused by its preconditions ends there,
+/// with no row for the refused run.
+#[tokio::test]
+async fn repeat_ends_when_the_next_run_is_refused() {
+    use std::sync::atomic::Ordering;
+    let r = rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    let sensors = r.sensors.clone();
+    let rep = r
+        .machine
+        .run_repeat(OperationType::BumpCheck, None, |n, _| {
+            if n == 1 {
+                sensors.fail_after.store(0, Ordering::SeqCst);
+            }
+        })
+        .await
+        .expect("runs");
+    assert_eq!(rep.runs, 1);
+    assert_eq!(rep.last.status, OperationStatus::Completed);
+    assert!(
+        rep.ended
+            .starts_with("run 2: bump_check not started: the touch sensor of stepper 1"),
+        "{}",
+        rep.ended
+    );
+    assert_eq!(
+        events(&r.spool).await.len(),
+        2,
+        "run 1 started and completed only"
+    );
+}
+
 // ---- The real daemon (in-process) on the simulated stringdriver-2, with
 // ---- real PostgreSQL, driven through its control socket.
 

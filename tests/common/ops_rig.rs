@@ -48,10 +48,20 @@ pub struct RecordingSensors {
     inner: SimulatedSensors,
     /// Every read so far.
     pub reads: Mutex<Vec<(usize, std::time::Instant, bool)>>,
+    /// Reads after this many (counted from the start) fail, as a broken
+    /// sensor line would.
+    pub fail_after: std::sync::atomic::AtomicUsize,
 }
 
 impl TouchSensors for RecordingSensors {
     fn read(&self, stepper: usize) -> Result<bool, SensorError> {
+        let done = self.reads.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if done >= self.fail_after.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SensorError::Simulator {
+                stepper,
+                detail: "the sensor line broke (test)".into(),
+            });
+        }
         let r = self.inner.read(stepper)?;
         self.reads.lock().unwrap_or_else(|e| e.into_inner()).push((
             stepper,
@@ -146,6 +156,7 @@ pub async fn rig(physical: [i64; 5], counters: [i32; 5]) -> Rig {
     let sensors = Arc::new(RecordingSensors {
         inner: SimulatedSensors::from_handles(&layout, sims.clone()),
         reads: Mutex::new(Vec::new()),
+        fail_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
     });
     let b = board.clone();
     let machine = Machine {
