@@ -553,7 +553,7 @@ async fn repeat_stops_at_a_failed_run_and_says_so() {
     assert_eq!(seen, vec![(1, Completed), (2, Completed), (3, Failed)]);
     assert_eq!(rep.runs, 3);
     assert_eq!(rep.last.status, Failed);
-    assert!(!rep.cancelled);
+    assert!(!rep.cancelled && !rep.refused);
     assert_eq!(rep.ended, "run 3 failed: repetition stopped");
     assert!(
         rep.last.message.contains("sensor line broke"),
@@ -588,6 +588,7 @@ async fn repeat_ends_when_the_next_run_is_refused() {
         .expect("runs");
     assert_eq!(rep.runs, 1);
     assert_eq!(rep.last.status, OperationStatus::Completed);
+    assert!(rep.refused && !rep.cancelled);
     assert!(
         rep.ended
             .starts_with("run 2: bump_check not started: the touch sensor of stepper 1"),

@@ -355,12 +355,16 @@ fn outcome_value(o: &crate::ops::Outcome, kind: OperationType) -> Value {
 
 /// A repetition's outcome: the last run's, with `repeat: {runs, ended}`.
 /// Its `status` is the repetition's: `cancelled` when it was cancelled
-/// during the rest between runs (the last run itself completed, as its row
-/// says), otherwise the last run's.
+/// during the rest between runs, `failed` when the next run was refused by
+/// its preconditions (in both cases the last run itself completed, as its
+/// row says), otherwise the last run's — so `op run --repeat --wait` exits
+/// non-zero whenever the repetition did not end by bump_check_enable.
 fn repeated_value(r: &crate::ops::Repeated, kind: OperationType) -> Value {
     let mut v = outcome_value(&r.last, kind);
     if r.cancelled {
         v["status"] = json!("cancelled");
+    } else if r.refused {
+        v["status"] = json!("failed");
     }
     v["repeat"] = json!({"runs": r.runs, "ended": r.ended});
     v

@@ -137,6 +137,9 @@ pub struct Repeated {
     /// Ended by a cancel during the rest between runs (the last run itself
     /// completed).
     pub cancelled: bool,
+    /// Ended because the next run was refused by its preconditions (the
+    /// last run itself completed; the machine needs attention).
+    pub refused: bool,
 }
 
 /// What the operations work with.
@@ -265,6 +268,7 @@ impl Machine {
                 last: out.clone(),
                 ended: why,
                 cancelled: false,
+                refused: false,
             };
             if out.status != OperationStatus::Completed {
                 return Ok(ended(format!(
@@ -289,7 +293,10 @@ impl Machine {
                 });
             }
             if let Err(e) = preconditions::check(self, kind, only) {
-                return Ok(ended(format!("run {}: {e}", runs + 1)));
+                return Ok(Repeated {
+                    refused: true,
+                    ..ended(format!("run {}: {e}", runs + 1))
+                });
             }
         }
     }
