@@ -18,6 +18,12 @@
 //! A move to where the stepper already stands (`delta` 0) passes checks 1-3
 //! and then ends: nothing is sent, no rest is waited for or started.
 //!
+//! After a cancel nothing of the operation passes: its moves and counter
+//! writes are checked for the cancel under the gate's one-move lock right
+//! before they are sent, and [`MotionGate::quiesce`] waits for a move already
+//! past that check. [`MotionGate::settle`] lets an operation wait out a
+//! stepper's rest before reading its sensor.
+//!
 //! Setting a counter without motion passes check 1, the existence part of
 //! check 2 and check 4 on the value (it is refused to others while an
 //! operation runs; a counter outside the stepper's travel is refused like a
@@ -210,6 +216,21 @@ impl OperationTicket {
         }
     }
 
+    /// `Ok` while the operation may go on; the reason it may not once it was
+    /// cancelled or stopped from the machine. Operations ask before every
+    /// step that is not a move (a sensor read, a counter write, a nested
+    /// operation), so a cancel takes effect at the next step, not only at the
+    /// next refused move.
+    pub fn check(&self) -> Result<(), GateError> {
+        if let Some(why) = self.interrupted() {
+            return Err(GateError::Interrupted(why));
+        }
+        if self.cancel.is_cancelled() {
+            return Err(GateError::Cancelled);
+        }
+        Ok(())
+    }
+
     /// Adds `steppers` (global indices) to those the operation works on: a
     /// jog of one of them at the machine stops it ([`MotionGate::jogged`]).
     pub fn watch_steppers(&self, steppers: &[usize]) {
@@ -357,6 +378,15 @@ impl MotionGate {
         self.inner.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Returns once no move or counter write that passed the gate is still
+    /// under way. After [`MotionGate::cancel`], nothing of the cancelled
+    /// operation can reach a board any more from then on: its moves are
+    /// checked for the cancel under the same lock, right before they are
+    /// sent. (A move in flight is not interrupted: a board cannot stop one.)
+    pub async fn quiesce(&self) {
+        drop(self.inner.serial.lock().await);
+    }
+
     /// The kind of the running operation, if any.
     pub fn running(&self) -> Option<String> {
         self.inner
@@ -365,6 +395,62 @@ impl MotionGate {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|r| r.kind.clone())
+    }
+
+    /// Waits until `stepper`'s rest since its previous move (z_rest, x_rest
+    /// or tune_rest by role) has elapsed, so that the mechanism has settled
+    /// before a sensor is read (operations.md: "move, rest, re-read"). Returns
+    /// at once for a stepper that has not moved since that long. Cancellable:
+    /// a cancelled (or stopped) operation gets its reason back at once.
+    pub async fn settle(&self, origin: &Origin, stepper: usize) -> Result<(), GateError> {
+        let cancel = self.check_origin(origin)?;
+        let since = self
+            .inner
+            .last_move
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stepper)
+            .copied()
+            .flatten();
+        let Some(last) = since else { return Ok(()) };
+        let until = last + self.rest_of(stepper);
+        match cancel {
+            Some(c) => tokio::select! {
+                _ = c.cancelled() => {
+                    self.check_origin(origin)?;
+                    Err(GateError::Cancelled)
+                }
+                _ = tokio::time::sleep_until(until) => Ok(()),
+            },
+            None => {
+                tokio::time::sleep_until(until).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks `stepper`'s counter untrusted (no bytes reach the board): a
+    /// counter that is no longer true, such as one z_calibrate set to the
+    /// maximum and could not finish calibrating. Allowed to anyone at any
+    /// time, a cancelled operation included — it only withdraws a belief;
+    /// manual moves are then refused and snapshots pause until the stepper
+    /// is calibrated or its counter set.
+    pub async fn distrust(&self, stepper: usize) -> Result<(), GateError> {
+        let (board, local) = self.locate(stepper)?;
+        self.inner.boards[board].distrust(local).await?;
+        Ok(())
+    }
+
+    /// Whether `stepper`'s counter is trusted now.
+    pub fn trusted(&self, stepper: usize) -> bool {
+        self.locate(stepper).is_ok_and(|(b, l)| {
+            self.inner.boards[b]
+                .status()
+                .trusted
+                .get(l)
+                .copied()
+                .unwrap_or(false)
+        })
     }
 
     fn check_origin(&self, origin: &Origin) -> Result<Option<CancellationToken>, GateError> {

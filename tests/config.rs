@@ -151,7 +151,7 @@ fn example_loads_as_stringdriver_2() {
     assert_eq!(c.control.group.as_deref(), Some("stringdriver"));
     assert_eq!(c.spool.max_bytes, 1 << 30);
     assert_eq!(c.thresholds.amp_sum_min, vec![20; 6]);
-    assert_eq!(c.thresholds.amp_sum_max, vec![100; 6]);
+    assert_eq!(c.thresholds.amp_sum_max, vec![250; 6]);
 }
 
 #[test]
@@ -263,7 +263,11 @@ fn stringdriver_1_layout() {
     assert_eq!(l.speed(0), 100.0);
     assert_eq!(l.locate(6), Some((0, 6)));
     assert_eq!(l.locate(7), None);
-    assert_eq!(c.thresholds.voice_count_min, vec![0, 0]);
+    assert_eq!(
+        c.thresholds.voice_count_min,
+        vec![2, 2],
+        "the operators' default"
+    );
 }
 
 #[test]
@@ -293,7 +297,11 @@ fn stringdriver_3_layout_has_unused_steppers() {
         assert_eq!(l.speed(g), 100.0, "slowest of X 500 and Z 100");
     }
     assert!(l.tuners().is_none());
-    assert_eq!(c.thresholds.amp_sum_max, vec![100; 4]);
+    assert_eq!(
+        c.thresholds.amp_sum_max,
+        vec![250; 4],
+        "the operators' default"
+    );
 
     // The slowest configured speed is taken, whichever role has it.
     let slow_x = edit(SD3, "x_max = 0", "x_max = 0\nx_speed = 50.0");
@@ -875,7 +883,7 @@ fn thresholds_scalar_or_array() {
     ))
     .unwrap();
     assert_eq!(c.thresholds.amp_sum_min, vec![1, 2, 3, 4, 5, 6]);
-    assert_eq!(c.thresholds.amp_sum_max, vec![100; 6]);
+    assert_eq!(c.thresholds.amp_sum_max, vec![250; 6]);
 
     let text = edit(
         &t,
@@ -892,20 +900,20 @@ fn thresholds_scalar_or_array() {
     let text = edit(
         &t,
         "amp_sum_min = [20, 20, 20, 20, 20, 20]",
-        "amp_sum_min = [20, 20, 20, 200, 20, 20]",
+        "amp_sum_min = [20, 20, 20, 300, 20, 20]",
     );
     let e = rejects(
         &text,
         "thresholds.amp_sum_min",
-        "channel 3: minimum 200 is above thresholds.amp_sum_max 100",
+        "channel 3: minimum 300 is above thresholds.amp_sum_max 250",
     );
     assert_eq!(
         e.position(),
-        Some(pos(&text, "200, 20, 20]")),
+        Some(pos(&text, "300, 20, 20]")),
         "points at the element"
     );
 
-    let text = edit(&t, "voice_count_min = 0", "voice_count_min = 13");
+    let text = edit(&t, "voice_count_min = 2", "voice_count_min = 13");
     let e = rejects(&text, "thresholds.voice_count_min", "channel 0: minimum 13");
     let line = pos(&text, "\nvoice_count_min = 13").line + 1;
     assert_eq!(

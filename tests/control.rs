@@ -248,18 +248,18 @@ async fn operations_run_wait_and_reports_ship_to_postgres() {
     let e = events.ok(json!({"cmd": "events"})).await;
     assert_eq!(e, json!({"events": true}));
 
+    // No touch sensors configured: refused before anything is recorded.
     let out = c
-        .ok(json!({"cmd": "op_run", "kind": "bump_check", "wait": true}))
+        .err(
+            json!({"cmd": "op_run", "kind": "bump_check", "wait": true}),
+            "refused",
+        )
         .await;
-    assert_eq!(out["status"], json!("failed"), "{out}");
     assert!(
-        out["message"]
-            .as_str()
-            .expect("message")
-            .contains("touch sensors are disabled"),
+        out.starts_with("bump_check not started: ") && out.contains("touch sensors are disabled"),
         "{out}"
     );
-    let last = c.ok(json!({"cmd": "op_wait"})).await;
+    let last = c.err(json!({"cmd": "op_wait"}), "refused").await;
     assert_eq!(last, out);
     let msg = c
         .err(json!({"cmd": "op_run", "kind": "polish"}), "bad_request")
@@ -267,8 +267,8 @@ async fn operations_run_wait_and_reports_ship_to_postgres() {
     assert!(msg.contains("`kind`"), "{msg}");
     let r = c.ok(json!({"cmd": "op_run", "kind": "bump_check"})).await;
     assert_eq!(r, json!({"started": "bump_check"}));
-    let waited = c.ok(json!({"cmd": "op_wait"})).await;
-    assert_eq!(waited["status"], json!("failed"));
+    let waited = c.err(json!({"cmd": "op_wait"}), "refused").await;
+    assert!(waited.contains("touch sensors are disabled"), "{waited}");
 
     // The events stream saw the operation start and end.
     let mut seen = (false, false);
@@ -327,6 +327,19 @@ async fn operations_run_wait_and_reports_ship_to_postgres() {
                 assert_eq!(r.get::<_, Vec<i32>>(2), vec![23, 24]);
                 assert!(r.get::<_, bool>(3));
                 assert_eq!(r.get::<_, String>(4), HOST);
+                // The refused runs left no row (shipped in order, before this one).
+                let refused = client
+                    .query_one(
+                        "SELECT count(*) FROM operations WHERE operation_type = 'bump_check'",
+                        &[],
+                    )
+                    .await
+                    .expect("count");
+                assert_eq!(
+                    refused.get::<_, i64>(0),
+                    0,
+                    "no row for a refused operation"
+                );
                 break;
             }
         }

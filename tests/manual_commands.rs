@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::control::{request, Client};
+use common::control::{ctl, request, Client};
 use common::machine::{pose, started, MachineOptions, WAIT};
 use serde_json::json;
 use stringdriverd::protocol::{Firmware, Op};
@@ -23,16 +23,6 @@ fn moves_of(sim: &stringdriverd::sim::SimHandle, local: i32) -> usize {
             matches!(&e.event, stringdriverd::sim::TraceEvent::Message { args, .. } if args.first() == Some(&local))
         })
         .count()
-}
-
-/// `stringdriverctl --socket SOCKET ARGS...` as a process, off the runtime.
-async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
-    cmd.arg("--socket").arg(socket).args(args);
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("stringdriverctl runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,21 +206,46 @@ async fn a_refusal_is_printed_once_by_stringdriverctl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn op_run_wait_exits_non_zero_when_the_operation_failed() {
-    // No touch sensors configured: bump_check cannot read them and fails.
-    let (rig, run) = started(MachineOptions::new(HOST)).await;
-    let out = ctl(
-        &rig.socket(),
-        &["--json", "op", "run", "bump_check", "--wait"],
-    )
-    .await;
+async fn op_run_wait_exits_non_zero_when_the_operation_was_cancelled() {
+    let mut o = MachineOptions::new(HOST);
+    o.sensors = true;
+    o.demo_physics = true;
+    let (rig, run) = started(o).await;
+    let socket = rig.socket();
+    let waiting = tokio::spawn(async move {
+        ctl(&socket, &["--json", "op", "run", "z_calibrate", "--wait"]).await
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let st = common::control::status(&rig.socket()).await;
+        if st.is_some_and(|s| s["operation"]["running"] == "z_calibrate") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "z_calibrate started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = Client::connect(&rig.socket()).await;
+    assert_eq!(
+        c.ok(json!({"cmd": "op_cancel"})).await,
+        json!({"cancelled": true})
+    );
+    let out = waiting.await.expect("join");
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}{err}");
-    // Recorded and answered as an outcome, not refused: the exit code
-    // comes from the operation's status.
+    // Answered as an outcome, not refused: the exit code comes from the
+    // operation's status.
     let outcome: serde_json::Value = serde_json::from_str(&text).expect("JSON outcome");
-    assert_eq!(outcome["status"], "failed", "{outcome}");
+    assert_eq!(outcome["status"], "cancelled", "{outcome}");
+    assert!(
+        outcome["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cancelled; left: ")),
+        "{outcome}"
+    );
     run.stop().await;
 }
 

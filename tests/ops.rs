@@ -5,8 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::ops_rig::{events, feed_with, moves, rig};
+use common::ops_rig::{events, feed_with, moves, rig, writes_to};
 use stringdriverd::feed::{FeedState, FeedStatus};
+use stringdriverd::ops::OpError;
 use stringdriverd::protocol::Op;
 use stringdriverd::sim::{Fault, TraceEvent};
 use stringdriverd::store::{OperationStatus, OperationType};
@@ -153,27 +154,267 @@ async fn z_adjust_moves_the_right_stepper_the_right_way() {
     );
 }
 
+/// A feed that is not ok refuses z_adjust before anything is recorded or
+/// moved (preconditions), instead of a row `started` then `failed`.
 #[tokio::test]
-async fn z_adjust_without_a_feed_fails_and_says_why() {
+async fn z_adjust_without_a_feed_is_refused_before_any_row() {
     let r = rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
     r.feed.send_replace(FeedStatus {
         state: FeedState::Absent("no audio_control".into()),
         ..FeedStatus::new()
     });
+    let e = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, OpError::NotReady { .. }), "{e}");
+    assert!(e.to_string().contains("audmon feed"), "{e}");
+    assert!(events(&r.spool).await.is_empty(), "no operation row");
+    assert_eq!(moves(&r.sims[0]), 0);
+    assert_eq!(r.machine.gate.running(), None, "the lock is released");
+}
+
+/// An operation asked for while a board is away (unplugged, or waiting for
+/// its reset) is refused before any row, snapshot or move.
+#[tokio::test]
+async fn an_operation_is_refused_without_a_row_while_its_board_is_not_connected() {
+    let r = rig([0, -3, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    r.sims[0].inject(Fault::Vanish);
+    r.board
+        .wait_for(Duration::from_secs(10), |s| {
+            s.link != stringdriverd::board::LinkState::Connected
+        })
+        .await
+        .expect("the board is seen gone");
+    for kind in [
+        OperationType::BumpCheck,
+        OperationType::ZCalibrate,
+        OperationType::ZAdjust,
+    ] {
+        let e = r.machine.run(kind, None).await.expect_err("refused");
+        assert!(matches!(e, OpError::NotReady { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{} not started: ", kind.as_str())),
+            "{e}"
+        );
+    }
+    assert!(events(&r.spool).await.is_empty(), "no operation row");
+    assert_eq!(moves(&r.sims[0]), 0, "nothing moved");
+}
+
+/// operations.md: on a tie, too close moves "in" on even channels and "out"
+/// on odd ones; too far moves "out" on even channels and "in" on odd ones.
+#[tokio::test]
+async fn z_adjust_breaks_ties_by_channel_parity() {
+    let r = rig([0, 20, 20, 30, 30], [0, 20, 20, 30, 30]).await;
+    // Too far on both channels (2 voices < voice_count_min 4).
+    r.feed.send_replace(feed_with(vec![2, 2], vec![50.0, 50.0]));
     let out = r
         .machine
         .run(OperationType::ZAdjust, None)
         .await
-        .expect("recorded");
-    assert_eq!(out.status, OperationStatus::Failed);
-    assert!(out.message.contains("audmon feed"), "{}", out.message);
-    let ev = events(&r.spool).await;
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let p = r.board.status().positions.expect("read");
+    assert_eq!((p[1], p[2]), (20, 18), "too far, even channel: out moves");
+    assert_eq!((p[3], p[4]), (28, 30), "too far, odd channel: in moves");
+    assert_eq!(&r.sims[0].physical()[1..], &[20, 18, 28, 30]);
+
+    // Tied again, too close on both (13 voices > 12).
+    r.board.set_stepper(2, 20).await.expect("set");
+    r.board.set_stepper(3, 30).await.expect("set");
+    r.sims[0].set_physical(&[0, 20, 20, 30, 30]);
+    r.feed
+        .send_replace(feed_with(vec![13, 13], vec![50.0, 50.0]));
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let p = r.board.status().positions.expect("read");
+    assert_eq!((p[1], p[2]), (22, 20), "too close, even channel: in moves");
+    assert_eq!((p[3], p[4]), (30, 32), "too close, odd channel: out moves");
+}
+
+/// A move that would leave the stepper's limits is that channel's problem
+/// only: reported "at its limit", skipped, the others and the final
+/// bump_check go on and the operation completes.
+#[tokio::test]
+async fn z_adjust_skips_a_channel_at_its_limit_and_still_runs_the_final_bump_check() {
+    // Channel 0's pair at the Z max 40: "too close" would take one to 42.
+    let r = rig([0, 40, 40, 30, 34], [0, 40, 40, 30, 34]).await;
+    r.feed
+        .send_replace(feed_with(vec![13, 2], vec![50.0, 50.0]));
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    assert!(
+        out.message.contains("channel 0: stepper 1 at its limit"),
+        "{}",
+        out.message
+    );
+    assert!(
+        out.message.contains("channel 1: stepper 4 -2"),
+        "{}",
+        out.message
+    );
+    let p = r.board.status().positions.expect("read");
+    assert_eq!(&p[1..], &[40, 40, 30, 32]);
+    let kinds: Vec<(OperationType, OperationStatus)> = events(&r.spool)
+        .await
+        .iter()
+        .map(|e| (e.operation_type, e.operation_status))
+        .collect();
+    use OperationStatus::*;
+    use OperationType::*;
     assert_eq!(
-        ev.last().map(|e| e.operation_status),
-        Some(OperationStatus::Failed)
+        kinds,
+        vec![
+            (ZAdjust, Started),
+            (BumpCheck, Started),
+            (BumpCheck, Completed),
+            (BumpCheck, Started),
+            (BumpCheck, Completed),
+            (ZAdjust, Completed),
+        ],
+        "both bump_checks ran and the operation completed"
+    );
+    assert!(r.sims[0].violations().is_empty());
+}
+
+/// After a move z_adjust rests z_rest and then lap_rest before the next
+/// channel (the simulator's trace has the times the moves arrived).
+#[tokio::test]
+async fn z_adjust_rests_z_rest_then_lap_rest_after_a_move() {
+    let r = rig([0, 20, 24, 30, 34], [0, 20, 24, 30, 34]).await;
+    r.settings.send_modify(|s| {
+        s.operations.z_rest = 0.3;
+        s.operations.lap_rest = 0.3;
+    });
+    // Too far on both: the higher counter of each pair (2, then 4) moves down.
+    r.feed.send_replace(feed_with(vec![2, 2], vec![50.0, 50.0]));
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let first = writes_to(&r.sims[0], 2);
+    let second = writes_to(&r.sims[0], 4);
+    let (Some((a, Op::Amove)), Some((b, Op::Amove))) = (first.last(), second.last()) else {
+        panic!("both moved: {first:?} {second:?}");
+    };
+    let gap = b.duration_since(*a);
+    assert!(
+        gap >= Duration::from_millis(600),
+        "z_rest 0.3 s + lap_rest 0.3 s between the two channels' moves, got {gap:?}"
     );
 }
 
+/// Each channel is judged on the sound when its turn comes: channel 1 is
+/// too close until channel 0's stepper has moved (a feed that follows the
+/// machine), so a judgement read fresh leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn z_adjust_reads_each_channel_fresh_when_its_turn_comes() {
+    let r = rig([0, 20, 24, 30, 34], [0, 20, 24, 30, 34]).await;
+    r.settings.send_modify(|s| {
+        s.operations.z_rest = 0.2;
+        s.operations.lap_rest = 0.2;
+    });
+    // Channel 0 too far; channel 1 too close while stepper 2 stands at 24.
+    let follow = {
+        let mut board = r.board.watch();
+        let feed = r.feed.clone();
+        tokio::spawn(async move {
+            loop {
+                let moved = board
+                    .borrow_and_update()
+                    .positions
+                    .as_ref()
+                    .is_some_and(|p| p[2] != 24);
+                let next = if moved {
+                    feed_with(vec![6, 6], vec![50.0, 50.0])
+                } else {
+                    feed_with(vec![2, 13], vec![50.0, 50.0])
+                };
+                feed.send_replace(next);
+                if board.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let out = r
+        .machine
+        .run(OperationType::ZAdjust, None)
+        .await
+        .expect("runs");
+    follow.abort();
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let p = r.board.status().positions.expect("read");
+    assert_eq!(
+        p[2], 22,
+        "channel 0 too far: its farther stepper moved down"
+    );
+    assert_eq!(
+        (p[3], p[4]),
+        (30, 34),
+        "channel 1 judged after channel 0's move: in range, left alone ({})",
+        out.message
+    );
+}
+
+/// bump_check and z_calibrate read a stepper's sensor only once z_rest has
+/// passed since its last move (the mechanism has settled).
+#[tokio::test]
+async fn sensors_are_read_only_after_z_rest_since_the_move() {
+    // Z1 pressed 3 steps into its string.
+    let r = rig([0, -3, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    let rest = Duration::from_millis(250);
+    r.settings
+        .send_modify(|s| s.operations.z_rest = rest.as_secs_f64());
+    let out = r
+        .machine
+        .run(OperationType::ZCalibrate, Some(1))
+        .await
+        .expect("runs");
+    assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
+    let moves1: Vec<std::time::Instant> = writes_to(&r.sims[0], 1)
+        .into_iter()
+        .filter(|(_, op)| *op != Op::SetStepper)
+        .map(|(at, _)| at)
+        .collect();
+    let mut checked = 0;
+    for (stepper, at, _) in r.sensors.log() {
+        if stepper != 1 {
+            continue;
+        }
+        let Some(last) = moves1.iter().filter(|m| **m <= at).max() else {
+            continue;
+        };
+        let since = at.duration_since(*last);
+        assert!(
+            since >= rest,
+            "stepper 1 read {since:?} after its move (z_rest {rest:?})"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "reads after moves: lifted twice, descended, lifted again ({checked})"
+    );
+}
+
+/// A cancel mid-descent: z_calibrate ends `cancelled` (its message says
+/// where each stepper was left), the stepper being calibrated — its counter
+/// set to max and never found — is untrusted, and nothing reaches the board
+/// after the cancel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_operation_records_cancelled_and_moves_nothing_more() {
     let r = rig([0, 40, 40, 40, 40], [0, 0, 0, 0, 0]).await;
@@ -198,18 +439,58 @@ async fn cancel_mid_operation_records_cancelled_and_moves_nothing_more() {
     });
     assert!(started.await.expect("join"), "the operation moved");
     assert!(r.machine.gate.cancel());
+    r.machine.gate.quiesce().await;
+    let cancelled_at = std::time::Instant::now();
     let out = task.await.expect("join").expect("recorded");
     assert_eq!(out.status, OperationStatus::Cancelled);
-    let after = moves(&r.sims[0]);
-    // Nothing moves once the operation has ended.
-    let out2 = r.machine.gate.running();
-    assert_eq!(out2, None);
-    assert_eq!(moves(&r.sims[0]), after);
+    assert!(
+        out.message.starts_with("cancelled; left: 1 at "),
+        "{}",
+        out.message
+    );
+    assert!(out.message.contains("(untrusted)"), "{}", out.message);
+    assert!(
+        !r.board.status().trusted[1],
+        "stepper 1's counter was set to max and never calibrated: untrusted"
+    );
+    assert_eq!(r.machine.gate.running(), None);
+    for s in 1..5 {
+        let after: Vec<_> = writes_to(&r.sims[0], s)
+            .into_iter()
+            .filter(|(at, _)| *at > cancelled_at)
+            .collect();
+        assert!(
+            after.is_empty(),
+            "stepper {s} written after the cancel: {after:?}"
+        );
+    }
     let ev = events(&r.spool).await;
     assert_eq!(
-        ev.last().map(|e| e.operation_status),
-        Some(OperationStatus::Cancelled)
+        ev.last().map(|e| (e.operation_type, e.operation_status)),
+        Some((OperationType::ZCalibrate, OperationStatus::Cancelled))
     );
+    assert!(
+        ev.iter()
+            .all(|e| e.operation_status != OperationStatus::Completed
+                || e.operation_type != OperationType::ZCalibrate),
+        "{ev:?}"
+    );
+}
+
+/// A cancelled ticket writes no counter either.
+#[tokio::test]
+async fn a_cancelled_operation_cannot_set_a_counter() {
+    let r = rig([0, 40, 40, 40, 40], [0, 10, 10, 10, 10]).await;
+    let t = r.machine.gate.begin("z_calibrate").expect("ticket");
+    assert!(r.machine.gate.cancel());
+    let e = r
+        .machine
+        .gate
+        .set_counter(&t.origin(), 1, 5)
+        .await
+        .expect_err("refused");
+    assert_eq!(e, stringdriverd::motion::GateError::Cancelled);
+    assert_eq!(r.board.status().positions.expect("read")[1], 10);
 }
 
 /// Every enabled Z sensor touching before an operation is wiring, not
@@ -226,7 +507,7 @@ async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_res
     ] {
         let e = r.machine.run(kind, None).await.expect_err("refused");
         assert!(
-            matches!(&e, stringdriverd::ops::OpError::SensorsAllTouching { steppers } if steppers == &[1, 2, 3, 4]),
+            matches!(&e, OpError::SensorsAllTouching { steppers } if steppers == &[1, 2, 3, 4]),
             "{e}"
         );
         assert!(e.to_string().contains("mis-wired"), "{e}");
@@ -246,4 +527,318 @@ async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_res
         matches!(&ran, Ok(o) if o.status == OperationStatus::Completed),
         "{ran:?}"
     );
+}
+
+/// A repetition stops at a run that fails (the machine needs attention:
+/// repeating would hammer it), and says so; the failed run is its own row.
+#[tokio::test]
+async fn repeat_stops_at_a_failed_run_and_says_so() {
+    use std::sync::atomic::Ordering;
+    let r = rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    let sensors = r.sensors.clone();
+    let mut seen = Vec::new();
+    let rep = r
+        .machine
+        .run_repeat(OperationType::BumpCheck, None, |n, out| {
+            seen.push((n, out.status));
+            if n == 2 {
+                // Run 3's preconditions read the 4 sensors; its own first read fails.
+                let done = sensors.log().len();
+                sensors.fail_after.store(done + 4, Ordering::SeqCst);
+            }
+        })
+        .await
+        .expect("runs");
+    use OperationStatus::*;
+    assert_eq!(seen, vec![(1, Completed), (2, Completed), (3, Failed)]);
+    assert_eq!(rep.runs, 3);
+    assert_eq!(rep.last.status, Failed);
+    assert!(!rep.cancelled && !rep.refused);
+    assert_eq!(rep.ended, "run 3 failed: repetition stopped");
+    assert!(
+        rep.last.message.contains("sensor line broke"),
+        "{}",
+        rep.last.message
+    );
+    let ended: Vec<OperationStatus> = events(&r.spool)
+        .await
+        .iter()
+        .map(|e| e.operation_status)
+        .filter(|s| *s != Started)
+        .collect();
+    assert_eq!(ended, vec![Completed, Completed, Failed], "one row per run");
+    assert_eq!(r.machine.gate.running(), None, "the lock is released");
+}
+
+/// A repetition whose next run is refused by its preconditions ends there,
+/// with no row for the refused run.
+#[tokio::test]
+async fn repeat_ends_when_the_next_run_is_refused() {
+    use std::sync::atomic::Ordering;
+    let r = rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
+    let sensors = r.sensors.clone();
+    let rep = r
+        .machine
+        .run_repeat(OperationType::BumpCheck, None, |n, _| {
+            if n == 1 {
+                sensors.fail_after.store(0, Ordering::SeqCst);
+            }
+        })
+        .await
+        .expect("runs");
+    assert_eq!(rep.runs, 1);
+    assert_eq!(rep.last.status, OperationStatus::Completed);
+    assert!(rep.refused && !rep.cancelled);
+    assert!(
+        rep.ended
+            .starts_with("run 2: bump_check not started: the touch sensor of stepper 1"),
+        "{}",
+        rep.ended
+    );
+    assert_eq!(
+        events(&r.spool).await.len(),
+        2,
+        "run 1 started and completed only"
+    );
+}
+
+// ---- The real daemon (in-process) on the simulated stringdriver-2, with
+// ---- real PostgreSQL, driven through its control socket.
+
+mod daemon_level {
+    use super::common;
+    use super::*;
+    use common::control::{ctl, wait_status, Client};
+    use common::machine::{started, InProcess, MachineOptions, SimMachine};
+    use common::ops_rig::{wait_moves, wait_rows, OpRow};
+    use common::pg::TestDb;
+    use serde_json::json;
+
+    /// A machine with touch sensors, mechanisms 20 steps above their
+    /// strings, shipping to `db`.
+    fn options(host: &str, db: &TestDb) -> MachineOptions {
+        let mut o = MachineOptions::new(host);
+        o.db_url = Some(db.url());
+        o.sensors = true;
+        o.demo_physics = true;
+        o
+    }
+
+    /// Writes (moves, counter sets) the carriage board received after `t`.
+    fn writes_after(m: &SimMachine, t: std::time::Instant) -> Vec<(usize, Op)> {
+        (0..13)
+            .flat_map(|s| {
+                writes_to(&m.sims[0], s)
+                    .into_iter()
+                    .filter(move |(at, _)| *at > t)
+                    .map(move |(_, op)| (s, op))
+            })
+            .collect()
+    }
+
+    fn terminal(rows: &[OpRow]) -> bool {
+        !rows.is_empty() && rows.iter().all(|r| r.status != "started")
+    }
+
+    /// `op cancel` in the middle of z_calibrate's descent: every row ends
+    /// `cancelled` (none `completed` after the cancel, no final bump_check
+    /// rounds), the message says where the steppers were left, the stepper
+    /// being calibrated is untrusted, and nothing reaches the board after
+    /// the cancel's reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn z_calibrate_cancelled_through_the_socket_is_recorded_cancelled_and_moves_nothing_after(
+    ) {
+        const HOST: &str = "sd-ops-cancel";
+        let db = TestDb::create().await;
+        let mut o = options(HOST, &db);
+        // Long rests: the cancel lands in the middle of stepper 1's descent.
+        o.z_rest = 0.2;
+        let (m, run) = started(o).await;
+        let mut c = Client::connect(&m.socket()).await;
+        c.ok(json!({"cmd": "op_run", "kind": "z_calibrate"})).await;
+        wait_moves(&m.sims[0], 3).await;
+        let wall = chrono::Utc::now();
+        assert_eq!(
+            c.ok(json!({"cmd": "op_cancel"})).await,
+            json!({"cancelled": true})
+        );
+        let after = std::time::Instant::now();
+        let out = c.ok(json!({"cmd": "op_wait"})).await;
+        assert_eq!(out["status"], "cancelled", "{out}");
+        let msg = out["message"].as_str().expect("message");
+        assert!(msg.starts_with("cancelled; left: 1 at "), "{msg}");
+        assert!(
+            msg.contains("1 at ") && msg.contains("(untrusted)"),
+            "{msg}"
+        );
+        assert_eq!(
+            writes_after(&m, after),
+            vec![],
+            "nothing written after the cancel"
+        );
+        let st = wait_status(&m.socket(), "the operation ended", |s| {
+            s["operation"]["running"].is_null()
+        })
+        .await;
+        assert_eq!(
+            st["boards"][0]["trusted"][1],
+            json!(false),
+            "stepper 1: set to max, never calibrated: untrusted"
+        );
+
+        let client = db.client().await;
+        let rows = wait_rows(&client, HOST, "the z_calibrate row shipped, ended", |r| {
+            terminal(r) && r.iter().any(|r| r.kind == "z_calibrate")
+        })
+        .await;
+        let kinds: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.kind.as_str(), r.status.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![("z_calibrate", "cancelled"), ("bump_check", "completed")],
+            "the first bump_check completed before the cancel; no final rounds ran"
+        );
+        for r in &rows {
+            if r.status == "completed" {
+                assert!(
+                    r.completed_at.is_some_and(|t| t < wall),
+                    "completed after the cancel: {r:?}"
+                );
+            }
+        }
+        assert_eq!(rows[0].message.as_deref(), Some(msg));
+        assert_eq!(m.violations(), 0);
+        run.stop().await;
+    }
+
+    /// SIGTERM (the daemon's stop) during z_calibrate: the operation is
+    /// recorded `cancelled`, not `completed` nor left for the next start to
+    /// close as interrupted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn z_calibrate_stopped_by_sigterm_is_recorded_cancelled() {
+        const HOST: &str = "sd-ops-term";
+        let db = TestDb::create().await;
+        let mut o = options(HOST, &db);
+        o.z_rest = 0.2;
+        let (m, run) = started(o).await;
+        let mut c = Client::connect(&m.socket()).await;
+        c.ok(json!({"cmd": "op_run", "kind": "z_calibrate"})).await;
+        wait_moves(&m.sims[0], 3).await;
+        drop(c);
+        run.stop().await;
+        // Whatever the stop left unshipped ships at the next start.
+        let again = InProcess::start(&m).await;
+        let client = db.client().await;
+        let rows = wait_rows(&client, HOST, "the z_calibrate row shipped, ended", |r| {
+            terminal(r) && r.iter().any(|r| r.kind == "z_calibrate")
+        })
+        .await;
+        let cal: Vec<&OpRow> = rows.iter().filter(|r| r.kind == "z_calibrate").collect();
+        assert_eq!(cal.len(), 1);
+        assert_eq!(cal[0].status, "cancelled", "{:?}", cal[0]);
+        assert!(
+            cal[0]
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("cancelled; left: ")),
+            "{:?}",
+            cal[0]
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.status != "completed" || r.kind == "bump_check"),
+            "{rows:#?}"
+        );
+        again.stop().await;
+    }
+
+    /// `op run bump_check --repeat`: each run its own row, lap_rest apart,
+    /// the lock held in between (another operation is refused), status shows
+    /// the run; `op cancel` ends the repetition; bump_check_enable off ends
+    /// it too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeat_runs_until_cancelled_each_run_its_own_row() {
+        const HOST: &str = "sd-ops-repeat";
+        let db = TestDb::create().await;
+        let (m, run) = started(options(HOST, &db)).await;
+        let sock = m.socket();
+        let o = ctl(&sock, &["op", "run", "bump_check", "--repeat"]).await;
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "started bump_check (repeat)"
+        );
+        let st = wait_status(&sock, "a third run", |s| {
+            s["operation"]["run"].as_u64().is_some_and(|n| n >= 3)
+        })
+        .await;
+        assert_eq!(st["operation"]["repeat"], json!(true), "{st}");
+        assert_eq!(st["operation"]["running"], json!("bump_check"), "{st}");
+        let shown = ctl(&sock, &["status"]).await;
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.contains("operation: bump_check running for ") && shown.contains("(repeat, run "),
+            "{shown}"
+        );
+        let mut c = Client::connect(&sock).await;
+        let busy = c
+            .err(json!({"cmd": "op_run", "kind": "z_adjust"}), "busy")
+            .await;
+        assert!(busy.contains("bump_check"), "{busy}");
+        let cancel = ctl(&sock, &["op", "cancel"]).await;
+        assert!(cancel.status.success(), "{cancel:?}");
+        let out = c.ok(json!({"cmd": "op_wait"})).await;
+        assert_eq!(out["status"], "cancelled", "{out}");
+        let runs = out["repeat"]["runs"].as_u64().expect("runs");
+        // status showed run 3: the third running, or awaited after run 2's rest.
+        assert!(runs >= 2, "{out}");
+
+        let client = db.client().await;
+        let rows = wait_rows(&client, HOST, "every run shipped", |r| {
+            terminal(r) && r.len() as u64 == runs
+        })
+        .await;
+        let ids: std::collections::BTreeSet<_> = rows.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len() as u64, runs, "one row per run");
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r.kind, "bump_check");
+            let last = i + 1 == rows.len();
+            assert!(
+                r.status == "completed" || (last && r.status == "cancelled"),
+                "run {i}: {r:?}"
+            );
+        }
+        // lap_rest (50 ms) between the end of one run and the next one's start.
+        for w in rows.windows(2) {
+            let gap = w[1].recorded_at - w[0].completed_at.expect("ended");
+            assert!(
+                gap >= chrono::Duration::milliseconds(50),
+                "runs {:?} apart",
+                gap
+            );
+        }
+
+        // bump_check_enable off ends a repetition after its run.
+        c.ok(json!({"cmd": "op_run", "kind": "bump_check", "repeat": true}))
+            .await;
+        wait_status(&sock, "a second run", |s| {
+            s["operation"]["run"].as_u64().is_some_and(|n| n >= 2)
+        })
+        .await;
+        c.ok(json!({"cmd": "set", "name": "bump_check_enable", "value": false}))
+            .await;
+        let out = c.ok(json!({"cmd": "op_wait"})).await;
+        assert_eq!(out["status"], "completed", "{out}");
+        assert!(
+            out["repeat"]["ended"]
+                .as_str()
+                .is_some_and(|e| e.contains("bump_check_enable is off")),
+            "{out}"
+        );
+        let st = wait_status(&sock, "idle", |s| s["operation"]["running"].is_null()).await;
+        assert_eq!(st["operation"]["repeat"], json!(false));
+        run.stop().await;
+    }
 }

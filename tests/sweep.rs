@@ -560,7 +560,7 @@ async fn a_sweep_is_refused_with_no_row_when_x_is_disabled_or_the_feed_is_absent
         )
         .await;
     assert!(
-        msg.starts_with("sweep_left_right refused: the sweep needs the audmon feed: it is absent"),
+        msg.starts_with("sweep_left_right not started: it needs the audmon feed, which is absent"),
         "{msg}"
     );
     let ops = run

@@ -129,6 +129,11 @@ enum OpCmd {
         /// Wait for the outcome.
         #[arg(long)]
         wait: bool,
+        /// Run it again lap_rest after each run until cancelled (`op
+        /// cancel`), a run does not complete, or (bump_check)
+        /// bump_check_enable is off. Each run is its own operation.
+        #[arg(long)]
+        repeat: bool,
     },
     /// Cancel the running operation.
     Cancel,
@@ -189,9 +194,10 @@ fn request(cmd: &Cmd) -> Value {
                 kind,
                 stepper,
                 wait,
+                repeat,
             } => json!({
                 "cmd": "op_run", "kind": kind,
-                "stepper": stepper.as_deref().map(stepper_value), "wait": wait,
+                "stepper": stepper.as_deref().map(stepper_value), "wait": wait, "repeat": repeat,
             }),
             OpCmd::Cancel => json!({"cmd": "op_cancel"}),
             OpCmd::Wait => json!({"cmd": "op_wait"}),
@@ -343,7 +349,15 @@ fn print_readable(cmd: &Cmd, r: &Value) {
             }
         }
         Cmd::Op { op } => match op {
-            OpCmd::Run { wait: false, .. } => println!("started {}", show(&r["started"])),
+            OpCmd::Run { wait: false, .. } => println!(
+                "started {}{}",
+                show(&r["started"]),
+                if r["repeat"] == json!(true) {
+                    " (repeat)"
+                } else {
+                    ""
+                }
+            ),
             OpCmd::Cancel => println!(
                 "{}",
                 if r["cancelled"].as_bool() == Some(true) {
@@ -359,13 +373,22 @@ fn print_readable(cmd: &Cmd, r: &Value) {
                     show(&r["status"])
                 )
             }
-            OpCmd::Run { wait: true, .. } | OpCmd::Wait => println!(
-                "{} {}: {} (operation {})",
-                show(&r["kind"]),
-                show(&r["status"]),
-                show(&r["message"]),
-                show(&r["operation_id"])
-            ),
+            OpCmd::Run { wait: true, .. } | OpCmd::Wait => {
+                println!(
+                    "{} {}: {} (operation {})",
+                    show(&r["kind"]),
+                    show(&r["status"]),
+                    show(&r["message"]),
+                    show(&r["operation_id"])
+                );
+                if r["repeat"].is_object() {
+                    println!(
+                        "repeat: {} runs; {}",
+                        show(&r["repeat"]["runs"]),
+                        show(&r["repeat"]["ended"])
+                    );
+                }
+            }
         },
         Cmd::Events => println!("{r}"),
     }
@@ -440,6 +463,13 @@ fn show_progress(socket: &std::path::Path, json: bool) -> Option<std::sync::mpsc
                 Some("operation") if json => line.clone(),
                 _ if json => continue,
                 Some("operation") if ev["phase"] == "progress" => sweep_line(&ev),
+                Some("operation") if ev["phase"] == "run_ended" => format!(
+                    "operation {} run {} {}: {}",
+                    show(&ev["kind"]),
+                    show(&ev["run"]),
+                    show(&ev["outcome"]["status"]),
+                    show(&ev["outcome"]["message"])
+                ),
                 Some("operation") => format!(
                     "operation {} {} {}",
                     show(&ev["kind"]),

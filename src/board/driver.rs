@@ -87,6 +87,13 @@ pub enum Command {
     },
     /// Zero **every** counter (`reset_all`). Only sent when asked for by this name.
     ResetAll,
+    /// Mark one counter untrusted (nothing is sent to the board): a counter
+    /// the host knows is no longer true, e.g. after a calibration that
+    /// failed half-way.
+    Distrust {
+        /// Stepper index on this board.
+        stepper: usize,
+    },
     /// Ask for free RAM.
     CheckMemory,
     /// Poll positions now.
@@ -344,6 +351,32 @@ impl Driver {
         tracing::info!(board = %self.spec.name, "board driver stopped");
     }
 
+    /// Marks one counter untrusted and saves that; nothing reaches the
+    /// board, so this is served in every link state.
+    async fn distrust(&mut self, stepper: usize) -> Result<Response, BoardError> {
+        self.check_stepper(stepper)?;
+        self.status.send_modify(|s| {
+            if let Some(t) = s.trusted.get_mut(stepper) {
+                *t = false;
+            }
+        });
+        tracing::warn!(board = %self.spec.name, stepper, "counter marked untrusted by the host");
+        self.persist_or_log().await;
+        Ok(Response::Positions(
+            self.status.borrow().positions.clone().unwrap_or_default(),
+        ))
+    }
+
+    /// The answer to a request that arrives while the board cannot be
+    /// talked to: refused, except a [`Command::Distrust`], which needs no board.
+    async fn answer_offline(&mut self, r: Request) {
+        let answer = match r.command {
+            Command::Distrust { stepper } => self.distrust(stepper).await,
+            _ => Err(self.not_ready()),
+        };
+        let _ = r.reply.send(answer);
+    }
+
     /// Waits until `until`, refusing requests meanwhile. False on shutdown.
     async fn idle(&mut self, until: Instant) -> bool {
         loop {
@@ -351,7 +384,7 @@ impl Driver {
                 _ = self.shutdown.cancelled() => return false,
                 _ = sleep_until(until) => return true,
                 r = self.requests.recv() => match r {
-                    Some(r) => { let _ = r.reply.send(Err(self.not_ready())); }
+                    Some(r) => self.answer_offline(r).await,
                     None => return false,
                 },
             }
@@ -513,7 +546,7 @@ impl Driver {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(End::Shutdown),
                 r = self.requests.recv() => match r {
-                    Some(r) => { let _ = r.reply.send(Err(self.not_ready())); }
+                    Some(r) => self.answer_offline(r).await,
                     None => return Err(End::Shutdown),
                 },
                 _ = sleep_until(quiet_until.max(until)) => {
@@ -1038,7 +1071,10 @@ impl Driver {
 
     async fn serve_inner(&mut self, io: &mut Io, command: Command) -> Result<Response, Fail> {
         let refuse = Fail::Device;
-        if command != Command::Poll && self.status.borrow().link != LinkState::Connected {
+        // Withdrawing trust needs no board, connected or not: it is the
+        // host's belief, kept (and saved) as untrusted across a reconnect.
+        let needs_link = !matches!(command, Command::Poll | Command::Distrust { .. });
+        if needs_link && self.status.borrow().link != LinkState::Connected {
             return Err(refuse(self.not_ready()));
         }
         // A silent board is probed on its own schedule, never on demand:
@@ -1048,6 +1084,7 @@ impl Driver {
         }
         match command {
             Command::Poll => self.poll_retrying(io).await.map(Response::Positions),
+            Command::Distrust { stepper } => self.distrust(stepper).await.map_err(refuse),
             Command::CheckMemory => {
                 let reply = self.exchange(io, Op::CheckMemory, vec![]).await?;
                 let mem = reply

@@ -136,6 +136,11 @@ impl BoardHandle {
         self.positions(Command::SetStepper { stepper, value }).await
     }
 
+    /// Marks one counter untrusted; nothing is sent to the board.
+    pub async fn distrust(&self, stepper: usize) -> Result<Vec<i32>, BoardError> {
+        self.positions(Command::Distrust { stepper }).await
+    }
+
     /// Zeroes **every** counter of the board. Named so that nobody calls it by mistake.
     pub async fn reset_all_counters(&self) -> Result<Vec<i32>, BoardError> {
         self.positions(Command::ResetAll).await

@@ -397,10 +397,10 @@ fn per_channel(name: &str, v: Option<PerChannel>, default: i32, strings: usize) 
 
 fn thresholds(raw: RawThresholds, strings: usize) -> R<Thresholds> {
     let t = Thresholds {
-        voice_count_min: per_channel("voice_count_min", raw.voice_count_min, 0, strings)?,
+        voice_count_min: per_channel("voice_count_min", raw.voice_count_min, 2, strings)?,
         voice_count_max: per_channel("voice_count_max", raw.voice_count_max, 12, strings)?,
         amp_sum_min: per_channel("amp_sum_min", raw.amp_sum_min, 20, strings)?,
-        amp_sum_max: per_channel("amp_sum_max", raw.amp_sum_max, 100, strings)?,
+        amp_sum_max: per_channel("amp_sum_max", raw.amp_sum_max, 250, strings)?,
     };
     for (min_name, max_name, min, max) in [
         (

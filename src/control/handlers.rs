@@ -24,6 +24,10 @@ const REPORTED_KEPT: usize = 256;
 pub struct OpState {
     /// The kind of the operation started through this socket, while it runs.
     pub running: Option<String>,
+    /// Whether it runs in repeat (`op_run` with `repeat`).
+    pub repeat: bool,
+    /// The run in progress (1 for the first; counts the runs of a repetition).
+    pub run: u32,
     /// How the last one ended (an outcome object, or why it did not start).
     pub last: Option<Result<Value, ApiError>>,
     /// When the running one started.
@@ -122,7 +126,7 @@ pub async fn handle(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> 
         "get" => get(sh, req),
         "set" => set(sh, req).await,
         "op_run" => op_run(sh, req).await,
-        "op_cancel" => Ok(json!({"cancelled": sh.parts.gate.cancel()})),
+        "op_cancel" => op_cancel(sh).await,
         "op_wait" => op_wait(sh).await,
         "op_report" => op_report(sh, req).await,
         "steppers" => Ok(steppers(sh)),
@@ -297,6 +301,8 @@ pub async fn status(sh: &Shared) -> Value {
         "operation": {
             "running": p.gate.running(),
             "running_since": op.running_since,
+            "repeat": op.running.is_some() && op.repeat,
+            "run": op.running.as_ref().map(|_| op.run),
             "last": op.last.map(outcome_json),
             "last_ended_at": op.last_ended_at,
         },
@@ -492,10 +498,48 @@ fn outcome_value(o: &crate::ops::Outcome, kind: OperationType) -> Value {
     })
 }
 
+/// A repetition's outcome: the last run's, with `repeat: {runs, ended}`.
+/// Its `status` is the repetition's: `cancelled` when it was cancelled
+/// during the rest between runs, `failed` when the next run was refused by
+/// its preconditions (in both cases the last run itself completed, as its
+/// row says), otherwise the last run's — so `op run --repeat --wait` exits
+/// non-zero whenever the repetition did not end by bump_check_enable.
+fn repeated_value(r: &crate::ops::Repeated, kind: OperationType) -> Value {
+    let mut v = outcome_value(&r.last, kind);
+    if r.cancelled {
+        v["status"] = json!("cancelled");
+    } else if r.refused {
+        v["status"] = json!("failed");
+    }
+    v["repeat"] = json!({"runs": r.runs, "ended": r.ended});
+    v
+}
+
+fn op_error(e: crate::ops::OpError) -> ApiError {
+    match e {
+        crate::ops::OpError::Gate(GateError::Busy(k)) => {
+            ApiError::new("busy", format!("operation {k} is running"))
+        }
+        crate::ops::OpError::Gate(g) => gate_error(g),
+        other => ApiError::new("refused", other.to_string()),
+    }
+}
+
+fn op_event(phase: &str, kind: OperationType, extra: &[(&str, Value)]) -> String {
+    let mut m = Map::new();
+    m.insert("phase".into(), json!(phase));
+    m.insert("kind".into(), json!(kind.as_str()));
+    for (k, v) in extra {
+        m.insert((*k).into(), v.clone());
+    }
+    super::protocol::event("operation", m)
+}
+
 async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
     let kind = parse_kind(req)?;
     let stepper = opt_stepper_of(sh, req, "stepper")?;
     let wait = req.flag("wait")?;
+    let repeat = req.flag("repeat")?;
     let mut busy = None;
     // Checked and marked under the channel's lock: two clients starting at
     // once cannot both pass.
@@ -506,6 +550,8 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
         }
         st.running = Some(kind.as_str().to_string());
         st.running_since = Some(Utc::now());
+        st.repeat = repeat;
+        st.run = 1;
         true
     });
     if let Some(k) = busy {
@@ -514,21 +560,41 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
             format!("operation {k} is running; one operation at a time"),
         ));
     }
-    let _ = sh.op_events.send(super::protocol::event("operation", {
-        let mut m = Map::new();
-        m.insert("phase".into(), json!("started"));
-        m.insert("kind".into(), json!(kind.as_str()));
-        m
-    }));
+    let _ = sh
+        .op_events
+        .send(op_event("started", kind, &[("repeat", json!(repeat))]));
     let mut rx = sh.op.subscribe();
     let task = {
         let sh = sh.clone();
         tokio::spawn(async move {
             // Subscribed before the run starts: no progress report is missed.
             let mut progress = sh.parts.machine.progress.subscribe();
-            let run = sh.parts.machine.run(kind, stepper);
+            let machine = &sh.parts.machine;
+            let run = async {
+                if repeat {
+                    let on_run = |n: u32, o: &crate::ops::Outcome| {
+                        let _ = sh.op_events.send(op_event(
+                            "run_ended",
+                            kind,
+                            &[("run", json!(n)), ("outcome", outcome_value(o, kind))],
+                        ));
+                        sh.op.send_modify(|st| st.run = n + 1);
+                    };
+                    machine
+                        .run_repeat(kind, stepper, on_run)
+                        .await
+                        .map(|r| repeated_value(&r, kind))
+                        .map_err(op_error)
+                } else {
+                    machine
+                        .run(kind, stepper)
+                        .await
+                        .map(|o| outcome_value(&o, kind))
+                        .map_err(op_error)
+                }
+            };
             tokio::pin!(run);
-            let r = loop {
+            let last = loop {
                 tokio::select! {
                     biased;
                     p = progress.recv() => match p {
@@ -544,24 +610,15 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
             while let Ok(p) = progress.try_recv() {
                 publish_progress(&sh, &p);
             }
-            let last = match r {
-                Ok(o) => Ok(outcome_value(&o, kind)),
-                Err(e) => Err(match e {
-                    crate::ops::OpError::Gate(GateError::Busy(k)) => {
-                        ApiError::new("busy", format!("operation {k} is running"))
-                    }
-                    crate::ops::OpError::Gate(g) => gate_error(g),
-                    other => ApiError::new("refused", other.to_string()),
-                }),
-            };
-            let mut m = Map::new();
-            m.insert("phase".into(), json!("ended"));
-            m.insert("kind".into(), json!(kind.as_str()));
-            m.insert("outcome".into(), outcome_json(last.clone()));
-            let _ = sh.op_events.send(super::protocol::event("operation", m));
+            let _ = sh.op_events.send(op_event(
+                "ended",
+                kind,
+                &[("outcome", outcome_json(last.clone()))],
+            ));
             sh.op.send_modify(|st| {
                 st.running = None;
                 st.running_since = None;
+                st.repeat = false;
                 st.last = Some(last);
                 st.last_ended_at = Some(Utc::now());
             });
@@ -574,7 +631,11 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
         .replace(task);
     drop(old);
     if !wait {
-        return Ok(json!({"started": kind.as_str()}));
+        return Ok(if repeat {
+            json!({"started": kind.as_str(), "repeat": true})
+        } else {
+            json!({"started": kind.as_str()})
+        });
     }
     wait_done(&mut rx).await
 }
@@ -587,6 +648,17 @@ fn publish_progress(sh: &Shared, p: &crate::ops::sweep::SweepProgress) {
     };
     m.insert("phase".into(), json!("progress"));
     let _ = sh.op_events.send(super::protocol::event("operation", m));
+}
+
+/// Cancels the running operation (and its repetition) and replies once
+/// nothing more of it can reach a board: a move already in flight is
+/// waited for, none starts after the reply.
+async fn op_cancel(sh: &Shared) -> Result<Value, ApiError> {
+    let cancelled = sh.parts.gate.cancel();
+    if cancelled {
+        sh.parts.gate.quiesce().await;
+    }
+    Ok(json!({"cancelled": cancelled}))
 }
 
 async fn wait_done(rx: &mut watch::Receiver<OpState>) -> Result<Value, ApiError> {

@@ -51,8 +51,8 @@
 //! | `enable` / `disable` | `stepper` (or `"all"`: every stepper with a role) | `{stepper, enabled}` or `{steppers, enabled}` (persisted, event snapshot) |
 //! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
-//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left), `stepper`?, `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |
-//! | `op_cancel` | | `{cancelled}` (whether an operation was running) |
+//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left), `stepper`?, `wait`?, `repeat`? | `{started}` (`{started, repeat: true}`), or with `wait` the outcome `{kind, operation_id, status, message}` (a repetition's: the last run's, `status` `cancelled` if cancelled between runs, and `repeat: {runs, ended}`) |
+//! | `op_cancel` | | `{cancelled}` (whether an operation was running); stops a repetition too |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
 //! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |
 //! | `events` | | `{events: true}`, then the connection is a stream of event lines |
@@ -68,7 +68,15 @@
 //! "position":2,"positions":3,"pass":1,"clean":true,"clean_run":1,
 //! "adjustment_level":4,"deltas":[...],"skipped":[...],"z_variance":0,
 //! "calibrations":0,"next":"pass"|"step_x"|"calibrate"|"done"|"fail","reason":null}`
-//! (`clean` null: a calibration called for before the pass).
+//! (`clean` null: a calibration called for before the pass); a repetition
+//! sends `"phase":"run_ended"` with `run` and `outcome` after each run.
+//!
+//! `op_run` is refused (`refused`, no `operations` row) when what the
+//! operation needs is missing (`ops::preconditions`). With `repeat` the
+//! operation runs again `lap_rest` after each run until cancelled, a run
+//! does not complete, or (bump_check) bump_check_enable is off; the
+//! one-operation lock is held across the runs and the rests between them;
+//! `status` shows `operation.repeat` and `operation.run`.
 //!
 //! # Error kinds
 //!

@@ -87,6 +87,11 @@ fn summary(s: &Value, now: DateTime<Utc>, out: &mut Vec<String>) {
         },
         None => "none running".to_string(),
     };
+    let running = if op["repeat"].as_bool() == Some(true) {
+        format!("{running} (repeat, run {})", scalar(&op["run"]))
+    } else {
+        running
+    };
     let last = &op["last"];
     let last = if last.is_null() {
         String::new()

@@ -57,6 +57,7 @@ pub(super) async fn run(
         if !m.settings().enabled.get(z).copied().unwrap_or(false) {
             continue;
         }
+        t.check()?;
         if !m.sensors.read(z)? {
             continue;
         }
@@ -65,8 +66,10 @@ pub(super) async fn run(
             if m.counter(z) + up > m.z_max(z) {
                 break; // at its maximum and still touching
             }
-            // The gate holds the stepper's z_rest before this move.
             m.gate.move_rel(&t.origin(), z, up).await?;
+            // Move, rest z_rest, re-read: a sensor read before the
+            // mechanism settled says where it was, not where it is.
+            m.gate.settle(&t.origin(), z).await?;
             if !m.sensors.read(z)? {
                 cleared = true;
                 break;

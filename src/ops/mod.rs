@@ -14,8 +14,23 @@
 //! descent by the stepper's travel, its final lifting by 10 rounds, a sweep
 //! by its X positions, `operations.sweep_max_passes` per position and
 //! `operations.sweep_max_calibrations`.
+//!
+//! Before an operation starts, [`preconditions`] checks what it needs (boards
+//! connected with counters known, sensors readable, the feed where it is
+//! used): refused there, nothing is recorded or moved.
+//!
+//! Cancelling (`op cancel`, SIGTERM, a jog at the machine) ends the whole
+//! chain: the operation's next step — move, counter write, sensor read,
+//! nested operation — is refused ([`OperationTicket::check`]); every running
+//! operation, nested ones included, is recorded `cancelled` (or `failed`,
+//! "stopped: ...", for a jog), with a message naming where each of its
+//! steppers was left; no operation writes a counter or moves after it.
+//!
+//! [`Machine::run_repeat`] runs an operation again and again, `lap_rest`
+//! apart, under one ticket (see its doc).
 
 mod bump_check;
+pub mod preconditions;
 pub mod sweep;
 mod z_adjust;
 mod z_calibrate;
@@ -56,6 +71,24 @@ pub enum OpError {
     /// A stepper asked for is not a Z stepper.
     #[error("stepper {0} is not a Z stepper")]
     NotZ(usize),
+    /// What the operation needs is missing ([`preconditions`]): refused
+    /// before anything is recorded or moved.
+    #[error("{kind} not started: {why}")]
+    NotReady {
+        /// The operation asked for.
+        kind: String,
+        /// What is missing.
+        why: String,
+    },
+    /// A nested operation (a bump_check inside z_calibrate) failed: the
+    /// outer one does not go on as if it had worked.
+    #[error("the nested {kind} failed: {message}")]
+    Nested {
+        /// The nested operation.
+        kind: String,
+        /// Its message.
+        message: String,
+    },
     /// Every enabled touch sensor reads touching before the operation
     /// starts: at rest that is wiring or configuration, not contact.
     #[error(
@@ -106,6 +139,23 @@ pub struct Outcome {
     /// bump_check: the enabled Z steppers it found touching (lifted or
     /// disabled). Empty for the other operations.
     pub touching: Vec<usize>,
+}
+
+/// How a repetition ([`Machine::run_repeat`]) ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repeated {
+    /// Runs made (each its own `operations` row).
+    pub runs: u32,
+    /// The last run's outcome.
+    pub last: Outcome,
+    /// Why the repetition ended.
+    pub ended: String,
+    /// Ended by a cancel during the rest between runs (the last run itself
+    /// completed).
+    pub cancelled: bool,
+    /// Ended because the next run was refused by its preconditions (the
+    /// last run itself completed; the machine needs attention).
+    pub refused: bool,
 }
 
 /// What the operations work with.
@@ -191,24 +241,13 @@ impl Machine {
 
     /// Runs `kind` as a new operation (taking the gate's operation lock).
     ///
-    /// Refused before anything is recorded or moved
-    /// ([`OpError::SensorsAllTouching`]) when every enabled Z sensor — two
-    /// or more — reads touching: the machine is at rest (no operation runs),
-    /// and a machine at rest whose every sensor touches is almost surely
-    /// mis-wired (`reference/hosts.md`, "electrical sense"). One sensor alone
-    /// touching proves nothing, and a sensor that cannot be read is left to
-    /// the operation to report as it does today.
+    /// Refused before anything is recorded or moved when what it needs is
+    /// missing ([`preconditions::check`]: a board not connected, a sensor
+    /// that cannot be read, every enabled sensor touching at rest, the feed
+    /// for z_adjust).
     pub async fn run(&self, kind: OperationType, only: Option<usize>) -> Result<Outcome, OpError> {
         let ticket = self.gate.begin(kind.as_str())?;
-        let enabled = self.enabled_z(None)?;
-        if crate::sensors::all_touching(self.sensors.as_ref(), &enabled) {
-            tracing::error!(
-                operation = kind.as_str(),
-                steppers = ?enabled,
-                "every enabled touch sensor reads touching at rest: refused (mis-wired or mis-configured sensors?)"
-            );
-            return Err(OpError::SensorsAllTouching { steppers: enabled });
-        }
+        preconditions::check(self, kind, only)?;
         if kind.is_sweep() {
             if only.is_some() {
                 return Err(OpError::Precondition(format!(
@@ -221,6 +260,125 @@ impl Machine {
         self.run_recorded(&ticket, kind, only).await
     }
 
+    /// Runs `kind` again and again under one ticket (operations.md,
+    /// "Repeat"): when a run ends, rest `lap_rest`, then run it again.
+    ///
+    /// - Each run is its own `operations` row (and its nested ones), its
+    ///   preconditions checked before it.
+    /// - The ticket — the one-operation lock — is held across the runs and
+    ///   the rests between them: nothing else starts in between, manual
+    ///   moves are refused as during a run.
+    /// - It ends when cancelled (during a run, which is then recorded
+    ///   `cancelled`, or during the rest between runs), when a run does not
+    ///   complete (failed, stopped, or refused by its preconditions: the
+    ///   repetition stops rather than hammer a machine that needs attention),
+    ///   or, for bump_check, when bump_check_enable is off after a run.
+    ///
+    /// `on_run(n, outcome)` is told of each run as it ends. The first run's
+    /// refusal is returned as an error, as [`Machine::run`] does; later
+    /// ones end the repetition.
+    pub async fn run_repeat(
+        &self,
+        kind: OperationType,
+        only: Option<usize>,
+        mut on_run: impl FnMut(u32, &Outcome),
+    ) -> Result<Repeated, OpError> {
+        let ticket = self.gate.begin(kind.as_str())?;
+        preconditions::check(self, kind, only)?;
+        // Bounded by the operator: a repetition runs until cancelled, at
+        // most u32::MAX runs (lap_rest apart, that is beyond any lifetime).
+        let mut runs = 0u32;
+        loop {
+            let out = self.run_recorded(&ticket, kind, only).await?;
+            runs += 1;
+            on_run(runs, &out);
+            let ended = |why: String| Repeated {
+                runs,
+                last: out.clone(),
+                ended: why,
+                cancelled: false,
+                refused: false,
+            };
+            if out.status != OperationStatus::Completed {
+                return Ok(ended(format!(
+                    "run {runs} {}: repetition stopped",
+                    out.status.as_str()
+                )));
+            }
+            let s = self.settings();
+            if kind == OperationType::BumpCheck && !s.operations.bump_check_enable {
+                return Ok(ended("bump_check_enable is off: repetition ended".into()));
+            }
+            if runs == u32::MAX {
+                return Ok(ended("run count exhausted: repetition ended".into()));
+            }
+            let lap = std::time::Duration::from_secs_f64(s.operations.lap_rest.max(0.0));
+            if let Err(e) = ticket.rest(lap).await {
+                return Ok(Repeated {
+                    cancelled: true,
+                    ..ended(format!(
+                        "{e} during the rest after run {runs}: repetition ended"
+                    ))
+                });
+            }
+            if let Err(e) = preconditions::check(self, kind, only) {
+                return Ok(Repeated {
+                    refused: true,
+                    ..ended(format!("run {}: {e}", runs + 1))
+                });
+            }
+        }
+    }
+
+    /// Runs a nested operation (its own row) under `ticket`. Anything but
+    /// `completed` ends the outer one too: a cancel as a cancel, a failure
+    /// as [`OpError::Nested`] — the outer operation never goes on as if the
+    /// nested one had worked.
+    ///
+    /// `skip` (string indices) is passed to z_adjust: a sweep's pass leaves
+    /// channels still settling alone. Other kinds ignore it.
+    pub(super) async fn nested(
+        &self,
+        ticket: &OperationTicket,
+        kind: OperationType,
+        only: Option<usize>,
+        skip: &[usize],
+    ) -> Result<String, OpError> {
+        ticket.check()?;
+        let out = self.run_recorded_skipping(ticket, kind, only, skip).await?;
+        match out.status {
+            OperationStatus::Completed | OperationStatus::Started => Ok(out.message),
+            OperationStatus::Cancelled => Err(OpError::Gate(GateError::Cancelled)),
+            OperationStatus::Failed => {
+                ticket.check()?;
+                Err(OpError::Nested {
+                    kind: kind.as_str().to_string(),
+                    message: out.message,
+                })
+            }
+        }
+    }
+
+    /// Where each of `steppers` was left, for a cancelled or stopped
+    /// operation's message: "3 at 12, 4 at 40 (untrusted)".
+    fn left(&self, steppers: &[usize]) -> String {
+        if steppers.is_empty() {
+            return "no steppers".into();
+        }
+        steppers
+            .iter()
+            .map(|s| {
+                let mark = if self.gate.trusted(*s) {
+                    ""
+                } else {
+                    " (untrusted)"
+                };
+                format!("{s} at {}{mark}", self.counter(*s))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Runs `kind` under an existing ticket, recorded as an operation of its own.
     pub async fn run_recorded(
         &self,
@@ -228,12 +386,12 @@ impl Machine {
         kind: OperationType,
         only: Option<usize>,
     ) -> Result<Outcome, OpError> {
-        self.run_nested(ticket, kind, only, &[]).await
+        self.run_recorded_skipping(ticket, kind, only, &[]).await
     }
 
-    /// As [`run_recorded`](Machine::run_recorded); a z_adjust leaves the
-    /// channels in `skip` alone (a sweep's "still settling" channels).
-    async fn run_nested(
+    /// [`Machine::run_recorded`], with z_adjust leaving the channels (string
+    /// indices) in `skip` alone.
+    pub(super) async fn run_recorded_skipping(
         &self,
         ticket: &OperationTicket,
         kind: OperationType,
@@ -298,11 +456,15 @@ impl Machine {
         };
         let (status, message) = match (&result, ticket.interrupted()) {
             // Stopped from the machine: whatever the steps said, the plan no longer holds.
-            (_, Some(why)) => (OperationStatus::Failed, format!("stopped: {why}")),
+            (_, Some(why)) => (
+                OperationStatus::Failed,
+                format!("stopped: {why}; left: {}", self.left(&steppers)),
+            ),
             (Ok(m), None) => (OperationStatus::Completed, m.clone()),
-            (Err(OpError::Gate(GateError::Cancelled)), None) => {
-                (OperationStatus::Cancelled, "cancelled".to_string())
-            }
+            (Err(OpError::Gate(GateError::Cancelled)), None) => (
+                OperationStatus::Cancelled,
+                format!("cancelled; left: {}", self.left(&steppers)),
+            ),
             (Err(e), None) => (OperationStatus::Failed, e.to_string()),
         };
         let done = OperationEvent {

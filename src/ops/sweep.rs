@@ -459,15 +459,11 @@ pub(super) fn preconditions(m: &Machine, kind: OperationType) -> Result<(), OpEr
     if !s.enabled.get(x).copied().unwrap_or(false) {
         return Err(refuse(format!("the X stepper {x} is disabled")));
     }
+    // The Z counters and the feed are checked by `preconditions::check`;
+    // X must also be trusted: a sweep's positions are absolute.
     m.gate
         .known_counter(x, true)
         .map_err(|e| refuse(format!("X: {e}")))?;
-    for z in m.enabled_z(None)? {
-        m.gate
-            .known_counter(z, false)
-            .map_err(|e| refuse(e.to_string()))?;
-    }
-    reading(m).map_err(|e| refuse(e.to_string()))?;
     Ok(())
 }
 
@@ -649,13 +645,14 @@ async fn sweep(
             };
             nested(
                 OperationType::ZAdjust,
-                m.run_nested(t, OperationType::ZAdjust, None, &plan.skip)
+                m.run_recorded_skipping(t, OperationType::ZAdjust, None, &plan.skip)
                     .await?,
             )?;
             check_cancel(t)?;
             let bump = nested(
                 OperationType::BumpCheck,
-                m.run_nested(t, OperationType::BumpCheck, None, &[]).await?,
+                m.run_recorded_skipping(t, OperationType::BumpCheck, None, &[])
+                    .await?,
             )?;
             let end = reading(m)?;
             let done = state.after_pass(&end, !bump.touching.is_empty(), &m.settings().thresholds);
@@ -697,7 +694,7 @@ async fn calibrate(m: &Machine, t: &OperationTicket) -> Result<(), OpError> {
     check_cancel(t)?;
     nested(
         OperationType::ZCalibrate,
-        m.run_nested(t, OperationType::ZCalibrate, None, &[])
+        m.run_recorded_skipping(t, OperationType::ZCalibrate, None, &[])
             .await?,
     )?;
     Ok(())

@@ -1,7 +1,7 @@
 //! z_adjust: move each string's Z pair by the audio analysis.
 
 use super::{Machine, OpError};
-use crate::motion::OperationTicket;
+use crate::motion::{GateError, OperationTicket};
 use crate::store::OperationType;
 
 /// What a channel's analysis says.
@@ -26,10 +26,12 @@ pub fn judge(voices: i32, amp: f32, vmin: i32, vmax: i32, amin: i32, amax: i32) 
     }
 }
 
-/// Which of the pair (in, out) to move, given their counters and enables:
-/// too close → the one nearest the string (lower counter), too far → the
-/// farthest (higher counter); ties alternate by channel parity; disabled
-/// steppers are never chosen.
+/// Which of the pair (in, out) to move, given their counters and enables
+/// (operations.md): too close → the one nearest the string (lower counter),
+/// on a tie "in" on even channels and "out" on odd ones; too far → the
+/// farthest (higher counter), on a tie "out" on even channels and "in" on
+/// odd ones; if one of the pair is disabled, the other; disabled steppers
+/// are never chosen.
 pub fn choose(
     verdict: Verdict,
     channel: usize,
@@ -37,42 +39,49 @@ pub fn choose(
     counters: (i32, i32),
     enabled: (bool, bool),
 ) -> Option<usize> {
-    let (a, b) = pair;
+    let (zin, zout) = pair;
+    if verdict == Verdict::InRange {
+        return None;
+    }
     match enabled {
         (false, false) => return None,
-        (true, false) => return (verdict != Verdict::InRange).then_some(a),
-        (false, true) => return (verdict != Verdict::InRange).then_some(b),
+        (true, false) => return Some(zin),
+        (false, true) => return Some(zout),
         (true, true) => {}
     }
-    let tie = if channel % 2 == 0 { a } else { b };
-    match verdict {
-        Verdict::InRange => None,
-        Verdict::TooClose => Some(match counters.0.cmp(&counters.1) {
-            std::cmp::Ordering::Less => a,
-            std::cmp::Ordering::Greater => b,
-            std::cmp::Ordering::Equal => tie,
-        }),
-        Verdict::TooFar => Some(match counters.0.cmp(&counters.1) {
-            std::cmp::Ordering::Greater => a,
-            std::cmp::Ordering::Less => b,
-            std::cmp::Ordering::Equal => tie,
-        }),
+    let even = channel % 2 == 0;
+    match (verdict, counters.0.cmp(&counters.1)) {
+        (Verdict::TooClose, std::cmp::Ordering::Less) => Some(zin),
+        (Verdict::TooClose, std::cmp::Ordering::Greater) => Some(zout),
+        (Verdict::TooClose, std::cmp::Ordering::Equal) => Some(if even { zin } else { zout }),
+        (_, std::cmp::Ordering::Greater) => Some(zin),
+        (_, std::cmp::Ordering::Less) => Some(zout),
+        (_, std::cmp::Ordering::Equal) => Some(if even { zout } else { zin }),
     }
 }
 
-/// `skip`: channels left alone this time (a sweep's "still settling" ones).
+/// z_adjust over every channel but those in `skip` (string indices): a
+/// sweep leaves channels still settling alone this way (operations.md,
+/// "delta_threshold"). Runs bump_check first and last (each its own row,
+/// under `t`); each channel's voice_count and amp_sum are read fresh when
+/// its turn comes, after the moves and rests before it. A chosen move that
+/// would leave the stepper's limits is reported "at its limit" and skipped;
+/// the other channels and the final bump_check go on. After a move: rest
+/// z_rest (the gate's record of the move's end), then lap_rest.
 pub(super) async fn run(
     m: &Machine,
     t: &OperationTicket,
     skip: &[usize],
 ) -> Result<String, OpError> {
-    m.run_recorded(t, OperationType::BumpCheck, None).await?;
-    let mut moved = Vec::new();
+    m.nested(t, OperationType::BumpCheck, None, &[]).await?;
+    let mut report = Vec::new();
     for c in 0..m.layout.strings() {
+        t.check()?;
         if skip.contains(&c) {
-            moved.push(format!("channel {c}: skipped (still settling)"));
+            report.push(format!("channel {c}: skipped (still settling)"));
             continue;
         }
+        // Fresh, now: the bump_check and the moves before may have changed the sound.
         let feed = m.feed.borrow().clone();
         let values = feed
             .usable_at(chrono::Utc::now())
@@ -105,18 +114,37 @@ pub(super) async fn run(
             Verdict::TooClose => s.operations.z_up_step,
             _ => s.operations.z_down_step,
         };
-        m.gate.move_rel(&t.origin(), z, step).await?;
-        moved.push(format!("channel {c}: stepper {z} {step:+}"));
+        let (min, max) = m.layout.limits(z);
+        let from = m.counter(z);
+        let target = from as i64 + step as i64;
+        if target < min as i64 || target > max as i64 {
+            report.push(format!(
+                "channel {c}: stepper {z} at its limit ({from}{step:+} outside {min} to {max}), skipped"
+            ));
+            continue;
+        }
+        match m.gate.move_rel(&t.origin(), z, step).await {
+            Ok(_) => {}
+            // The gate's own limit check (the counter moved meanwhile): the same.
+            Err(GateError::OutOfLimits { .. }) => {
+                report.push(format!("channel {c}: stepper {z} at its limit, skipped"));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        report.push(format!("channel {c}: stepper {z} {step:+}"));
+        // z_rest first (the mechanism settles), then lap_rest (the sound does).
+        m.gate.settle(&t.origin(), z).await?;
         t.rest(std::time::Duration::from_secs_f64(
             s.operations.lap_rest.max(0.0),
         ))
         .await?;
     }
-    m.run_recorded(t, OperationType::BumpCheck, None).await?;
-    Ok(if moved.is_empty() {
+    m.nested(t, OperationType::BumpCheck, None, &[]).await?;
+    Ok(if report.is_empty() {
         "every channel in range".into()
     } else {
-        moved.join("; ")
+        report.join("; ")
     })
 }
 
@@ -159,6 +187,25 @@ mod tests {
             choose(Verdict::TooClose, 1, p, (5, 5), (true, true)),
             Some(2)
         );
+        // Ties (operations.md): too close "in" on even channels, "out" on
+        // odd; too far "out" on even channels, "in" on odd.
+        assert_eq!(choose(Verdict::TooFar, 0, p, (5, 5), (true, true)), Some(2));
+        assert_eq!(choose(Verdict::TooFar, 1, p, (5, 5), (true, true)), Some(1));
+        assert_eq!(choose(Verdict::TooFar, 2, p, (7, 7), (true, true)), Some(2));
+        assert_eq!(
+            choose(Verdict::TooClose, 3, p, (7, 7), (true, true)),
+            Some(2)
+        );
+        // A disabled side in a tie: the other one, whatever the parity.
+        assert_eq!(
+            choose(Verdict::TooFar, 0, p, (5, 5), (true, false)),
+            Some(1)
+        );
+        assert_eq!(
+            choose(Verdict::TooClose, 1, p, (5, 5), (true, false)),
+            Some(1)
+        );
+        assert_eq!(choose(Verdict::InRange, 0, p, (5, 5), (true, false)), None);
         assert_eq!(
             choose(Verdict::TooClose, 0, p, (5, 9), (false, true)),
             Some(2)

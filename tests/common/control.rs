@@ -147,3 +147,28 @@ pub fn boards_connected(status: &Value) -> bool {
         .as_array()
         .is_some_and(|boards| !boards.is_empty() && boards.iter().all(|b| b["link"] == "connected"))
 }
+
+/// `stringdriverctl --socket SOCKET ARGS...` as a process, off the runtime.
+pub async fn ctl(socket: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
+    cmd.arg("--socket").arg(socket).args(args);
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("stringdriverctl runs")
+}
+
+/// Waits until the daemon's `status` satisfies `pred` (polled on the
+/// structured reply) and returns it; fails naming `what` after [`WAIT`].
+pub async fn wait_status(socket: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(st) = status(socket).await {
+            if pred(&st) {
+                return st;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

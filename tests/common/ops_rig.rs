@@ -4,7 +4,7 @@
 //! works with, real parts throughout.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
@@ -13,7 +13,7 @@ use stringdriverd::feed::{FeedState, FeedStatus, FeedValues};
 use stringdriverd::motion::MotionGate;
 use stringdriverd::ops::Machine;
 use stringdriverd::protocol::{Firmware, Op};
-use stringdriverd::sensors::SimulatedSensors;
+use stringdriverd::sensors::{SensorError, SimulatedSensors, TouchSensors};
 use stringdriverd::sim::{Profile, SimHandle, TraceEvent};
 use stringdriverd::snapshot::{self, Settings, Sources};
 use stringdriverd::store::{Record, Spool, SpoolHandle};
@@ -42,6 +42,47 @@ lap_rest = 0.02
 voice_count_min = 4
 "#;
 
+/// The touch sensors with a log of every read: which stepper, when (on the
+/// same clock as the simulator's trace), what it read.
+pub struct RecordingSensors {
+    inner: SimulatedSensors,
+    /// Every read so far.
+    pub reads: Mutex<Vec<(usize, std::time::Instant, bool)>>,
+    /// Reads after this many (counted from the start) fail, as a broken
+    /// sensor line would.
+    pub fail_after: std::sync::atomic::AtomicUsize,
+}
+
+impl TouchSensors for RecordingSensors {
+    fn read(&self, stepper: usize) -> Result<bool, SensorError> {
+        let done = self.reads.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if done >= self.fail_after.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SensorError::Simulator {
+                stepper,
+                detail: "the sensor line broke (test)".into(),
+            });
+        }
+        let r = self.inner.read(stepper)?;
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).push((
+            stepper,
+            std::time::Instant::now(),
+            r,
+        ));
+        Ok(r)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+impl RecordingSensors {
+    /// The reads so far.
+    pub fn log(&self) -> Vec<(usize, std::time::Instant, bool)> {
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Everything the operations work with, and the handles a test drives.
 pub struct Rig {
     pub dir: tempfile::TempDir,
@@ -53,6 +94,8 @@ pub struct Rig {
     pub spool: SpoolHandle,
     pub interval: watch::Sender<Duration>,
     pub shutdown: CancellationToken,
+    /// The sensors the machine reads, with their log.
+    pub sensors: Arc<RecordingSensors>,
 }
 
 /// An `ok` feed with these values.
@@ -110,13 +153,17 @@ pub async fn rig(physical: [i64; 5], counters: [i32; 5]) -> Rig {
     let (interval_tx, interval) = watch::channel(Duration::from_secs(3600));
     let (snapshots, _st) = snapshot::spawn(sources, spool.clone(), interval, shutdown.clone());
     let gate = MotionGate::new(vec![board.clone()], layout.clone(), settings_rx);
-    let sensors = Arc::new(SimulatedSensors::from_handles(&layout, sims.clone()));
+    let sensors = Arc::new(RecordingSensors {
+        inner: SimulatedSensors::from_handles(&layout, sims.clone()),
+        reads: Mutex::new(Vec::new()),
+        fail_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
+    });
     let b = board.clone();
     let machine = Machine {
         host: "ops-test".into(),
         layout,
         gate,
-        sensors,
+        sensors: sensors.clone(),
         settings: settings_tx.clone(),
         feed: feed_rx,
         snapshots,
@@ -134,6 +181,7 @@ pub async fn rig(physical: [i64; 5], counters: [i32; 5]) -> Rig {
         spool,
         interval: interval_tx,
         shutdown,
+        sensors,
     }
 }
 
@@ -160,6 +208,22 @@ pub async fn events(spool: &SpoolHandle) -> Vec<stringdriverd::store::OperationE
         .collect()
 }
 
+/// When the simulator received each move (amove/rmove) and counter write
+/// (set_stepper) of `stepper` (local index), in order.
+pub fn writes_to(sim: &SimHandle, stepper: usize) -> Vec<(std::time::Instant, Op)> {
+    sim.trace()
+        .iter()
+        .filter_map(|e| match &e.event {
+            TraceEvent::Message {
+                op: Some(op @ (Op::Amove | Op::Rmove | Op::SetStepper)),
+                args,
+                ..
+            } if args.first() == Some(&(stepper as i32)) => Some((e.at, *op)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Moves the simulator received so far.
 pub fn moves(sim: &SimHandle) -> usize {
     sim.trace()
@@ -174,4 +238,74 @@ pub fn moves(sim: &SimHandle) -> usize {
             )
         })
         .count()
+}
+
+/// One `operations` row as the daemon-level tests read it back from PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct OpRow {
+    pub id: uuid::Uuid,
+    pub kind: String,
+    pub status: String,
+    pub message: Option<String>,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub final_positions: Vec<i32>,
+}
+
+/// The `operations` rows of `host`, oldest start first.
+pub async fn op_rows(client: &tokio_postgres::Client, host: &str) -> Vec<OpRow> {
+    client
+        .query(
+            "SELECT operation_id, operation_type, operation_status, message, recorded_at, \
+             completed_at, final_positions FROM operations WHERE host = $1 \
+             ORDER BY recorded_at, operation_id",
+            &[&host],
+        )
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| OpRow {
+            id: r.get(0),
+            kind: r.get(1),
+            status: r.get(2),
+            message: r.get(3),
+            recorded_at: r.get(4),
+            completed_at: r.get(5),
+            final_positions: r.get(6),
+        })
+        .collect()
+}
+
+/// Waits until `host`'s rows in PostgreSQL satisfy `done` (they arrive as
+/// the shipper ships them) and returns them.
+pub async fn wait_rows(
+    client: &tokio_postgres::Client,
+    host: &str,
+    what: &str,
+    done: impl Fn(&[OpRow]) -> bool,
+) -> Vec<OpRow> {
+    let deadline = tokio::time::Instant::now() + super::machine::WAIT;
+    loop {
+        let rows = op_rows(client, host).await;
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited for {what}; rows: {rows:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the simulator has received `n` moves in all.
+pub async fn wait_moves(sim: &SimHandle, n: usize) {
+    let deadline = tokio::time::Instant::now() + super::machine::WAIT;
+    while moves(sim) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited for {n} moves"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
