@@ -91,7 +91,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum OpCmd {
-    /// Start an operation: bump_check, z_calibrate or z_adjust.
+    /// Start an operation: bump_check, z_calibrate, z_adjust, x_home,
+    /// x_away or x_calibrate.
     Run {
         /// The operation.
         kind: String,
@@ -108,7 +109,7 @@ enum OpCmd {
     Wait,
     /// Record an operation run by another program.
     Report {
-        /// bump_check, z_calibrate or z_adjust.
+        /// bump_check, z_calibrate, z_adjust, x_home, x_away or x_calibrate.
         #[arg(long)]
         kind: String,
         /// started, completed, failed or cancelled.

@@ -335,7 +335,13 @@ async fn set(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
 fn parse_kind(req: &Request) -> Result<OperationType, ApiError> {
     let v = req.args.get("kind");
     v.and_then(|k| serde_json::from_value::<OperationType>(k.clone()).ok())
-        .ok_or_else(|| ApiError::bad_field("kind", "one of bump_check, z_calibrate, z_adjust", v))
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                "kind",
+                "one of bump_check, z_calibrate, z_adjust, x_home, x_away, x_calibrate",
+                v,
+            )
+        })
 }
 
 fn outcome_value(o: &crate::ops::Outcome, kind: OperationType) -> Value {

@@ -49,7 +49,7 @@
 //! | `enable` / `disable` | `stepper` | `{stepper, enabled}` (persisted, event snapshot) |
 //! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
-//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust), `stepper`?, `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |
+//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, x_home, x_away, x_calibrate), `stepper`? (Z operations), `wait`? | `{started}`, or with `wait` the outcome `{kind, operation_id, status, message}` |
 //! | `op_cancel` | | `{cancelled}` (whether an operation was running) |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
 //! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |

@@ -12,6 +12,7 @@
 //! descent by the stepper's travel, its final lifting by 10 rounds.
 
 mod bump_check;
+pub mod x_homing;
 mod z_adjust;
 mod z_calibrate;
 
@@ -51,6 +52,9 @@ pub enum OpError {
     /// A stepper asked for is not a Z stepper.
     #[error("stepper {0} is not a Z stepper")]
     NotZ(usize),
+    /// X homing could not find or use its switch (see [`x_homing`]).
+    #[error("{0}")]
+    XHoming(String),
     /// Every enabled touch sensor reads touching before the operation
     /// starts: at rest that is wiring or configuration, not contact.
     #[error(
@@ -201,6 +205,17 @@ impl Machine {
     ) -> Result<Outcome, OpError> {
         let steppers = match kind {
             OperationType::ZAdjust => self.enabled_z(None)?,
+            // X homing works on the X stepper alone, named in its rows.
+            OperationType::XHome | OperationType::XAway | OperationType::XCalibrate => {
+                let x: Vec<usize> = self.layout.x().map(|r| vec![r.first]).unwrap_or_default();
+                if only.is_some_and(|s| !x.contains(&s)) {
+                    return Err(OpError::XHoming(format!(
+                        "{} works on the X stepper {x:?} only: leave out the stepper",
+                        kind.as_str()
+                    )));
+                }
+                x
+            }
             _ => self.enabled_z(only)?,
         };
         // A jog of one of these at the machine stops the operation.
@@ -237,6 +252,9 @@ impl Machine {
             OperationType::BumpCheck => Box::pin(bump_check::run(self, ticket, &steppers)).await,
             OperationType::ZCalibrate => Box::pin(z_calibrate::run(self, ticket, &steppers)).await,
             OperationType::ZAdjust => Box::pin(z_adjust::run(self, ticket)).await,
+            OperationType::XHome | OperationType::XAway | OperationType::XCalibrate => {
+                Box::pin(x_homing::run(self, ticket, kind)).await
+            }
         };
         let (status, message) = match (&result, ticket.interrupted()) {
             // Stopped from the machine: whatever the steps said, the plan no longer holds.

@@ -67,6 +67,12 @@ pub enum OperationType {
     ZCalibrate,
     /// Move Z steppers by the audio analysis.
     ZAdjust,
+    /// Find the X home switch and make the X counter 0 there.
+    XHome,
+    /// Find the X away switch and make the X counter X max there.
+    XAway,
+    /// Find the nearer X switch, set the counter there, and move back.
+    XCalibrate,
 }
 
 impl OperationType {
@@ -76,6 +82,9 @@ impl OperationType {
             OperationType::BumpCheck => "bump_check",
             OperationType::ZCalibrate => "z_calibrate",
             OperationType::ZAdjust => "z_adjust",
+            OperationType::XHome => "x_home",
+            OperationType::XAway => "x_away",
+            OperationType::XCalibrate => "x_calibrate",
         }
     }
 }
