@@ -839,3 +839,84 @@ fn gpio_request_on_a_missing_chip_names_chip_and_lines() {
     }
     assert!(e.to_string().contains("gpiochip-absent"), "{e}");
 }
+
+// ---------------------------------------------------------------- X limit switches
+
+/// The simulated carriage's limit switches, read in-process and over the
+/// touch socket, follow where the carriage physically is; a socket that is
+/// gone is an error, never "not pressed".
+#[test]
+fn simulated_x_switches_follow_the_carriage_in_process_and_over_the_socket() {
+    use stringdriverd::sensors::XEnd;
+    let (dir, sim) = start_sim(sim_options(Firmware::V2));
+    let sims = Arc::new(vec![sim]);
+    let two = sensors::from_config(
+        &carriage_config("backend = \"simulated\"\nx_switches = \"two\"\n"),
+        Some(SimulatedReaders::of(sims.clone())),
+    )
+    .expect("simulated");
+    let one = sensors::from_config(
+        &carriage_config("backend = \"simulated\"\nx_switches = \"one\"\n"),
+        Some(SimulatedReaders::of(sims.clone())),
+    )
+    .expect("simulated");
+    let socket = dir.path().join("carriage.touch");
+    let (s1, s2) = (sims.clone(), sims.clone());
+    let server = TouchServer::spawn_with_switches(
+        &socket,
+        move || s1[0].touching(),
+        move || s2[0].x_switches(),
+    )
+    .expect("touch server");
+    let remote = sensors::from_config(
+        &carriage_config(&format!(
+            "backend = \"simulated\"\nx_switches = \"two\"\nsimulator_sockets = [\"{}\"]\n",
+            path_text(&socket)
+        )),
+        None,
+    )
+    .expect("over the socket");
+    let read = |s: &dyn TouchSensors| {
+        (
+            s.x_switch(XEnd::Home).expect("home"),
+            s.x_switch(XEnd::Away).expect("away"),
+        )
+    };
+    let mut physical = sims[0].physical();
+    for (x, want_two, want_one) in [
+        (0, (true, false), (true, true)),
+        (1300, (false, false), (false, false)),
+        (2600, (false, true), (true, true)),
+    ] {
+        physical[0] = x;
+        sims[0].set_physical(&physical);
+        assert_eq!(read(two.as_ref()), want_two, "X at {x}");
+        assert_eq!(read(remote.as_ref()), want_two, "X at {x}, over the socket");
+        assert_eq!(read(one.as_ref()), want_one, "X at {x}, one switch");
+    }
+    // A disconnected home switch reads open wherever the carriage is.
+    physical[0] = -5;
+    sims[0].set_physical(&physical);
+    sims[0].inject(Fault::XSwitchStuck {
+        away: false,
+        pressed: Some(false),
+    });
+    assert_eq!(read(remote.as_ref()), (false, false));
+    // Without the wiring configured, there are no switches to read.
+    let none = sensors::from_config(
+        &carriage_config("backend = \"simulated\"\n"),
+        Some(SimulatedReaders::of(sims.clone())),
+    )
+    .expect("simulated");
+    assert!(matches!(
+        none.x_switch(XEnd::Home),
+        Err(SensorError::NoXSwitch { end: XEnd::Home })
+    ));
+    server.stop();
+    let e = remote.x_switch(XEnd::Home).expect_err("socket gone");
+    assert!(
+        matches!(&e, SensorError::Simulator { stepper: 0, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("carriage.touch"), "{e}");
+}

@@ -193,8 +193,24 @@ async fn x_home_with_a_disconnected_switch_fails_after_the_whole_travel_and_leav
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_away_finds_the_away_switch_and_sets_x_max() {
     let db = TestDb::create().await;
-    let (rig, run, mut c) = started(&db, 600, Some("two"), 100, 560).await;
-    let out = op(&mut c, "x_away").await;
+    let (rig, run, c) = started(&db, 600, Some("two"), 100, 560).await;
+    // Through stringdriverctl, as an operator runs it.
+    let mut ctl = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
+    ctl.arg("--socket")
+        .arg(rig.socket())
+        .args(["--json", "op", "run", "x_away", "--wait"]);
+    let done = tokio::task::spawn_blocking(move || ctl.output())
+        .await
+        .expect("join")
+        .expect("stringdriverctl runs");
+    let text = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let out: Value = serde_json::from_str(&text).expect("JSON outcome");
     assert_eq!(out["status"], json!("completed"), "{out}");
     assert!(
         out["message"]
