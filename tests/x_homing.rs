@@ -350,6 +350,8 @@ async fn cancel_mid_x_home_ends_cancelled_and_moves_no_more() {
         })
     });
     assert!(moving.await.expect("join"), "x_home moved X");
+    // While it searches, the count from X max is nobody's position.
+    assert!(!x_counter(&run).1, "X untrusted during the search");
     assert_eq!(
         c.ok(json!({"cmd": "op_cancel"})).await["cancelled"],
         json!(true)
