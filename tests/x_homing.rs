@@ -151,6 +151,25 @@ async fn x_home_finds_the_home_switch_where_the_carriage_really_is() {
         ("x_home", "completed", vec![0], vec![0])
     );
     assert_eq!(message, msg);
+    // `status` shows the switches as the watch reads them after the operation.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let st = c.ok(json!({"cmd": "status"})).await;
+        if st["touch"]["x_switches"]
+            == json!([
+                {"end": "home", "pressed": true, "error": null},
+                {"end": "away", "pressed": false, "error": null}
+            ])
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "switches never in status: {}",
+            st["touch"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(c);
     run.stop().await;
 }

@@ -61,7 +61,7 @@ pub use gpio::{
 };
 pub use simulated::{SimulatedReaders, SimulatedSensors, SwitchReader, TouchReader};
 pub use socket::READ_TIMEOUT as SOCKET_READ_TIMEOUT;
-pub use watch::{TouchState, TouchStates, WATCH_PERIOD};
+pub use watch::{TouchState, TouchStates, XSwitchReading, WATCH_PERIOD};
 
 /// Reads the touch sensor of a Z stepper.
 ///
