@@ -312,7 +312,7 @@ pub async fn run(
         }
     };
 
-    let touch = crate::sensors::SimulatedSensors::reader(sims.clone());
+    let touch = crate::sensors::SimulatedReaders::of(sims.clone());
     let result = drive(&cfg, &options, shipping, Some(touch), stop).await;
 
     feed.stop();
@@ -543,7 +543,7 @@ async fn drive(
     cfg: &Config,
     options: &Options,
     shipping: Shipping,
-    touch: Option<crate::sensors::TouchReader>,
+    touch: Option<crate::sensors::SimulatedReaders>,
     stop: impl Future<Output = ()>,
 ) -> Result<Summary, DemoError> {
     let (stop_tx, stop_rx) = watch::channel(false);

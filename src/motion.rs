@@ -30,6 +30,12 @@
 //! move there; a disabled stepper's counter may be set, nothing moves, so an
 //! operator can vouch for a stepper before enabling it).
 //!
+//! An operation may also set a *working* counter
+//! ([`MotionGate::set_working_counter`]): the same checks as setting a
+//! counter, for the operation's own moves only, and the counter stays
+//! untrusted (X homing counts from X max while it looks for the switch;
+//! nothing may record that count as the carriage's position).
+//!
 //! Messages say what is wrong without a "refused" prefix: the control API's
 //! error kind (`refused`) says that already.
 
@@ -684,5 +690,40 @@ impl MotionGate {
         let _one = self.inner.serial.lock().await;
         self.check_origin(origin)?;
         Ok(self.inner.boards[board].set_stepper(local, value).await?)
+    }
+
+    /// Sets a counter without motion and leaves it untrusted, for the
+    /// running operation only (see the module doc): a value the operation
+    /// counts from, not a position anyone vouches for. Checked like
+    /// [`MotionGate::set_counter`]; refused to everyone but the operation
+    /// holding `origin`'s ticket.
+    pub async fn set_working_counter(
+        &self,
+        origin: &Origin,
+        stepper: usize,
+        value: i32,
+    ) -> Result<Vec<i32>, GateError> {
+        if !matches!(origin, Origin::Operation(_)) {
+            return Err(GateError::Unknown {
+                stepper,
+                why: "only set as a working value by a running operation".into(),
+            });
+        }
+        self.check_origin(origin)?;
+        let (board, local) = self.locate(stepper)?;
+        let (min, max) = self.inner.layout.limits(stepper);
+        if value < min || value > max {
+            return Err(GateError::CounterOutOfLimits {
+                stepper,
+                value,
+                min,
+                max,
+            });
+        }
+        let _one = self.inner.serial.lock().await;
+        self.check_origin(origin)?;
+        Ok(self.inner.boards[board]
+            .set_stepper_untrusted(local, value)
+            .await?)
     }
 }

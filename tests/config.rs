@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use stringdriverd::config::{
     self, Config, ConfigError, DatabaseTarget, GpioSensorsConfig, LineBias, Position, Role,
-    SensorBackend, SensorsConfig, SnapshotLink,
+    SensorBackend, SensorsConfig, SnapshotLink, XSwitchLines, XSwitchWiring,
 };
 use stringdriverd::protocol::commands::{Firmware, IntWidth};
 
@@ -1171,6 +1171,7 @@ fn example_reads_stringdriver_2_sensors_on_gpio() {
             lines: SD2_LINES.to_vec(),
             active_low: true,
             bias: LineBias::PullUp,
+            x_switches: XSwitchLines::Two { home: 16, away: 26 },
         })
     );
     let c = parse(&edit(
@@ -1210,7 +1211,8 @@ fn demo_sensors_are_simulated_and_the_default_is_none() {
     assert_eq!(
         parse(&demo_text()).unwrap().sensors,
         SensorsConfig::Simulated {
-            sockets: Vec::new()
+            sockets: Vec::new(),
+            x_switches: XSwitchWiring::Two,
         }
     );
     for text in [SD1, SD3] {
@@ -1235,6 +1237,7 @@ fn other_hosts_sensor_lines_as_in_the_example_comments() {
             lines: vec![6, 26, 19, 5],
             active_low: true,
             bias: LineBias::PullUp,
+            x_switches: XSwitchLines::None,
         })
     );
     let sd3 = format!(
@@ -1387,6 +1390,18 @@ fn gpio_keys_are_refused_with_other_backends() {
             "remove it, or set backend = \"gpio\"",
         );
         let text = edit(&text, "bias = \"pull-up\"\n", "");
+        rejects(
+            &text,
+            "sensors.x_home_line",
+            "remove it, or set backend = \"gpio\"",
+        );
+        let text = edit(&text, "x_home_line = 16\n", "");
+        rejects(
+            &text,
+            "sensors.x_away_line",
+            "remove it, or set backend = \"gpio\"",
+        );
+        let text = edit(&text, "x_away_line = 26\n", "");
         assert_eq!(parse(&text).unwrap().sensors.backend().to_string(), backend);
     }
     // Leaving the backend out means "none", so the gpio keys are refused too.
@@ -1511,4 +1526,128 @@ proptest! {
         let again = parse(&c.to_toml_string()).unwrap();
         prop_assert_eq!(again, c);
     }
+}
+
+// ---------------------------------------------------------------- X limit switches
+
+/// stringdriver-1 with its touch sensors on GPIO and `extra` in `[sensors]`.
+fn sd1_gpio(extra: &str) -> String {
+    format!("{SD1}\n[sensors]\nbackend = \"gpio\"\nlines = [6, 26, 19, 5]\n{extra}")
+}
+
+#[test]
+fn x_limit_switches_as_wired_on_each_host() {
+    // stringdriver-2: a switch per end (the example).
+    let c = parse(&example_text()).unwrap();
+    assert_eq!(c.sensors.x_switch_wiring(), XSwitchWiring::Two);
+    // stringdriver-1: one switch for both ends.
+    let c = parse(&sd1_gpio("x_switch_line = 16\n")).unwrap();
+    assert!(matches!(
+        &c.sensors,
+        SensorsConfig::Gpio(g) if g.x_switches == XSwitchLines::One(16)
+    ));
+    assert_eq!(c.sensors.x_switch_wiring(), XSwitchWiring::One);
+    // stringdriver-3 and any file without them: none.
+    assert_eq!(
+        parse(SD3).unwrap().sensors.x_switch_wiring(),
+        XSwitchWiring::None
+    );
+    assert_eq!(
+        parse(&sd1_gpio("")).unwrap().sensors.x_switch_wiring(),
+        XSwitchWiring::None
+    );
+    // Simulated: the wiring is named.
+    let c = parse(&format!(
+        "{SD1}\n[sensors]\nbackend = \"simulated\"\nx_switches = \"one\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.sensors,
+        SensorsConfig::Simulated {
+            sockets: vec![],
+            x_switches: XSwitchWiring::One
+        }
+    );
+    // What check-config prints reads back the same.
+    for text in [
+        sd1_gpio("x_switch_line = 16\n"),
+        example_text(),
+        format!("{SD1}\n[sensors]\nbackend = \"simulated\"\nx_switches = \"two\"\n"),
+    ] {
+        let c = parse(&text).unwrap();
+        let printed = c.to_toml_string();
+        assert_eq!(
+            parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}")),
+            c
+        );
+    }
+}
+
+#[test]
+fn x_limit_switch_mistakes_are_refused_with_the_key_and_the_fix() {
+    let bad = |extra: &str, key: &str, fragment: &str| {
+        let e = parse(&sd1_gpio(extra)).expect_err(extra);
+        assert_eq!(e.key(), Some(key), "{extra}: {e}");
+        assert!(e.to_string().contains(fragment), "{extra}: {e}");
+    };
+    bad(
+        "x_switch_line = 16\nx_home_line = 20\n",
+        "sensors.x_switch_line",
+        "not both",
+    );
+    bad(
+        "x_home_line = 16\n",
+        "sensors.x_home_line",
+        "without sensors.x_away_line",
+    );
+    bad(
+        "x_away_line = 16\n",
+        "sensors.x_away_line",
+        "without sensors.x_home_line",
+    );
+    bad(
+        "x_home_line = 16\nx_away_line = 16\n",
+        "sensors.x_away_line",
+        "set x_switch_line = 16 instead",
+    );
+    // A touch sensor's line (26 is stringdriver-1's second sensor).
+    bad(
+        "x_switch_line = 26\n",
+        "sensors.x_switch_line",
+        "the touch sensor's of sensors.lines[1]",
+    );
+    bad(
+        "x_home_line = 16\nx_away_line = 5\n",
+        "sensors.x_away_line",
+        "sensors.lines[3]",
+    );
+    bad(
+        "x_switch_line = -1\n",
+        "sensors.x_switch_line",
+        "a GPIO line offset is 0 or more",
+    );
+    bad(
+        "x_switches = \"two\"\n",
+        "sensors.x_switches",
+        "only used with sensors.backend = \"simulated\"",
+    );
+    // No X to home: stringdriver-3's X max is 0.
+    let e = parse(&format!(
+        "{SD3}\n[sensors]\nbackend = \"gpio\"\nlines = [8, 17, 18, 27, 10, 13, 24, 21]\n\
+         x_switch_line = 16\n"
+    ))
+    .expect_err("x_max 0");
+    assert_eq!(e.key(), Some("sensors.x_switch_line"), "{e}");
+    assert!(e.to_string().contains("X max is 0"), "{e}");
+    let e = parse(&format!(
+        "{SD3}\n[sensors]\nbackend = \"simulated\"\nx_switches = \"two\"\n"
+    ))
+    .expect_err("x_max 0");
+    assert_eq!(e.key(), Some("sensors.x_switches"), "{e}");
+    // The line keys belong to gpio.
+    let e = parse(&format!(
+        "{SD1}\n[sensors]\nbackend = \"simulated\"\nx_switch_line = 16\n"
+    ))
+    .expect_err("gpio only");
+    assert_eq!(e.key(), Some("sensors.x_switch_line"), "{e}");
 }

@@ -324,3 +324,70 @@ fn the_resolved_configuration_writes_bias_and_active_level_and_parses_back() {
         cfg
     );
 }
+
+/// The X limit switches are inputs like the sensors: requested in the same
+/// one request (one owner of every line), pulled up, pressed reads low.
+#[test]
+fn x_limit_switches_are_requested_with_the_sensors_and_read_pressed_when_low() {
+    use stringdriverd::config::XSwitchWiring;
+    use stringdriverd::sensors::XEnd;
+    let cfg = config("x_home_line = 16\nx_away_line = 20\n");
+    let lines = pi5();
+    let s = open(&cfg, &lines).expect("opens");
+    assert_eq!(
+        *lines.requests.lock().unwrap(),
+        vec![(
+            PathBuf::from("/dev/gpiochip4"),
+            vec![6, 26, 19, 5, 16, 20],
+            LineBias::PullUp
+        )],
+        "one request for sensors and switches"
+    );
+    assert_eq!(s.x_switch_wiring(), XSwitchWiring::Two);
+    // Open: pulled high, not pressed.
+    assert!(!s.x_switch(XEnd::Home).expect("reads"));
+    assert!(!s.x_switch(XEnd::Away).expect("reads"));
+    lines.levels.lock().unwrap().insert(16, false);
+    assert!(s.x_switch(XEnd::Home).expect("reads"), "home pressed");
+    assert!(!s.x_switch(XEnd::Away).expect("reads"));
+    assert!(!s.read(1).expect("reads"), "a switch is no sensor");
+    assert!(
+        s.describe().contains("home line 16, away line 20"),
+        "{}",
+        s.describe()
+    );
+
+    // One switch for both ends: either end reads the one line.
+    let cfg = config("x_switch_line = 16\n");
+    let lines = pi5();
+    let s = open(&cfg, &lines).expect("opens");
+    assert_eq!(lines.requests.lock().unwrap()[0].1, vec![6, 26, 19, 5, 16]);
+    assert_eq!(s.x_switch_wiring(), XSwitchWiring::One);
+    lines.levels.lock().unwrap().insert(16, false);
+    assert!(s.x_switch(XEnd::Home).expect("reads"));
+    assert!(s.x_switch(XEnd::Away).expect("reads"));
+
+    // Without the bias a switch line floats: an error, never "not pressed".
+    let cfg = config("x_switch_line = 16\nbias = \"disabled\"\n");
+    let lines = pi5();
+    let s = open(&cfg, &lines).expect("opens");
+    let e = s.x_switch(XEnd::Home).expect_err("floats");
+    assert!(
+        matches!(
+            &e,
+            SensorError::SwitchIo {
+                line: 16,
+                end: XEnd::Home,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // No switches configured: said so.
+    let s = open(&config(""), &pi5()).expect("opens");
+    assert_eq!(s.x_switch_wiring(), XSwitchWiring::None);
+    assert!(matches!(
+        s.x_switch(XEnd::Away),
+        Err(SensorError::NoXSwitch { end: XEnd::Away })
+    ));
+}

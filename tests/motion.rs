@@ -301,3 +301,64 @@ async fn untrusted_counters_refuse_manual_moves() {
         .expect("an operation may move from an untrusted counter");
     shutdown.cancel();
 }
+
+/// A working counter (X homing's count while it searches) is the running
+/// operation's alone, checked like a counter write, and never trusted: the
+/// operation may move from it, nobody else may.
+#[tokio::test]
+async fn a_working_counter_is_the_operations_alone_and_stays_untrusted() {
+    let g = gate().await;
+    let refused = g
+        .gate
+        .set_working_counter(&Origin::Manual, 0, 2600)
+        .await
+        .expect_err("not an operation");
+    assert!(
+        refused.to_string().contains("running operation"),
+        "{refused}"
+    );
+    assert!(g.boards[0].status().trusted[0], "nothing changed");
+    let op = g.gate.begin("x_home").expect("op");
+    let out_of_travel = g
+        .gate
+        .set_working_counter(&op.origin(), 0, 2601)
+        .await
+        .expect_err("past X max");
+    assert!(
+        matches!(
+            out_of_travel,
+            GateError::CounterOutOfLimits { value: 2601, .. }
+        ),
+        "{out_of_travel}"
+    );
+    let p = g
+        .gate
+        .set_working_counter(&op.origin(), 0, 2600)
+        .await
+        .expect("set");
+    assert_eq!(p[0], 2600);
+    assert!(!g.boards[0].status().trusted[0], "untrusted");
+    assert_eq!(g.sims[0].physical()[0], 0, "nothing moved");
+    // The operation moves from it; the counter stays untrusted.
+    g.gate
+        .move_rel(&op.origin(), 0, -10)
+        .await
+        .expect("the operation moves");
+    assert!(!g.boards[0].status().trusted[0]);
+    drop(op);
+    let manual = g
+        .gate
+        .move_rel(&Origin::Manual, 0, -10)
+        .await
+        .expect_err("untrusted");
+    assert!(
+        matches!(manual, GateError::Unknown { stepper: 0, .. }),
+        "{manual}"
+    );
+    // A counter write by an operator vouches for it again.
+    g.gate
+        .set_counter(&Origin::Manual, 0, 0)
+        .await
+        .expect("set");
+    assert!(g.boards[0].status().trusted[0]);
+}

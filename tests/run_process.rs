@@ -27,7 +27,9 @@ fn config_in(dir: &Path) -> PathBuf {
             "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
             "postgres://postgres@127.0.0.1:1/none",
         )
-        .replace("backend = \"simulated\"", "backend = \"none\"");
+        .replace("backend = \"simulated\"", "backend = \"none\"")
+        // The simulated X switches go with the simulated backend.
+        .replace("x_switches = \"two\"\n", "");
     let f = dir.join("stringdriver.toml");
     std::fs::write(&f, text).expect("write");
     f

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use stringdriverd::board::{BoardHandle, LinkState};
-use stringdriverd::config::{self, Config, GpioSensorsConfig, SensorsConfig};
+use stringdriverd::config::{self, Config, GpioSensorsConfig, SensorsConfig, XSwitchWiring};
 use stringdriverd::protocol::Firmware;
 use stringdriverd::sensors::{
-    self, GpioLineMap, NoSensors, SensorError, SimulatedSensors, TouchReader, TouchSensors,
-    CONSUMER,
+    self, GpioLineMap, NoSensors, SensorError, SimulatedReaders, SimulatedSensors, TouchReader,
+    TouchSensors, CONSUMER,
 };
 use stringdriverd::sim::touch::TouchServer;
 use stringdriverd::sim::{Fault, SimHandle, TraceEvent};
@@ -74,7 +74,7 @@ async fn bench(restore_counters_after_reset: bool) -> Bench {
     connected(&r.board).await;
     let sims = Arc::new(vec![r.sim]);
     let cfg = carriage_config("backend = \"simulated\"\n");
-    let sensors = sensors::from_config(&cfg, Some(SimulatedSensors::reader(sims.clone())))
+    let sensors = sensors::from_config(&cfg, Some(SimulatedReaders::of(sims.clone())))
         .expect("simulated sensors");
     Bench {
         board: r.board,
@@ -233,7 +233,7 @@ fn simulated_sensors_address_boards_by_global_index() {
             Ok(Vec::new())
         }
     });
-    let s = sensors::from_config(&cfg, Some(reader.clone())).expect("simulated");
+    let s = sensors::from_config(&cfg, Some(reader.clone().into())).expect("simulated");
     let readings: Vec<bool> = (1..=12).map(|g| s.read(g).unwrap()).collect();
     let mut want = vec![false; 12];
     want[3] = true;
@@ -274,7 +274,7 @@ fn simulated_backend_needs_a_simulator() {
 fn a_reader_that_fails_is_an_error_never_not_touching() {
     let cfg = carriage_config("backend = \"simulated\"\n");
     let failing: TouchReader = Arc::new(|board| Err(format!("board {board} is on fire")));
-    let s = sensors::from_config(&cfg, Some(failing)).expect("simulated");
+    let s = sensors::from_config(&cfg, Some(failing.into())).expect("simulated");
     let e = s.read(3).expect_err("no reading");
     assert!(
         matches!(&e, SensorError::Simulator { stepper: 3, detail } if detail == "board 0 is on fire"),
@@ -520,7 +520,7 @@ fn a_server_that_answers_garbage_or_nothing_is_an_error() {
 fn sockets_in_the_file_are_not_used_when_the_simulators_run_here() {
     let cfg = socket_config(&["/nonexistent/carriage.touch"]);
     let here: TouchReader = Arc::new(|_| Ok((0..13).map(|i| i == 2).collect()));
-    let s = sensors::from_config(&cfg, Some(here)).expect("simulated");
+    let s = sensors::from_config(&cfg, Some(here.into())).expect("simulated");
     assert!(s.read(2).expect("in process") && !s.read(3).expect("in process"));
 }
 
@@ -542,13 +542,20 @@ fn simulator_sockets_one_absolute_path_per_board_with_the_simulated_backend_only
         .expect("valid");
     let want = SensorsConfig::Simulated {
         sockets: vec![Some(PathBuf::from("/run/sim/c.touch")), None],
+        x_switches: XSwitchWiring::None,
     };
     assert_eq!(c.sensors, want);
     // What check-config prints reads back the same.
     let again = config::parse(&c.to_toml_string(), Path::new("again.toml")).expect("round trip");
     assert_eq!(again.sensors, want);
     let c = parse("backend = \"simulated\"\n").expect("valid");
-    assert_eq!(c.sensors, SensorsConfig::Simulated { sockets: vec![] });
+    assert_eq!(
+        c.sensors,
+        SensorsConfig::Simulated {
+            sockets: vec![],
+            x_switches: XSwitchWiring::None
+        }
+    );
 
     let rejects = |sensors: &str, key: &str, fragment: &str| {
         let e = parse(sensors).expect_err("should be rejected");
@@ -669,7 +676,7 @@ fn no_sensors_refuse_every_read_with_a_clear_message() {
         assert_eq!(cfg.sensors, SensorsConfig::None);
         // A simulator offered anyway is not used: the configuration decides.
         let reader: TouchReader = Arc::new(|_| Ok(vec![true; 13]));
-        let s = sensors::from_config(&cfg, Some(reader)).expect("none");
+        let s = sensors::from_config(&cfg, Some(reader.into())).expect("none");
         for stepper in [0, 1, 12, 50] {
             let e = s.read(stepper).expect_err("disabled");
             assert!(matches!(e, SensorError::Disabled), "{e}");
@@ -821,9 +828,95 @@ fn gpio_request_on_a_missing_chip_names_chip_and_lines() {
     match &e {
         SensorError::Request { chip: c, lines, .. } => {
             assert_eq!(c, &chip);
-            assert_eq!(lines, &[8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 11, 20]);
+            // The sensors' lines, then the X switches' (home 16, away 26):
+            // one request for every input.
+            assert_eq!(
+                lines,
+                &[8, 17, 18, 27, 10, 13, 24, 21, 5, 19, 11, 20, 16, 26]
+            );
         }
         other => panic!("not a request error: {other}"),
     }
     assert!(e.to_string().contains("gpiochip-absent"), "{e}");
+}
+
+// ---------------------------------------------------------------- X limit switches
+
+/// The simulated carriage's limit switches, read in-process and over the
+/// touch socket, follow where the carriage physically is; a socket that is
+/// gone is an error, never "not pressed".
+#[test]
+fn simulated_x_switches_follow_the_carriage_in_process_and_over_the_socket() {
+    use stringdriverd::sensors::XEnd;
+    let (dir, sim) = start_sim(sim_options(Firmware::V2));
+    let sims = Arc::new(vec![sim]);
+    let two = sensors::from_config(
+        &carriage_config("backend = \"simulated\"\nx_switches = \"two\"\n"),
+        Some(SimulatedReaders::of(sims.clone())),
+    )
+    .expect("simulated");
+    let one = sensors::from_config(
+        &carriage_config("backend = \"simulated\"\nx_switches = \"one\"\n"),
+        Some(SimulatedReaders::of(sims.clone())),
+    )
+    .expect("simulated");
+    let socket = dir.path().join("carriage.touch");
+    let (s1, s2) = (sims.clone(), sims.clone());
+    let server = TouchServer::spawn_with_switches(
+        &socket,
+        move || s1[0].touching(),
+        move || s2[0].x_switches(),
+    )
+    .expect("touch server");
+    let remote = sensors::from_config(
+        &carriage_config(&format!(
+            "backend = \"simulated\"\nx_switches = \"two\"\nsimulator_sockets = [\"{}\"]\n",
+            path_text(&socket)
+        )),
+        None,
+    )
+    .expect("over the socket");
+    let read = |s: &dyn TouchSensors| {
+        (
+            s.x_switch(XEnd::Home).expect("home"),
+            s.x_switch(XEnd::Away).expect("away"),
+        )
+    };
+    let mut physical = sims[0].physical();
+    for (x, want_two, want_one) in [
+        (0, (true, false), (true, true)),
+        (1300, (false, false), (false, false)),
+        (2600, (false, true), (true, true)),
+    ] {
+        physical[0] = x;
+        sims[0].set_physical(&physical);
+        assert_eq!(read(two.as_ref()), want_two, "X at {x}");
+        assert_eq!(read(remote.as_ref()), want_two, "X at {x}, over the socket");
+        assert_eq!(read(one.as_ref()), want_one, "X at {x}, one switch");
+    }
+    // A disconnected home switch reads open wherever the carriage is.
+    physical[0] = -5;
+    sims[0].set_physical(&physical);
+    sims[0].inject(Fault::XSwitchStuck {
+        away: false,
+        pressed: Some(false),
+    });
+    assert_eq!(read(remote.as_ref()), (false, false));
+    // Without the wiring configured, there are no switches to read.
+    let none = sensors::from_config(
+        &carriage_config("backend = \"simulated\"\n"),
+        Some(SimulatedReaders::of(sims.clone())),
+    )
+    .expect("simulated");
+    assert!(matches!(
+        none.x_switch(XEnd::Home),
+        Err(SensorError::NoXSwitch { end: XEnd::Home })
+    ));
+    server.stop();
+    let e = remote.x_switch(XEnd::Home).expect_err("socket gone");
+    assert!(
+        matches!(&e, SensorError::Simulator { stepper: 0, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("carriage.touch"), "{e}");
 }

@@ -118,8 +118,8 @@ enum Cmd {
 #[derive(Subcommand)]
 enum OpCmd {
     /// Start an operation: bump_check, z_calibrate, z_adjust,
-    /// sweep_left_right or sweep_right_left. With --wait, a sweep's progress
-    /// is printed after every pass.
+    /// sweep_left_right, sweep_right_left, x_home, x_away or x_calibrate.
+    /// With --wait, a sweep's progress is printed after every pass.
     Run {
         /// The operation.
         kind: String,
@@ -141,7 +141,7 @@ enum OpCmd {
     Wait,
     /// Record an operation run by another program.
     Report {
-        /// bump_check, z_calibrate, z_adjust, sweep_left_right or sweep_right_left.
+        /// bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left, x_home, x_away, x_calibrate.
         #[arg(long)]
         kind: String,
         /// started, completed, failed or cancelled.

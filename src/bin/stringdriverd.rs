@@ -112,6 +112,8 @@ enum Cmd {
         /// daemon with sensors.backend = "simulated" and this path in
         /// sensors.simulator_sockets. Z steppers start on their strings
         /// (touching): the simulator's mechanism and string contacts are at 0.
+        /// The carriage's X limit switches (home at 0, away at X max) are
+        /// served there too.
         #[arg(long)]
         touch_socket: Option<PathBuf>,
     },
@@ -311,10 +313,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sim = std::sync::Arc::new(stringdriverd::sim::Simulator::spawn(opts, &link)?);
             let touch = match &touch_socket {
                 Some(path) => {
-                    let sim = sim.clone();
-                    Some(stringdriverd::sim::touch::TouchServer::spawn(
+                    let (sim, sim2) = (sim.clone(), sim.clone());
+                    Some(stringdriverd::sim::touch::TouchServer::spawn_with_switches(
                         path,
                         move || sim.touching(),
+                        move || sim2.x_switches(),
                     )?)
                 }
                 None => None,
@@ -327,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default(),
                 touch_socket
                     .as_ref()
-                    .map(|p| format!(", touch sensors on {}", p.display()))
+                    .map(|p| format!(", touch sensors and X switches on {}", p.display()))
                     .unwrap_or_default()
             );
             runtime()?.block_on(stop_signal(None));

@@ -78,8 +78,19 @@ pub enum Command {
         /// Target counter.
         target: i32,
     },
-    /// Set one counter without motion (`set_stepper`).
+    /// Set one counter without motion (`set_stepper`); trusted once the
+    /// next positions reply confirms it.
     SetStepper {
+        /// Stepper index on this board.
+        stepper: usize,
+        /// New counter.
+        value: i32,
+    },
+    /// Set one counter without motion (`set_stepper`) and mark it
+    /// untrusted: a working value nobody vouches for (X homing sets the X
+    /// counter to X max before it searches for the switch), never recorded
+    /// as known.
+    SetStepperUntrusted {
         /// Stepper index on this board.
         stepper: usize,
         /// New counter.
@@ -1111,11 +1122,11 @@ impl Driver {
                     // exact on every stepper, X or not.
                     let arg = self.check_arg(Op::Amove, target as i64).map_err(refuse)?;
                     return self
-                        .write_and_confirm(io, Op::Amove, stepper, arg, target, current)
+                        .write_and_confirm(io, Op::Amove, stepper, arg, target, current, false)
                         .await;
                 }
                 let delta = self.check_arg(Op::Rmove, delta as i64).map_err(refuse)?;
-                self.write_and_confirm(io, Op::Rmove, stepper, delta, target, current)
+                self.write_and_confirm(io, Op::Rmove, stepper, delta, target, current, false)
                     .await
             }
             Command::Amove { stepper, target } => {
@@ -1123,18 +1134,14 @@ impl Driver {
                 let current = self.current(stepper)?;
                 let target = self.check_counter(target as i64).map_err(refuse)?;
                 let arg = self.check_arg(Op::Amove, target as i64).map_err(refuse)?;
-                self.write_and_confirm(io, Op::Amove, stepper, arg, target, current)
+                self.write_and_confirm(io, Op::Amove, stepper, arg, target, current, false)
                     .await
             }
             Command::SetStepper { stepper, value } => {
-                self.check_stepper(stepper).map_err(refuse)?;
-                let value = self.check_counter(value as i64).map_err(refuse)?;
-                let value = self
-                    .check_arg(Op::SetStepper, value as i64)
-                    .map_err(refuse)?;
-                let current = self.current(stepper)?;
-                self.write_and_confirm(io, Op::SetStepper, stepper, value, value, current)
-                    .await
+                self.set_stepper(io, stepper, value, true).await
+            }
+            Command::SetStepperUntrusted { stepper, value } => {
+                self.set_stepper(io, stepper, value, false).await
             }
             Command::ResetAll => {
                 tracing::warn!(board = %self.spec.name, "reset_all requested by name: zeroing every counter");
@@ -1156,6 +1163,34 @@ impl Driver {
         }
     }
 
+    /// `set_stepper`, trusted or not once confirmed.
+    async fn set_stepper(
+        &mut self,
+        io: &mut Io,
+        stepper: usize,
+        value: i32,
+        trust: bool,
+    ) -> Result<Response, Fail> {
+        let refuse = Fail::Device;
+        self.check_stepper(stepper).map_err(refuse)?;
+        let value = self.check_counter(value as i64).map_err(refuse)?;
+        let value = self
+            .check_arg(Op::SetStepper, value as i64)
+            .map_err(refuse)?;
+        let current = self.current(stepper)?;
+        if !trust {
+            // Untrusted before the write goes out: no status in between
+            // shows the new value as known.
+            self.status.send_modify(|s| {
+                if let Some(t) = s.trusted.get_mut(stepper) {
+                    *t = false;
+                }
+            });
+        }
+        self.write_and_confirm(io, Op::SetStepper, stepper, value, value, current, trust)
+            .await
+    }
+
     fn current(&self, stepper: usize) -> Result<i32, Fail> {
         self.known
             .as_ref()
@@ -1174,7 +1209,11 @@ impl Driver {
     }
 
     /// Sends a move or counter write, waits its expected duration, and checks
-    /// the next positions reply shows `target` on `stepper`.
+    /// the next positions reply shows `target` on `stepper`; a confirmed
+    /// counter write leaves the counter trusted as `trust` says.
+    // `trust` is the one flag a counter write adds to a move's arguments;
+    // a struct for one caller's sake would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn write_and_confirm(
         &mut self,
         io: &mut Io,
@@ -1183,6 +1222,7 @@ impl Driver {
         arg: i32,
         target: i32,
         current: i32,
+        trust: bool,
     ) -> Result<Response, Fail> {
         if matches!(op, Op::Rmove | Op::Amove) {
             self.persist(Some(stepper)).await.map_err(|detail| {
@@ -1228,7 +1268,7 @@ impl Driver {
         if op == Op::SetStepper {
             self.status.send_modify(|s| {
                 if let Some(t) = s.trusted.get_mut(stepper) {
-                    *t = true;
+                    *t = trust;
                 }
             });
         }

@@ -141,6 +141,17 @@ impl BoardHandle {
         self.positions(Command::Distrust { stepper }).await
     }
 
+    /// Sets one counter without motion and leaves it untrusted (see
+    /// [`Command::SetStepperUntrusted`]).
+    pub async fn set_stepper_untrusted(
+        &self,
+        stepper: usize,
+        value: i32,
+    ) -> Result<Vec<i32>, BoardError> {
+        self.positions(Command::SetStepperUntrusted { stepper, value })
+            .await
+    }
+
     /// Zeroes **every** counter of the board. Named so that nobody calls it by mistake.
     pub async fn reset_all_counters(&self) -> Result<Vec<i32>, BoardError> {
         self.positions(Command::ResetAll).await

@@ -29,7 +29,7 @@ pub use sections::{
     read_secret, BoardConfig, ClientCert, CompatConfig, ControlConfig, DatabaseConfig,
     DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LineBias, LogConfig,
     OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig,
-    SslMode, Thresholds,
+    SslMode, Thresholds, XSwitchLines, XSwitchWiring,
 };
 
 /// A checked configuration with every default resolved.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::Invalid;
-use super::layout;
+use super::layout::{self, Layout};
 use super::schema::{
     ByteSize, HumanDuration, OctalMode, PerChannel, RawBoard, RawCompat, RawConfig, RawControl,
     RawDatabase, RawFeed, RawLog, RawOperations, RawSensors, RawSnapshot, RawSpool, RawThresholds,
@@ -13,7 +13,8 @@ use super::schema::{
 use super::sections::{
     BoardConfig, ClientCert, CompatConfig, ControlConfig, DatabaseConfig, DatabaseTarget,
     DatabaseTls, FeedConfig, GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend,
-    SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig, SslMode, Thresholds,
+    SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig, SslMode, Thresholds, XSwitchLines,
+    XSwitchWiring,
 };
 use super::Config;
 
@@ -137,7 +138,7 @@ pub(crate) fn resolve(
         control: control(raw.control).map_err(Resolve::Invalid)?,
         compat: compat(raw.compat).map_err(Resolve::Invalid)?,
         log: log(raw.log).map_err(Resolve::Invalid)?,
-        sensors: sensors(raw.sensors, strings, boards.len()).map_err(Resolve::Invalid)?,
+        sensors: sensors(raw.sensors, &layout, boards.len()).map_err(Resolve::Invalid)?,
         boards,
         layout,
     };
@@ -1036,7 +1037,8 @@ fn log(raw: RawLog) -> R<LogConfig> {
     Ok(LogConfig { level })
 }
 
-fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
+fn sensors(raw: RawSensors, layout: &Layout, boards: usize) -> R<SensorsConfig> {
+    let strings = layout.strings();
     let backend = raw.backend.unwrap_or(SensorBackend::None);
     if backend != SensorBackend::Simulated && raw.simulator_sockets.is_some() {
         // Sockets only a simulator serves must never look as if a machine's
@@ -1049,6 +1051,16 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
             ),
         ));
     }
+    if backend != SensorBackend::Simulated && raw.x_switches.is_some() {
+        return Err(Invalid::new(
+            "sensors.x_switches",
+            format!(
+                "only used with sensors.backend = \"simulated\", but the backend is \
+                 \"{backend}\": with \"gpio\" the lines say how the X limit switches are wired \
+                 (x_home_line and x_away_line, or x_switch_line)"
+            ),
+        ));
+    }
     if backend != SensorBackend::Gpio {
         // A chip or lines left behind after switching away from gpio would
         // otherwise look as if they were in use.
@@ -1057,6 +1069,9 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
             ("lines", raw.lines.is_some()),
             ("active_low", raw.active_low.is_some()),
             ("bias", raw.bias.is_some()),
+            ("x_home_line", raw.x_home_line.is_some()),
+            ("x_away_line", raw.x_away_line.is_some()),
+            ("x_switch_line", raw.x_switch_line.is_some()),
         ] {
             if set {
                 return Err(Invalid::new(
@@ -1069,17 +1084,26 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
             }
         }
         return Ok(match backend {
-            SensorBackend::Simulated => SensorsConfig::Simulated {
-                sockets: simulator_sockets(raw.simulator_sockets, boards)?,
-            },
+            SensorBackend::Simulated => {
+                let x_switches = raw.x_switches.unwrap_or_default();
+                check_x_switches_fit(layout, x_switches, "sensors.x_switches")?;
+                SensorsConfig::Simulated {
+                    x_switches,
+                    sockets: simulator_sockets(raw.simulator_sockets, boards)?,
+                }
+            }
             _ => SensorsConfig::None,
         });
     }
     let z = 2 * strings;
     // Not given: found at start by the lines (the header's chip is not
     // gpiochip0 on every Pi).
-    let chip = raw.chip.map(|c| path("sensors.chip", c)).transpose()?;
-    let Some(raw_lines) = raw.lines else {
+    let chip = raw
+        .chip
+        .clone()
+        .map(|c| path("sensors.chip", c))
+        .transpose()?;
+    let Some(raw_lines) = raw.lines.clone() else {
         return Err(Invalid::new(
             "sensors.lines",
             format!(
@@ -1102,12 +1126,7 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
     let mut lines: Vec<u32> = Vec::with_capacity(z);
     for (i, &l) in raw_lines.iter().enumerate() {
         let key = format!("sensors.lines[{i}]");
-        let line = u32::try_from(l).map_err(|_| {
-            Invalid::new(
-                &key,
-                format!("a GPIO line offset is 0 or more and fits 32 bits, not {l}"),
-            )
-        })?;
+        let line = line_offset(&key, l)?;
         if let Some(first) = lines.iter().position(|&x| x == line) {
             // Two sensors on one line would make one string's contact look
             // like the other's.
@@ -1122,6 +1141,12 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
         }
         lines.push(line);
     }
+    let x_switches = x_switch_lines(&raw, &lines)?;
+    let key = match x_switches {
+        XSwitchLines::One(_) => "sensors.x_switch_line",
+        _ => "sensors.x_home_line",
+    };
+    check_x_switches_fit(layout, x_switches.wiring(), key)?;
     Ok(SensorsConfig::Gpio(GpioSensorsConfig {
         chip,
         lines,
@@ -1129,7 +1154,93 @@ fn sensors(raw: RawSensors, strings: usize, boards: usize) -> R<SensorsConfig> {
         // pull-up bias (reference/hosts.md, "electrical sense").
         active_low: raw.active_low.unwrap_or(true),
         bias: raw.bias.unwrap_or_default(),
+        x_switches,
     }))
+}
+
+/// A GPIO line offset from the file.
+fn line_offset(key: &str, l: i64) -> R<u32> {
+    u32::try_from(l).map_err(|_| {
+        Invalid::new(
+            key,
+            format!("a GPIO line offset is 0 or more and fits 32 bits, not {l}"),
+        )
+    })
+}
+
+/// `sensors.x_home_line` and `x_away_line`, or `x_switch_line`: distinct
+/// lines, none of them a touch sensor's.
+fn x_switch_lines(raw: &RawSensors, touch: &[u32]) -> R<XSwitchLines> {
+    let one = |key: &str, v: Option<i64>| -> R<Option<u32>> {
+        let Some(v) = v else { return Ok(None) };
+        let line = line_offset(key, v)?;
+        if let Some(i) = touch.iter().position(|&t| t == line) {
+            // The switch would read as that string's contact, and back.
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "line {line} is the touch sensor's of sensors.lines[{i}]: an X limit \
+                     switch needs a line of its own"
+                ),
+            ));
+        }
+        Ok(Some(line))
+    };
+    let home = one("sensors.x_home_line", raw.x_home_line)?;
+    let away = one("sensors.x_away_line", raw.x_away_line)?;
+    let both = one("sensors.x_switch_line", raw.x_switch_line)?;
+    match (home, away, both) {
+        (None, None, None) => Ok(XSwitchLines::None),
+        (None, None, Some(l)) => Ok(XSwitchLines::One(l)),
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(Invalid::new(
+            "sensors.x_switch_line",
+            "set together with x_home_line/x_away_line: give one switch for both ends \
+             (x_switch_line, as on stringdriver-1) or one per end (x_home_line and x_away_line, \
+             as on stringdriver-2), not both",
+        )),
+        (Some(h), Some(a), None) if h == a => Err(Invalid::new(
+            "sensors.x_away_line",
+            format!(
+                "is line {a}, like sensors.x_home_line: for one switch at both ends set \
+                 x_switch_line = {a} instead"
+            ),
+        )),
+        (Some(home), Some(away), None) => Ok(XSwitchLines::Two { home, away }),
+        (Some(_), None, None) => Err(Invalid::new(
+            "sensors.x_home_line",
+            "set without sensors.x_away_line: give both (a switch at each end), or \
+             x_switch_line alone for one switch at both ends",
+        )),
+        (None, Some(_), None) => Err(Invalid::new(
+            "sensors.x_away_line",
+            "set without sensors.x_home_line: give both (a switch at each end), or \
+             x_switch_line alone for one switch at both ends",
+        )),
+    }
+}
+
+/// X limit switches need an X stepper that moves.
+fn check_x_switches_fit(layout: &Layout, wiring: XSwitchWiring, key: &str) -> R<()> {
+    if wiring == XSwitchWiring::None {
+        return Ok(());
+    }
+    let Some(x) = layout.x() else {
+        return Err(Invalid::new(
+            key,
+            "X limit switches are configured, but layout.x_index is not: there is no X \
+             stepper for them to find",
+        ));
+    };
+    let (_, max) = layout.limits(x.first);
+    if max == 0 {
+        return Err(Invalid::new(
+            key,
+            "X limit switches are configured, but X max is 0 (a placeholder X without a \
+             motor, as on stringdriver-3): the X homing operations skip such a machine; remove \
+             the switches",
+        ));
+    }
+    Ok(())
 }
 
 /// `sensors.simulator_sockets`: one absolute path per board, "" for none;
@@ -1310,10 +1421,27 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
                 lines: Some(g.lines.iter().map(|&l| i64::from(l)).collect()),
                 active_low: Some(g.active_low),
                 bias: Some(g.bias),
+                x_home_line: match g.x_switches {
+                    XSwitchLines::Two { home, .. } => Some(i64::from(home)),
+                    _ => None,
+                },
+                x_away_line: match g.x_switches {
+                    XSwitchLines::Two { away, .. } => Some(i64::from(away)),
+                    _ => None,
+                },
+                x_switch_line: match g.x_switches {
+                    XSwitchLines::One(l) => Some(i64::from(l)),
+                    _ => None,
+                },
+                x_switches: None,
                 simulator_sockets: None,
             },
-            SensorsConfig::Simulated { sockets } => RawSensors {
+            SensorsConfig::Simulated {
+                sockets,
+                x_switches,
+            } => RawSensors {
                 backend: Some(SensorBackend::Simulated),
+                x_switches: Some(*x_switches),
                 simulator_sockets: (!sockets.is_empty()).then(|| {
                     sockets
                         .iter()

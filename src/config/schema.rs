@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::protocol::commands::{Firmware, IntWidth};
 
-use super::sections::{LineBias, SensorBackend, SnapshotLink};
+use super::sections::{LineBias, SensorBackend, SnapshotLink, XSwitchWiring};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Serialize)]
@@ -381,6 +381,18 @@ pub(crate) struct RawSensors {
     /// Bias the lines are requested with (gpio only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<LineBias>,
+    /// X limit switch wiring of the simulated machine (simulated only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_switches: Option<XSwitchWiring>,
+    /// Line of the X home switch (gpio only), with `x_away_line`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_home_line: Option<i64>,
+    /// Line of the X away switch (gpio only), with `x_home_line`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_away_line: Option<i64>,
+    /// Line of one X switch pressed at both ends (gpio only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_switch_line: Option<i64>,
     /// One touch socket per board, in board order, "" for none (simulated
     /// only).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -451,6 +451,9 @@ pub enum SensorsConfig {
     None,
     /// `backend = "simulated"`.
     Simulated {
+        /// `x_switches`: how the simulated machine's X limit switches are
+        /// wired (the simulator models one at X 0 and one at X max).
+        x_switches: XSwitchWiring,
         /// `simulator_sockets`: where each board's simulated sensors are
         /// served (`stringdriverd sim-controller --touch-socket`, or a test's
         /// `sim::touch::TouchServer`), one entry per `[[boards]]` in board
@@ -470,6 +473,81 @@ impl SensorsConfig {
             SensorsConfig::None => SensorBackend::None,
             SensorsConfig::Simulated { .. } => SensorBackend::Simulated,
             SensorsConfig::Gpio(_) => SensorBackend::Gpio,
+        }
+    }
+
+    /// How the X limit switches are wired: [`XSwitchWiring::None`] unless
+    /// the configuration gives them.
+    pub fn x_switch_wiring(&self) -> XSwitchWiring {
+        match self {
+            SensorsConfig::None => XSwitchWiring::None,
+            SensorsConfig::Simulated { x_switches, .. } => *x_switches,
+            SensorsConfig::Gpio(g) => g.x_switches.wiring(),
+        }
+    }
+}
+
+/// How a machine's X limit switches are wired (`reference/hosts.md`, "X
+/// limit switches"): what `x_home`, `x_away` and `x_calibrate` look for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XSwitchWiring {
+    /// No X limit switches (stringdriver-3): the X homing operations fail
+    /// saying so.
+    #[default]
+    None,
+    /// A home switch at X 0 and an away switch at X max, each on its own
+    /// input (stringdriver-2).
+    Two,
+    /// One switch, on one input, pressed at both ends (stringdriver-1).
+    One,
+}
+
+impl std::fmt::Display for XSwitchWiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XSwitchWiring::None => "none",
+            XSwitchWiring::Two => "two",
+            XSwitchWiring::One => "one",
+        })
+    }
+}
+
+/// The GPIO lines of the X limit switches (`sensors.x_home_line` and
+/// `sensors.x_away_line`, or `sensors.x_switch_line`), read with the same
+/// chip, bias and active level as the touch sensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XSwitchLines {
+    /// No switches.
+    #[default]
+    None,
+    /// One line per end.
+    Two {
+        /// The home switch's line (X 0).
+        home: u32,
+        /// The away switch's line (X max).
+        away: u32,
+    },
+    /// One switch at both ends, on this line.
+    One(u32),
+}
+
+impl XSwitchLines {
+    /// The wiring these lines make.
+    pub fn wiring(&self) -> XSwitchWiring {
+        match self {
+            XSwitchLines::None => XSwitchWiring::None,
+            XSwitchLines::Two { .. } => XSwitchWiring::Two,
+            XSwitchLines::One(_) => XSwitchWiring::One,
+        }
+    }
+
+    /// Every line, home first.
+    pub fn lines(&self) -> Vec<u32> {
+        match *self {
+            XSwitchLines::None => Vec::new(),
+            XSwitchLines::Two { home, away } => vec![home, away],
+            XSwitchLines::One(l) => vec![l],
         }
     }
 }
@@ -513,6 +591,10 @@ pub struct GpioSensorsConfig {
     pub active_low: bool,
     /// The bias the lines are requested with; default pull-up.
     pub bias: LineBias,
+    /// The X limit switches' lines, requested with the sensors' lines in one
+    /// request (the daemon is their one owner) and read with the same
+    /// bias and active level: a pressed switch reads like a touching sensor.
+    pub x_switches: XSwitchLines,
 }
 
 /// `[log]`.

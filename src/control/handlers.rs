@@ -483,7 +483,7 @@ fn parse_kind(req: &Request) -> Result<OperationType, ApiError> {
         .ok_or_else(|| {
             ApiError::bad_field(
                 "kind",
-                "one of bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left",
+                "one of bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left, x_home, x_away, x_calibrate",
                 v,
             )
         })

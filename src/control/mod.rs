@@ -51,7 +51,7 @@
 //! | `enable` / `disable` | `stepper` (or `"all"`: every stepper with a role) | `{stepper, enabled}` or `{steppers, enabled}` (persisted, event snapshot) |
 //! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
-//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left), `stepper`?, `wait`?, `repeat`? | `{started}` (`{started, repeat: true}`), or with `wait` the outcome `{kind, operation_id, status, message}` (a repetition's: the last run's, `status` `cancelled` if cancelled between runs, and `repeat: {runs, ended}`) |
+//! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left, x_home, x_away, x_calibrate), `stepper`? (Z operations), `wait`?, `repeat`? | `{started}` (`{started, repeat: true}`), or with `wait` the outcome `{kind, operation_id, status, message}` (a repetition's: the last run's, `status` `cancelled` if cancelled between runs, and `repeat: {runs, ended}`) |
 //! | `op_cancel` | | `{cancelled}` (whether an operation was running); stops a repetition too |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
 //! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |

@@ -204,7 +204,7 @@ pub async fn run_with_shipping(
     path: PathBuf,
     cfg: Config,
     shipping: Shipping,
-    touch: Option<crate::sensors::TouchReader>,
+    touch: Option<crate::sensors::SimulatedReaders>,
     mut stop: watch::Receiver<bool>,
     mut reload: tokio::sync::mpsc::Receiver<()>,
     on_start: impl FnOnce(&Parts),

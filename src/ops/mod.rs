@@ -32,6 +32,7 @@
 mod bump_check;
 pub mod preconditions;
 pub mod sweep;
+pub mod x_homing;
 mod z_adjust;
 mod z_calibrate;
 
@@ -89,6 +90,9 @@ pub enum OpError {
         /// Its message.
         message: String,
     },
+    /// X homing could not find or use its switch (see [`x_homing`]).
+    #[error("{0}")]
+    XHoming(String),
     /// Every enabled touch sensor reads touching before the operation
     /// starts: at rest that is wiring or configuration, not contact.
     #[error(
@@ -408,6 +412,17 @@ impl Machine {
                 .into_iter()
                 .chain(self.enabled_z(None)?)
                 .collect(),
+            // X homing works on the X stepper alone, named in its rows.
+            OperationType::XHome | OperationType::XAway | OperationType::XCalibrate => {
+                let x: Vec<usize> = self.layout.x().map(|r| vec![r.first]).unwrap_or_default();
+                if only.is_some_and(|s| !x.contains(&s)) {
+                    return Err(OpError::XHoming(format!(
+                        "{} works on the X stepper {x:?} only: leave out the stepper",
+                        kind.as_str()
+                    )));
+                }
+                x
+            }
             _ => self.enabled_z(only)?,
         };
         // A jog of one of these at the machine stops the operation.
@@ -452,6 +467,9 @@ impl Machine {
             OperationType::ZAdjust => Box::pin(z_adjust::run(self, ticket, skip)).await,
             OperationType::SweepLeftRight | OperationType::SweepRightLeft => {
                 Box::pin(sweep::run(self, ticket, kind, operation_id)).await
+            }
+            OperationType::XHome | OperationType::XAway | OperationType::XCalibrate => {
+                Box::pin(x_homing::run(self, ticket, kind)).await
             }
         };
         let (status, message) = match (&result, ticket.interrupted()) {

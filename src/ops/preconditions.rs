@@ -53,6 +53,14 @@ pub fn needs(m: &Machine, kind: OperationType, only: Option<usize>) -> Result<Ne
                 feed: true,
             }
         }
+        // X homing moves X alone; its limit switches are read (and a switch
+        // that is missing or cannot be read reported) by the operation, which
+        // records why in its row.
+        OperationType::XHome | OperationType::XAway | OperationType::XCalibrate => Needs {
+            steppers: m.layout.x().map(|x| x.first).into_iter().collect(),
+            sensors: Vec::new(),
+            feed: false,
+        },
         // z_adjust works on every string's pair and judges the sound.
         OperationType::ZAdjust => {
             let z = m.enabled_z(None)?;

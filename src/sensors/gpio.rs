@@ -31,8 +31,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{z_order, SensorError, TouchSensors};
-use crate::config::{GpioSensorsConfig, Layout, LineBias};
+use super::{z_order, SensorError, TouchSensors, XEnd};
+use crate::config::{GpioSensorsConfig, Layout, LineBias, XSwitchLines, XSwitchWiring};
 
 /// Consumer name the lines are requested under (what `gpioinfo` shows).
 pub const CONSUMER: &str = "stringdriverd";
@@ -51,6 +51,8 @@ pub struct GpioLineMap {
     by_stepper: Vec<Option<u32>>,
     /// Lines in Z stepper order, as configured.
     offsets: Vec<u32>,
+    /// The X limit switches' lines.
+    x_switches: XSwitchLines,
 }
 
 impl GpioLineMap {
@@ -75,6 +77,16 @@ impl GpioLineMap {
                 });
             }
         }
+        let switches = cfg.x_switches.lines();
+        for (i, line) in switches.iter().enumerate() {
+            if cfg.lines.contains(line) || switches[..i].contains(line) {
+                return Err(SensorError::Misconfigured {
+                    detail: format!(
+                        "GPIO line {line} is given for an X limit switch and another input"
+                    ),
+                });
+            }
+        }
         let by_stepper = z_order(layout)
             .into_iter()
             .map(|k| k.and_then(|k| cfg.lines.get(k).copied()))
@@ -85,7 +97,32 @@ impl GpioLineMap {
             bias: cfg.bias,
             by_stepper,
             offsets: cfg.lines.clone(),
+            x_switches: cfg.x_switches,
         })
+    }
+
+    /// Every line requested: the sensors' in Z stepper order, then the X
+    /// limit switches' (home, away, or the one for both ends).
+    pub fn all_offsets(&self) -> Vec<u32> {
+        let mut all = self.offsets.clone();
+        all.extend(self.x_switches.lines());
+        all
+    }
+
+    /// The X limit switches' lines.
+    pub fn x_switches(&self) -> XSwitchLines {
+        self.x_switches
+    }
+
+    /// The line of the X limit switch at `end`; [`SensorError::NoXSwitch`]
+    /// without one.
+    pub fn x_switch_line(&self, end: XEnd) -> Result<u32, SensorError> {
+        match (self.x_switches, end) {
+            (XSwitchLines::None, _) => Err(SensorError::NoXSwitch { end }),
+            (XSwitchLines::One(l), _) => Ok(l),
+            (XSwitchLines::Two { home, .. }, XEnd::Home) => Ok(home),
+            (XSwitchLines::Two { away, .. }, XEnd::Away) => Ok(away),
+        }
     }
 
     /// The GPIO character device configured; `None`: found by the lines.
@@ -132,8 +169,18 @@ impl GpioLineMap {
     }
 
     fn describe_on(&self, chip: &str) -> String {
+        let switches = match self.x_switches {
+            XSwitchLines::None => String::new(),
+            XSwitchLines::Two { home, away } => {
+                format!(", X limit switches (pressed reads as touching) home line {home}, away line {away}")
+            }
+            XSwitchLines::One(l) => format!(
+                ", one X limit switch (pressed reads as touching) for both ends on line {l}"
+            ),
+        };
         format!(
-            "GPIO touch sensors on {chip}, lines {:?} in Z stepper order, bias {}, touching reads {}",
+            "GPIO touch sensors on {chip}, lines {:?} in Z stepper order{switches}, bias {}, \
+             touching reads {}",
             self.offsets,
             self.bias,
             if self.active_low { "low" } else { "high" }
@@ -256,22 +303,25 @@ impl GpioSensors {
         source: &dyn LineSource,
     ) -> Result<GpioSensors, SensorError> {
         let map = GpioLineMap::new(layout, cfg)?;
+        // The switches' lines are found, requested and held with the
+        // sensors': one owner for every input line of the machine.
+        let offsets = map.all_offsets();
         let chip = match map.chip() {
             Some(c) => c.to_path_buf(),
             None => {
                 let chips = source
-                    .chips(map.offsets())
+                    .chips(&offsets)
                     .map_err(|detail| SensorError::NoChip {
                         detail: format!("cannot list the GPIO chips: {detail}"),
                     })?;
-                find_chip(&chips, map.offsets())?
+                find_chip(&chips, &offsets)?
             }
         };
         let lines = source
-            .request(&chip, map.offsets(), map.bias())
+            .request(&chip, &offsets, map.bias())
             .map_err(|detail| SensorError::Request {
                 chip: chip.clone(),
-                lines: map.offsets().to_vec(),
+                lines: offsets.clone(),
                 detail,
             })?;
         Ok(GpioSensors { map, chip, lines })
@@ -309,6 +359,25 @@ impl TouchSensors for GpioSensors {
 
     fn describe(&self) -> String {
         self.map.describe_on(&self.chip.display().to_string())
+    }
+
+    fn x_switch_wiring(&self) -> XSwitchWiring {
+        self.map.x_switches.wiring()
+    }
+
+    fn x_switch(&self, end: XEnd) -> Result<bool, SensorError> {
+        let line = self.map.x_switch_line(end)?;
+        let high = self
+            .lines
+            .level(line)
+            .map_err(|detail| SensorError::SwitchIo {
+                chip: self.chip.clone(),
+                line,
+                end,
+                detail,
+            })?;
+        // Wired like the sensors: a pressed switch reads like a touching one.
+        Ok(self.map.touching(high))
     }
 }
 

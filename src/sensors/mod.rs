@@ -17,6 +17,14 @@
 //!
 //! Steppers are named by their *global* index (carriage board first, then
 //! the tuner board, as in [`Layout::locate`]); only Z steppers have a sensor.
+//!
+//! The same backends read the carriage's X limit switches, where the machine
+//! has them ([`TouchSensors::x_switch`]; `reference/hosts.md`, "X limit
+//! switches"): one home switch at X 0 and one away switch at X max, or one
+//! switch pressed at both ends. They are wired like the touch sensors
+//! (contacts to ground, pull-up, active low), so on GPIO they share the
+//! sensors' chip, bias and active level, and all the lines are requested
+//! together by one owner.
 
 mod gpio;
 mod simulated;
@@ -25,7 +33,25 @@ pub mod watch;
 
 use std::path::PathBuf;
 
-use crate::config::{Config, Layout, SensorsConfig};
+use crate::config::{Config, Layout, SensorsConfig, XSwitchWiring};
+
+/// An end of the X travel, where a limit switch sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XEnd {
+    /// X 0.
+    Home,
+    /// X max.
+    Away,
+}
+
+impl std::fmt::Display for XEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XEnd::Home => "home",
+            XEnd::Away => "away",
+        })
+    }
+}
 
 #[cfg(feature = "gpio")]
 pub use gpio::KernelLines;
@@ -33,9 +59,9 @@ pub use gpio::{
     find_chip, ChipInfo, GpioLineMap, GpioSensors, LineLevels, LineSource, CONSUMER,
     PI_HEADER_LABELS,
 };
-pub use simulated::{SimulatedSensors, TouchReader};
+pub use simulated::{SimulatedReaders, SimulatedSensors, SwitchReader, TouchReader};
 pub use socket::READ_TIMEOUT as SOCKET_READ_TIMEOUT;
-pub use watch::{TouchState, TouchStates, WATCH_PERIOD};
+pub use watch::{TouchState, TouchStates, XSwitchReading, WATCH_PERIOD};
 
 /// Reads the touch sensor of a Z stepper.
 ///
@@ -51,6 +77,19 @@ pub trait TouchSensors: Send + Sync {
     /// One line saying what is read, for logs and the status ("GPIO
     /// /dev/gpiochip0, 12 lines, touching reads high").
     fn describe(&self) -> String;
+
+    /// How the X limit switches are wired; [`XSwitchWiring::None`] (the
+    /// default) for a backend or machine without them.
+    fn x_switch_wiring(&self) -> XSwitchWiring {
+        XSwitchWiring::None
+    }
+
+    /// Whether the X limit switch at `end` reads pressed now (with one
+    /// switch for both ends, that switch). [`SensorError::NoXSwitch`] (the
+    /// default) where there is none.
+    fn x_switch(&self, end: XEnd) -> Result<bool, SensorError> {
+        Err(SensorError::NoXSwitch { end })
+    }
 }
 
 /// Why a touch sensor could not be read.
@@ -61,6 +100,16 @@ pub enum SensorError {
     NoSensor {
         /// The global stepper index asked for.
         stepper: usize,
+    },
+    /// The machine has no X limit switch at that end, or none is configured.
+    #[error(
+        "no X {end} limit switch is configured (sensors.x_home_line and sensors.x_away_line, \
+         or sensors.x_switch_line, with backend \"gpio\"; sensors.x_switches with \
+         \"simulated\"), or the sensors could not be opened at start (see the log)"
+    )]
+    NoXSwitch {
+        /// The end asked for.
+        end: XEnd,
     },
     /// The configuration says there are no sensors.
     #[error("touch sensors are disabled (sensors.backend = none): this operation needs them")]
@@ -117,6 +166,18 @@ pub enum SensorError {
         /// What the kernel said.
         detail: String,
     },
+    /// An X limit switch's line could not be read.
+    #[error("cannot read GPIO line {line} on {} (X {end} limit switch): {detail}", chip.display())]
+    SwitchIo {
+        /// The GPIO character device.
+        chip: PathBuf,
+        /// The line offset.
+        line: u32,
+        /// Which switch.
+        end: XEnd,
+        /// What the kernel said.
+        detail: String,
+    },
     /// The simulator has no reading for a sensor the layout expects, or
     /// its touch socket could not be read.
     #[error("simulated touch sensor of stepper {stepper}: {detail}")]
@@ -145,24 +206,33 @@ impl TouchSensors for NoSensors {
 
 /// The backend `cfg.sensors` selects. `simulated` is how the readings of
 /// simulators in this process reach the `simulated` backend (see
-/// [`SimulatedSensors::reader`]); without it, the backend reads the touch
+/// [`SimulatedReaders::of`]); without it, the backend reads the touch
 /// sockets of `sensors.simulator_sockets`, and with neither it is
 /// [`SensorError::NoSimulator`]. `simulated` is ignored by the other
 /// backends, so that the configuration alone decides what is read.
 pub fn from_config(
     cfg: &Config,
-    simulated: Option<TouchReader>,
+    simulated: Option<SimulatedReaders>,
 ) -> Result<Box<dyn TouchSensors>, SensorError> {
     match &cfg.sensors {
         SensorsConfig::None => Ok(Box::new(NoSensors)),
-        SensorsConfig::Simulated { sockets } => match simulated {
+        SensorsConfig::Simulated {
+            sockets,
+            x_switches,
+        } => match simulated {
             // The simulators at hand are the ones the caller drives; sockets
             // in the file would be other processes' (or stale).
-            Some(reader) => Ok(Box::new(SimulatedSensors::new(&cfg.layout, reader))),
-            None if !sockets.is_empty() => Ok(Box::new(SimulatedSensors::over_sockets(
-                &cfg.layout,
-                sockets.clone(),
-            ))),
+            Some(readers) => {
+                let s = SimulatedSensors::new(&cfg.layout, readers.touch);
+                Ok(Box::new(match readers.x_switches {
+                    Some(r) => s.with_x_switches(*x_switches, r),
+                    None => s.with_x_wiring(*x_switches),
+                }))
+            }
+            None if !sockets.is_empty() => Ok(Box::new(
+                SimulatedSensors::over_sockets(&cfg.layout, sockets.clone())
+                    .with_x_wiring(*x_switches),
+            )),
             None => Err(SensorError::NoSimulator),
         },
         SensorsConfig::Gpio(g) => open_gpio(&cfg.layout, g),

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{SensorError, TouchSensors};
-use crate::config::Layout;
-use crate::sim::SimHandle;
+use super::{SensorError, TouchSensors, XEnd};
+use crate::config::{Layout, XSwitchWiring};
+use crate::sim::{SimHandle, XSwitchState};
 
 /// How the simulated backend reads the simulators: given a board index (the
 /// order of `[[boards]]`), the sensor readings of that board's steppers in
@@ -22,6 +22,42 @@ use crate::sim::SimHandle;
 /// simulator): whoever runs the simulators keeps them and lends this view.
 pub type TouchReader = Arc<dyn Fn(usize) -> Result<Vec<bool>, String> + Send + Sync>;
 
+/// How the simulated backend reads the carriage's limit switches: given a
+/// board index, what they read on that board ([`SimHandle::x_switches`];
+/// `None`: the board has no carriage), or why they cannot be read.
+pub type SwitchReader = Arc<dyn Fn(usize) -> Result<Option<XSwitchState>, String> + Send + Sync>;
+
+/// The readers of simulators in this process, handed to
+/// [`super::from_config`]: their touch sensors and, where they are read,
+/// their X limit switches.
+#[derive(Clone)]
+pub struct SimulatedReaders {
+    /// The touch sensors.
+    pub touch: TouchReader,
+    /// The carriage's limit switches (`None`: not read; the X homing
+    /// operations then fail saying so).
+    pub x_switches: Option<SwitchReader>,
+}
+
+impl SimulatedReaders {
+    /// Both readers of `sims`, one simulator per board in board order.
+    pub fn of(sims: Arc<Vec<SimHandle>>) -> SimulatedReaders {
+        SimulatedReaders {
+            touch: SimulatedSensors::reader(sims.clone()),
+            x_switches: Some(SimulatedSensors::switch_reader(sims)),
+        }
+    }
+}
+
+impl From<TouchReader> for SimulatedReaders {
+    fn from(touch: TouchReader) -> SimulatedReaders {
+        SimulatedReaders {
+            touch,
+            x_switches: None,
+        }
+    }
+}
+
 /// Touch sensors read from the simulators' model of the mechanism.
 pub struct SimulatedSensors {
     /// Board and local index of each global stepper that has a sensor.
@@ -31,6 +67,12 @@ pub struct SimulatedSensors {
     /// [`TouchSensors::describe`] and errors; empty when the reader was
     /// handed over as it is.
     sockets: Vec<Option<PathBuf>>,
+    /// Global index, board and local index of the X stepper, if any.
+    x: Option<(usize, usize, usize)>,
+    /// How the X limit switches are wired (`sensors.x_switches`).
+    wiring: XSwitchWiring,
+    /// Where they are read, if anywhere.
+    switches: Option<SwitchReader>,
 }
 
 impl SimulatedSensors {
@@ -45,10 +87,26 @@ impl SimulatedSensors {
                 }
             })
             .collect();
+        let x = layout
+            .x()
+            .and_then(|r| layout.locate(r.first).map(|(b, l)| (r.first, b, l)));
         SimulatedSensors {
             sensors,
             reader,
             sockets: Vec::new(),
+            x,
+            wiring: XSwitchWiring::None,
+            switches: None,
+        }
+    }
+
+    /// These sensors with the X limit switches wired as `wiring` and read
+    /// through `reader`.
+    pub fn with_x_switches(self, wiring: XSwitchWiring, reader: SwitchReader) -> SimulatedSensors {
+        SimulatedSensors {
+            wiring,
+            switches: Some(reader),
+            ..self
         }
     }
 
@@ -56,10 +114,27 @@ impl SimulatedSensors {
     /// simulators in other processes, one per board in board order
     /// (`sensors.simulator_sockets`; see [`SimulatedSensors::reader_from_sockets`]).
     pub fn over_sockets(layout: &Layout, paths: Vec<Option<PathBuf>>) -> SimulatedSensors {
+        let boards = super::socket::boards(paths.clone());
         SimulatedSensors {
-            sockets: paths.clone(),
-            ..SimulatedSensors::new(layout, Self::reader_from_sockets(paths))
+            sockets: paths,
+            switches: Some(super::socket::switch_reader(boards.clone())),
+            ..SimulatedSensors::new(layout, super::socket::reader(boards))
         }
+    }
+
+    /// These sensors with the X limit switches wired as `wiring`, read where
+    /// the touch sensors are (the simulators' touch sockets, or the handles).
+    pub fn with_x_wiring(self, wiring: XSwitchWiring) -> SimulatedSensors {
+        SimulatedSensors { wiring, ..self }
+    }
+
+    /// The [`SwitchReader`] of `sims`, one simulator per board in board order.
+    pub fn switch_reader(sims: Arc<Vec<SimHandle>>) -> SwitchReader {
+        Arc::new(move |board| {
+            sims.get(board)
+                .map(SimHandle::x_switches)
+                .ok_or_else(|| format!("no simulator runs for board {board}"))
+        })
     }
 
     /// Sensors read from `sims`, one simulator per board in board order (as
@@ -86,7 +161,7 @@ impl SimulatedSensors {
     /// that is missing, refuses, times out or answers anything but readings
     /// gives an error naming its path and what failed.
     pub fn reader_from_sockets(paths: Vec<Option<PathBuf>>) -> TouchReader {
-        super::socket::reader(paths)
+        super::socket::reader(super::socket::boards(paths))
     }
 }
 
@@ -113,10 +188,41 @@ impl TouchSensors for SimulatedSensors {
             })
     }
 
+    fn x_switch_wiring(&self) -> XSwitchWiring {
+        self.wiring
+    }
+
+    fn x_switch(&self, end: XEnd) -> Result<bool, SensorError> {
+        if self.wiring == XSwitchWiring::None {
+            return Err(SensorError::NoXSwitch { end });
+        }
+        let Some((stepper, board, _)) = self.x else {
+            return Err(SensorError::NoXSwitch { end });
+        };
+        let fail = |detail: String| SensorError::Simulator { stepper, detail };
+        let Some(reader) = &self.switches else {
+            return Err(fail(
+                "the simulated X limit switches are not read here (no simulator hands them over)"
+                    .into(),
+            ));
+        };
+        let state = reader(board)
+            .map_err(fail)?
+            .ok_or_else(|| fail(format!("board {board} has no simulated carriage switches")))?;
+        Ok(match (self.wiring, end) {
+            (XSwitchWiring::One, _) => state.home || state.away,
+            (_, XEnd::Home) => state.home,
+            (_, XEnd::Away) => state.away,
+        })
+    }
+
     fn describe(&self) -> String {
         let n = self.sensors.iter().flatten().count();
         if self.sockets.is_empty() {
-            return format!("simulated touch sensors on {n} Z steppers");
+            return format!(
+                "simulated touch sensors on {n} Z steppers, X limit switches: {}",
+                self.wiring
+            );
         }
         let listed: Vec<String> = self
             .sockets
@@ -127,7 +233,9 @@ impl TouchSensors for SimulatedSensors {
             })
             .collect();
         format!(
-            "simulated touch sensors on {n} Z steppers, read from touch sockets [{}]",
+            "simulated touch sensors on {n} Z steppers, X limit switches: {}, read from touch \
+             sockets [{}]",
+            self.wiring,
             listed.join(", ")
         )
     }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::TouchReader;
+use super::{SwitchReader, TouchReader};
+use crate::sim::XSwitchState;
 
 /// How long a read waits for the simulator, per attempt (a read makes at
 /// most two: the cached connection, then a fresh one).
@@ -23,18 +24,19 @@ pub const READ_TIMEOUT: Duration = Duration::from_millis(200);
 const MAX_REPLY: u64 = 256;
 
 /// One board's socket and the connection kept to it between reads.
-struct Board {
+pub(super) struct Board {
     path: PathBuf,
     conn: Mutex<Option<BufReader<UnixStream>>>,
 }
 
 impl Board {
-    fn read(&self) -> Result<Vec<bool>, String> {
+    /// Sends `request` (`touch` or `switches`) and reads the 0/1 reply.
+    fn read(&self, request: &[u8]) -> Result<Vec<bool>, String> {
         // A poisoned lock only means a reader panicked; the worst left
         // behind is a connection that fails and is replaced.
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = conn.as_mut() {
-            match exchange(c) {
+            match exchange(c, request) {
                 Ok(readings) => return Ok(readings),
                 // The server closes idle connections and may have been
                 // restarted since: one fresh connection decides.
@@ -42,7 +44,7 @@ impl Board {
             }
         }
         let mut fresh = connect(&self.path)?;
-        let readings = exchange(&mut fresh)?;
+        let readings = exchange(&mut fresh, request)?;
         *conn = Some(fresh);
         Ok(readings)
     }
@@ -61,12 +63,14 @@ fn connect(path: &Path) -> Result<BufReader<UnixStream>, String> {
     Ok(BufReader::new(stream))
 }
 
-/// Sends `touch` and reads the readings. The error is the detail without
+/// Sends `request` and reads the readings. The error is the detail without
 /// the path (the caller adds it).
-fn exchange(conn: &mut BufReader<UnixStream>) -> Result<Vec<bool>, String> {
+fn exchange(conn: &mut BufReader<UnixStream>, request: &[u8]) -> Result<Vec<bool>, String> {
     let timed_out =
         |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
-    conn.get_mut().write_all(b"touch\n").map_err(|e| {
+    let mut line = request.to_vec();
+    line.push(b'\n');
+    conn.get_mut().write_all(&line).map_err(|e| {
         if timed_out(&e) {
             format!("the request was not taken within {READ_TIMEOUT:?}")
         } else {
@@ -105,28 +109,38 @@ fn exchange(conn: &mut BufReader<UnixStream>) -> Result<Vec<bool>, String> {
             b'1' => Ok(true),
             b'0' => Ok(false),
             _ => Err(format!(
-                "bad reply {:?} (expected one 0 or 1 per stepper)",
+                "bad reply {:?} (expected one 0 or 1 per reading)",
                 String::from_utf8_lossy(body)
             )),
         })
         .collect()
 }
 
-/// The [`TouchReader`] of one socket per board, in board order (`None`: the
-/// board has no simulated sensors). Nothing connects until the first read.
-pub(super) fn reader(paths: Vec<Option<PathBuf>>) -> TouchReader {
-    let boards: Vec<Option<Board>> = paths
-        .into_iter()
-        .map(|p| {
-            p.map(|path| Board {
-                path,
-                conn: Mutex::new(None),
+/// Every board's socket, in board order (`None`: no socket for it). Nothing
+/// connects until the first read; the touch and switch readers share the
+/// connections.
+pub(super) type Boards = Arc<Vec<Option<Board>>>;
+
+/// The sockets at `paths`, one per board in board order.
+pub(super) fn boards(paths: Vec<Option<PathBuf>>) -> Boards {
+    Arc::new(
+        paths
+            .into_iter()
+            .map(|p| {
+                p.map(|path| Board {
+                    path,
+                    conn: Mutex::new(None),
+                })
             })
-        })
-        .collect();
-    Arc::new(move |board| match boards.get(board) {
+            .collect(),
+    )
+}
+
+/// Asks `board`'s socket for `request`'s readings.
+fn ask(boards: &Boards, board: usize, request: &[u8]) -> Result<Vec<bool>, String> {
+    match boards.get(board) {
         Some(Some(b)) => b
-            .read()
+            .read(request)
             .map_err(|e| format!("touch socket {}: {e}", b.path.display())),
         Some(None) => Err(format!(
             "board {board} has no touch socket (its sensors.simulator_sockets entry is \"\")"
@@ -135,5 +149,29 @@ pub(super) fn reader(paths: Vec<Option<PathBuf>>) -> TouchReader {
             "board {board} has no entry in sensors.simulator_sockets ({} entries)",
             boards.len()
         )),
+    }
+}
+
+/// The [`TouchReader`] of one socket per board (`touch` requests).
+pub(super) fn reader(boards: Boards) -> TouchReader {
+    Arc::new(move |board| ask(&boards, board, b"touch"))
+}
+
+/// The [`SwitchReader`] of one socket per board (`switches` requests): an
+/// empty reply is a board without a carriage.
+pub(super) fn switch_reader(boards: Boards) -> SwitchReader {
+    Arc::new(move |board| {
+        let r = ask(&boards, board, b"switches")?;
+        match r.as_slice() {
+            [] => Ok(None),
+            [home, away] => Ok(Some(XSwitchState {
+                home: *home,
+                away: *away,
+            })),
+            other => Err(format!(
+                "bad switches reply: {} readings, expected 2 (home, away) or none",
+                other.len()
+            )),
+        }
     })
 }

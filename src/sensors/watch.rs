@@ -2,7 +2,9 @@
 //! `events` stream: every Z sensor read at most once a period (a second in
 //! the daemon), never while an operation runs (the operation reads them
 //! itself, at its own pace), published on a watch channel that wakes its
-//! receivers only when a state changed.
+//! receivers only when a state changed. The X limit switches, where there
+//! are some, are read with them (in `status`, so that their wiring can be
+//! checked by pressing one by hand).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +15,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::TouchSensors;
-use crate::config::Layout;
+use super::{TouchSensors, XEnd};
+use crate::config::{Layout, XSwitchWiring};
 
 /// How often the daemon reads the sensors outside operations.
 pub const WATCH_PERIOD: Duration = Duration::from_secs(1);
@@ -30,6 +32,17 @@ pub struct TouchState {
     pub error: Option<String>,
 }
 
+/// One X limit switch's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XSwitchReading {
+    /// "home", "away", or "both" for one switch at both ends.
+    pub end: &'static str,
+    /// Whether it is pressed; `None` when it could not be read.
+    pub pressed: Option<bool>,
+    /// Why it could not be read.
+    pub error: Option<String>,
+}
+
 /// Every Z sensor's state at one reading.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct TouchStates {
@@ -37,6 +50,31 @@ pub struct TouchStates {
     pub read_at: Option<DateTime<Utc>>,
     /// One per Z stepper, in global index order.
     pub sensors: Vec<TouchState>,
+    /// The X limit switches: home then away, one for both ends, or none.
+    pub x_switches: Vec<XSwitchReading>,
+}
+
+/// Reads every X limit switch once (none without switches).
+pub fn read_x_switches(sensors: &dyn TouchSensors) -> Vec<XSwitchReading> {
+    let ends: &[(&'static str, XEnd)] = match sensors.x_switch_wiring() {
+        XSwitchWiring::None => &[],
+        XSwitchWiring::Two => &[("home", XEnd::Home), ("away", XEnd::Away)],
+        XSwitchWiring::One => &[("both", XEnd::Home)],
+    };
+    ends.iter()
+        .map(|&(name, end)| match sensors.x_switch(end) {
+            Ok(p) => XSwitchReading {
+                end: name,
+                pressed: Some(p),
+                error: None,
+            },
+            Err(e) => XSwitchReading {
+                end: name,
+                pressed: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect()
 }
 
 /// Reads every Z stepper's sensor once.
@@ -88,7 +126,10 @@ pub fn spawn(
                 continue;
             }
             let (s, l) = (sensors.clone(), layout.clone());
-            let Ok(states) = tokio::task::spawn_blocking(move || read_all(s.as_ref(), &l)).await
+            let Ok((states, switches)) = tokio::task::spawn_blocking(move || {
+                (read_all(s.as_ref(), &l), read_x_switches(s.as_ref()))
+            })
+            .await
             else {
                 continue;
             };
@@ -104,10 +145,11 @@ pub fn spawn(
                 }
             }
             tx.send_if_modified(|current| {
-                let changed = current.sensors != states;
+                let changed = current.sensors != states || current.x_switches != switches;
                 *current = TouchStates {
                     read_at: Some(Utc::now()),
                     sensors: states,
+                    x_switches: switches,
                 };
                 changed
             });

@@ -61,7 +61,17 @@
 //!   the firmware knows nothing of the physical position, so with a wrong
 //!   counter it will happily drive the mechanism past where it should stop;
 //! - a sensor can be forced to one reading (a stuck or disconnected switch),
-//!   see [`Board::set_sensor_stuck`].
+//!   see [`Board::set_sensor_stuck`];
+//! - a board with an X (carriage) stepper has the carriage's limit switches:
+//!   the home switch reads pressed when the carriage's *physical* position
+//!   is at or below the home end (0), the away switch when it is at or above
+//!   the away end (the X group's max, 2600 by default), see
+//!   [`Board::x_switches`]. Like the strings they belong to the mechanism:
+//!   counter writes and resets never move them, so a host that sets the X
+//!   counter to X max and drives toward 0 finds the home switch where the
+//!   carriage really is. A switch can be forced to one reading
+//!   ([`Board::set_x_switch_stuck`]: `Some(false)` is a disconnected
+//!   switch, which reads open for ever).
 //!
 //! Where the real firmware corrupts its own memory (a stepper or axis number
 //! outside its arrays), the model does not imitate the damage: it records a
@@ -292,6 +302,28 @@ pub enum ParseEvent {
     },
 }
 
+/// What the carriage's two limit switches read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct XSwitchState {
+    /// The home switch (X 0) is pressed.
+    pub home: bool,
+    /// The away switch (X max) is pressed.
+    pub away: bool,
+}
+
+/// The carriage's limit switches: where they sit and any forced reading.
+#[derive(Debug, Clone)]
+struct XSwitchModel {
+    /// Local index of the X stepper.
+    stepper: usize,
+    /// Physical position at or below which the home switch is pressed.
+    home_at: i64,
+    /// Physical position at or above which the away switch is pressed.
+    away_at: i64,
+    /// Forced readings (home, away).
+    stuck: [Option<bool>; 2],
+}
+
 /// The firmware state, and the mechanism it drives (physical positions,
 /// string contacts, touch sensors).
 #[derive(Debug, Clone)]
@@ -304,6 +336,8 @@ pub struct Board {
     contacts: Vec<Option<i64>>,
     /// Sensor readings forced by a test (a stuck switch), `None` when healthy.
     stuck: Vec<Option<bool>>,
+    /// The carriage's limit switches, on boards with an X stepper.
+    x_switches: Option<XSwitchModel>,
     speeds: Vec<f64>,
     accels: Vec<f64>,
     groups: Vec<AxisGroup>,
@@ -323,7 +357,17 @@ impl Board {
         let contacts = (0..n)
             .map(|i| profile.strings.get(i).copied().flatten())
             .collect();
+        let x_switches = profile.x_group.and_then(|g| {
+            let stepper = profile.group_of.iter().position(|&k| k == g)?;
+            Some(XSwitchModel {
+                stepper,
+                home_at: 0,
+                away_at: profile.groups.get(g).map_or(0, |a| i64::from(a.max)),
+                stuck: [None, None],
+            })
+        });
         let mut b = Board {
+            x_switches,
             counters: vec![0; n],
             physical: vec![0; n],
             contacts,
@@ -425,6 +469,37 @@ impl Board {
     pub fn set_sensor_stuck(&mut self, stepper: usize, touching: Option<bool>) {
         if let Some(s) = self.stuck.get_mut(stepper) {
             *s = touching;
+        }
+    }
+
+    /// What the carriage's limit switches read now (`None`: this board has
+    /// no X stepper): a forced reading if one is set, else whether the
+    /// carriage is physically at or past that end.
+    pub fn x_switches(&self) -> Option<XSwitchState> {
+        let m = self.x_switches.as_ref()?;
+        let p = self.physical.get(m.stepper).copied().unwrap_or_default();
+        Some(XSwitchState {
+            home: m.stuck[0].unwrap_or(p <= m.home_at),
+            away: m.stuck[1].unwrap_or(p >= m.away_at),
+        })
+    }
+
+    /// Where the limit switches sit, in physical steps of the X stepper
+    /// (a machine whose X travel is not the firmware's default). Ignored on
+    /// a board without X.
+    pub fn set_x_switch_positions(&mut self, home_at: i64, away_at: i64) {
+        if let Some(m) = self.x_switches.as_mut() {
+            m.home_at = home_at;
+            m.away_at = away_at;
+        }
+    }
+
+    /// Forces the home (`away` false) or away switch to read `pressed`
+    /// whatever the carriage does (`None`: healthy again). `Some(false)` is
+    /// a disconnected or broken switch: never pressed.
+    pub fn set_x_switch_stuck(&mut self, away: bool, pressed: Option<bool>) {
+        if let Some(m) = self.x_switches.as_mut() {
+            m.stuck[usize::from(away)] = pressed;
         }
     }
 
@@ -1246,6 +1321,45 @@ mod tests {
         let e = executed(send(&mut b, &req));
         assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: -101 });
         assert_eq!(b.physical()[1], 400);
+    }
+
+    #[test]
+    fn x_switches_follow_the_carriage_not_its_counter() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        // Power-up: carriage at 0, on the home switch.
+        assert_eq!(
+            b.x_switches(),
+            Some(XSwitchState {
+                home: true,
+                away: false
+            })
+        );
+        let req = request(&b, Op::Amove, &[0, 100]);
+        executed(send(&mut b, &req));
+        assert_eq!(b.x_switches(), Some(XSwitchState::default()));
+        // The counter set to X max moves no switch: the carriage is at 100.
+        let req = request(&b, Op::SetStepper, &[0, 2600]);
+        executed(send(&mut b, &req));
+        assert_eq!(b.x_switches(), Some(XSwitchState::default()));
+        // Down by 100 from the counter's 2600: the carriage reaches 0.
+        let req = request(&b, Op::Amove, &[0, 2500]);
+        executed(send(&mut b, &req));
+        assert_eq!(b.physical()[0], 0);
+        assert!(b.x_switches().is_some_and(|s| s.home && !s.away));
+        b.set_physical(&[2600]);
+        assert!(b.x_switches().is_some_and(|s| !s.home && s.away));
+        // A disconnected away switch never reads pressed; healthy again.
+        b.set_x_switch_stuck(true, Some(false));
+        assert_eq!(b.x_switches(), Some(XSwitchState::default()));
+        b.set_x_switch_stuck(true, None);
+        b.set_x_switch_positions(0, 3000);
+        assert_eq!(b.x_switches(), Some(XSwitchState::default()));
+        // v1 has X at 2; the tuner board has no carriage.
+        let mut v1 = Board::new(Profile::for_firmware(Firmware::V1, None));
+        v1.set_physical(&[5000, 5000, -3]);
+        assert!(v1.x_switches().is_some_and(|s| s.home && !s.away));
+        let t = Board::new(Profile::for_firmware(Firmware::Tuner, None));
+        assert_eq!(t.x_switches(), None);
     }
 
     #[test]

@@ -25,8 +25,10 @@
 //! touch sensor reading per stepper ([`SimHandle::touching`]). Resets, and
 //! counter writes like `set_stepper`, change counters only, so a test can
 //! make the counters wrong and watch what a host does about it; a sensor can
-//! be stuck on purpose ([`Fault::SensorStuck`]). [`touch`] serves those
-//! readings on a Unix socket for a daemon in another process.
+//! be stuck on purpose ([`Fault::SensorStuck`]). The carriage has its limit
+//! switches at X 0 and X max, read from its physical position
+//! ([`SimHandle::x_switches`], [`Fault::XSwitchStuck`]). [`touch`] serves
+//! those readings on a Unix socket for a daemon in another process.
 //!
 //! Every message received is kept in a timestamped [`TraceEntry`] list, and
 //! every safety violation in a separate list, both readable through
@@ -43,7 +45,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use firmware::{Board, Outcome, Profile, SafetyViolation, Uart};
+pub use firmware::{Board, Outcome, Profile, SafetyViolation, Uart, XSwitchState};
 
 use crate::protocol::Op;
 
@@ -127,6 +129,16 @@ pub enum Fault {
         stepper: usize,
         /// The forced reading, or `None` to clear the fault.
         touching: Option<bool>,
+    },
+    /// The carriage's home (`away` false) or away limit switch reads
+    /// `pressed` whatever the carriage does: `Some(false)` is a switch
+    /// disconnected or broken open, never pressed. `None` makes it healthy
+    /// again. Applied at once, like [`Fault::SensorStuck`].
+    XSwitchStuck {
+        /// The away switch, else the home switch.
+        away: bool,
+        /// The forced reading, or `None` to clear the fault.
+        pressed: Option<bool>,
     },
 }
 
@@ -301,6 +313,15 @@ impl SimHandle {
             });
             return;
         }
+        if let Fault::XSwitchStuck { away, pressed } = fault {
+            let mut shared = self.lock();
+            shared.board.set_x_switch_stuck(away, pressed);
+            shared.trace.push(TraceEntry {
+                at: Instant::now(),
+                event: TraceEvent::Fault(fault),
+            });
+            return;
+        }
         let _ = self.faults.send(Control::Fault(fault));
     }
 
@@ -353,6 +374,18 @@ impl SimHandle {
     /// always `false` for steppers without a string (X, tuners).
     pub fn touching(&self) -> Vec<bool> {
         self.lock().board.touching_all()
+    }
+
+    /// What the carriage's limit switches read now (`None`: this board has
+    /// no X stepper); see [`firmware::Board::x_switches`].
+    pub fn x_switches(&self) -> Option<XSwitchState> {
+        self.lock().board.x_switches()
+    }
+
+    /// Puts the carriage's limit switches at these physical X positions
+    /// (by default 0 and the X group's max, 2600).
+    pub fn set_x_switch_positions(&self, home_at: i64, away_at: i64) {
+        self.lock().board.set_x_switch_positions(home_at, away_at);
     }
 
     /// A copy of the trace so far.

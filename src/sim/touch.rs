@@ -16,6 +16,9 @@
 //!   one character per local stepper of the board, in local index order,
 //!   `1` touching and `0` not, e.g. `0110000000000\n`. A board without
 //!   steppers that have readings replies an empty line.
+//! - request `switches\n`: reply the carriage's limit switches, two
+//!   characters, home then away, `1` pressed and `0` not, e.g. `10\n`; a
+//!   board without an X stepper replies an empty line.
 //! - any other request: `error unknown request\n`; the connection stays.
 //! - a line longer than [`MAX_LINE`] bytes (without its `\n`):
 //!   `error line too long\n`, then the server closes the connection.
@@ -49,6 +52,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Reader = dyn Fn() -> Vec<bool> + Send + Sync;
+type SwitchReader = dyn Fn() -> Option<super::XSwitchState> + Send + Sync;
+
+/// What a connection answers from: the touch readings and the X switches.
+struct Readers {
+    touch: Box<Reader>,
+    switches: Box<SwitchReader>,
+}
 
 /// A running touch server. Dropping it (or [`TouchServer::stop`]) closes
 /// every connection, ends its threads and removes the socket file.
@@ -73,6 +83,16 @@ impl TouchServer {
         path: &Path,
         reader: impl Fn() -> Vec<bool> + Send + Sync + 'static,
     ) -> Result<TouchServer, SimError> {
+        TouchServer::spawn_with_switches(path, reader, || None)
+    }
+
+    /// [`TouchServer::spawn`], also serving the carriage's limit switches
+    /// (`switches`, as [`super::SimHandle::x_switches`] returns them).
+    pub fn spawn_with_switches(
+        path: &Path,
+        reader: impl Fn() -> Vec<bool> + Send + Sync + 'static,
+        switches: impl Fn() -> Option<super::XSwitchState> + Send + Sync + 'static,
+    ) -> Result<TouchServer, SimError> {
         let listener = bind_fresh(path)?;
         let io = |what: &'static str| {
             move |source| SimError::TouchSocket {
@@ -95,7 +115,10 @@ impl TouchServer {
             listener,
             woken,
             stop: stop.clone(),
-            reader: Arc::new(reader),
+            readers: Arc::new(Readers {
+                touch: Box::new(reader),
+                switches: Box::new(switches),
+            }),
             clients: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
         };
@@ -163,7 +186,7 @@ struct Acceptor {
     listener: UnixListener,
     woken: UnixStream,
     stop: Arc<AtomicBool>,
-    reader: Arc<Reader>,
+    readers: Arc<Readers>,
     clients: Arc<Mutex<Vec<Client>>>,
     path: PathBuf,
 }
@@ -229,10 +252,10 @@ impl Acceptor {
         let Ok(handle) = stream.try_clone() else {
             return;
         };
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
         let thread = std::thread::Builder::new()
             .name("touch client".to_string())
-            .spawn(move || serve(stream, &*reader));
+            .spawn(move || serve(stream, &readers));
         match thread {
             Ok(thread) => clients.push(Client {
                 stream: handle,
@@ -247,14 +270,14 @@ impl Acceptor {
 
 /// Answers one connection's requests until it closes, misbehaves, idles
 /// out or the server stops (which shuts the socket down under us).
-fn serve(mut stream: UnixStream, reader: &Reader) {
-    serve_lines(&mut stream, reader);
+fn serve(mut stream: UnixStream, readers: &Readers) {
+    serve_lines(&mut stream, readers);
     // The acceptor keeps a clone of the socket (to shut it down on stop), so
     // dropping ours would not close the connection.
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-fn serve_lines(stream: &mut UnixStream, reader: &Reader) {
+fn serve_lines(stream: &mut UnixStream, readers: &Readers) {
     let mut pending: Vec<u8> = Vec::with_capacity(MAX_LINE + 1);
     let mut chunk = [0u8; 128];
     // Set when a line starts (or the previous one was answered): the whole
@@ -268,7 +291,7 @@ fn serve_lines(stream: &mut UnixStream, reader: &Reader) {
                 let _ = stream.write_all(b"error line too long\n");
                 return;
             }
-            let reply = answer(request, reader);
+            let reply = answer(request, readers);
             if stream.write_all(&reply).is_err() {
                 return;
             }
@@ -291,14 +314,15 @@ fn serve_lines(stream: &mut UnixStream, reader: &Reader) {
     }
 }
 
-fn answer(request: &[u8], reader: &Reader) -> Vec<u8> {
-    if request != b"touch" {
-        return b"error unknown request\n".to_vec();
-    }
-    let mut reply: Vec<u8> = reader()
-        .into_iter()
-        .map(|t| if t { b'1' } else { b'0' })
-        .collect();
+fn answer(request: &[u8], readers: &Readers) -> Vec<u8> {
+    let bit = |t: bool| if t { b'1' } else { b'0' };
+    let mut reply: Vec<u8> = match request {
+        b"touch" => (readers.touch)().into_iter().map(bit).collect(),
+        b"switches" => (readers.switches)()
+            .map(|s| vec![bit(s.home), bit(s.away)])
+            .unwrap_or_default(),
+        _ => return b"error unknown request\n".to_vec(),
+    };
     reply.push(b'\n');
     reply
 }
@@ -370,6 +394,34 @@ mod tests {
         assert_eq!(two, "0110\n0110\n");
         server.stop();
         assert!(!path.exists(), "the socket is removed");
+    }
+
+    #[test]
+    fn answers_switches_home_then_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.sock");
+        let _server = TouchServer::spawn_with_switches(
+            &path,
+            || vec![false],
+            || {
+                Some(crate::sim::XSwitchState {
+                    home: true,
+                    away: false,
+                })
+            },
+        )
+        .expect("spawn");
+        let mut c = connect(&path);
+        assert_eq!(exchange(&mut c, b"switches\n"), "10\n");
+        assert_eq!(exchange(&mut c, b"touch\n"), "0\n");
+        let plain = dir.path().join("t.sock");
+        let _other = TouchServer::spawn(&plain, || vec![true]).expect("spawn");
+        let mut c = connect(&plain);
+        assert_eq!(
+            exchange(&mut c, b"switches\n"),
+            "\n",
+            "no carriage, no switches"
+        );
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub enum OperationType {
     SweepLeftRight,
     /// The automatic mode: X from x_finish to x_start, adjusting at each position.
     SweepRightLeft,
+    /// Find the X home switch and make the X counter 0 there.
+    XHome,
+    /// Find the X away switch and make the X counter X max there.
+    XAway,
+    /// Find the nearer X switch, set the counter there, and move back.
+    XCalibrate,
 }
 
 impl OperationType {
@@ -82,6 +88,9 @@ impl OperationType {
             OperationType::ZAdjust => "z_adjust",
             OperationType::SweepLeftRight => "sweep_left_right",
             OperationType::SweepRightLeft => "sweep_right_left",
+            OperationType::XHome => "x_home",
+            OperationType::XAway => "x_away",
+            OperationType::XCalibrate => "x_calibrate",
         }
     }
 

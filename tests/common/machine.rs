@@ -66,6 +66,12 @@ pub struct MachineOptions {
     /// More `[operations]` lines (configuration-only keys such as
     /// `sweep_max_calibrations = 1`).
     pub operations_extra: String,
+    /// `sensors.x_switches` (with `sensors`): how the simulated carriage's
+    /// limit switches are wired ("two", "one", "none"); unset: not written.
+    pub x_switches: Option<&'static str>,
+    /// `layout.x_max`; the simulated away switch is put there too. Unset:
+    /// the default, 2600, where the simulator's away switch is.
+    pub x_max: Option<i32>,
 }
 
 impl MachineOptions {
@@ -83,6 +89,8 @@ impl MachineOptions {
             feed: FeedMode::Static,
             demo_physics: false,
             operations_extra: String::new(),
+            x_switches: None,
+            x_max: None,
         }
     }
 
@@ -121,8 +129,12 @@ move_margin = "30ms"
             ""
         };
         let sensors = if self.sensors {
+            let switches = self
+                .x_switches
+                .map(|w| format!("x_switches = \"{w}\"\n"))
+                .unwrap_or_default();
             format!(
-                "\n[sensors]\nbackend = \"simulated\"\nsimulator_sockets = [\"{d}/carriage.touch\", \"{d}/tuner.touch\"]\n"
+                "\n[sensors]\nbackend = \"simulated\"\nsimulator_sockets = [\"{d}/carriage.touch\", \"{d}/tuner.touch\"]\n{switches}"
             )
         } else {
             String::new()
@@ -139,7 +151,7 @@ host = "{host}"
 [layout]
 strings = {STRINGS}
 x_index = 0
-z_first_index = 1
+{x_max}z_first_index = 1
 tuner_first_index = 13
 # The simulators run 20 times faster than the real firmware.
 x_speed = 10000.0
@@ -173,6 +185,10 @@ path = "{d}/spool.sqlite"
 socket = "{d}/control.sock"
 {sensors}{compat}"#,
             z_rest = self.z_rest,
+            x_max = self
+                .x_max
+                .map(|m| format!("x_max = {m}\n"))
+                .unwrap_or_default(),
             interval = self.snapshot_interval,
             stale = self.stale_after,
             operations_extra = self.operations_extra,
@@ -251,6 +267,10 @@ impl SimMachine {
             let mut o = SimOptions::new(Profile::for_firmware(fw, None));
             o.speed_scale = super::SCALE;
             let sim = Simulator::spawn(o, &d.join(name)).expect("simulator starts");
+            if let Some(max) = options.x_max {
+                // The away switch sits at the end of this machine's travel.
+                sim.set_x_switch_positions(0, i64::from(max));
+            }
             if options.demo_physics {
                 let physical: Vec<i64> = (0..sim.counters().len())
                     .map(|local| {
@@ -267,11 +287,13 @@ impl SimMachine {
         let mut touch = Vec::new();
         if options.sensors {
             for (board, (name, _)) in BOARDS.into_iter().enumerate() {
-                let s = sims.clone();
+                let (s, s2) = (sims.clone(), sims.clone());
                 touch.push(
-                    TouchServer::spawn(&d.join(format!("{name}.touch")), move || {
-                        s[board].touching()
-                    })
+                    TouchServer::spawn_with_switches(
+                        &d.join(format!("{name}.touch")),
+                        move || s[board].touching(),
+                        move || s2[board].x_switches(),
+                    )
                     .expect("touch server starts"),
                 );
             }
