@@ -5,8 +5,15 @@
 //! # File format (`state.json` beside the spool, format 1)
 //!
 //! ```json
-//! {"format": 1, "enabled": [true, false], "overrides": {"z_rest": 0.5, "voice_count_max": [12, 10]}}
+//! {"format": 1, "enabled": [true, false], "overrides": {"z_rest": 0.5, "voice_count_max": [12, 10]},
+//!  "motor": {"z.speed": 120, "stepper.3.accel": 5000}}
 //! ```
+//!
+//! `motor` holds the motor parameters changed at run time (`stringdriverctl
+//! motor set`), keyed `GROUP.PARAM` or `stepper.N.PARAM`; at start they are
+//! applied over `[motor]` before the boards are given their parameters. A
+//! reload whose file changes `[motor]` drops them (the newer word wins, from
+//! the next start: motor parameters are restart-only in the file).
 //!
 //! `overrides` holds only the settings changed at run time; at start they are
 //! applied over the configuration file. Editing a setting in the file and
@@ -22,6 +29,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::{Config, MotorParam, MotorParams, MotorTarget};
 use crate::snapshot::Settings;
 
 /// The saved state.
@@ -33,6 +41,39 @@ pub struct Saved {
     pub enabled: Option<Vec<bool>>,
     /// Settings changed at run time, by name.
     pub overrides: BTreeMap<String, Value>,
+    /// Motor parameters changed at run time, by [`motor_key`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub motor: BTreeMap<String, i64>,
+}
+
+/// The key a motor parameter change is kept under: `z.speed`, `stepper.3.accel`.
+pub fn motor_key(target: MotorTarget, param: MotorParam) -> String {
+    format!("{target}.{}", param.name())
+}
+
+/// Parses a [`motor_key`].
+pub fn parse_motor_key(key: &str) -> Result<(MotorTarget, MotorParam), String> {
+    let (target, param) = key
+        .rsplit_once('.')
+        .ok_or_else(|| format!("`{key}` is not GROUP.PARAM"))?;
+    let target = target.strip_prefix("stepper.").unwrap_or(target);
+    Ok((target.parse()?, param.parse()?))
+}
+
+/// `config`'s motor parameters with the saved run-time changes applied, in
+/// key order; returns what could not be applied (each with why).
+pub fn restore_motor(saved: &Saved, config: &Config) -> (MotorParams, Vec<String>) {
+    let mut motor = config.motor.clone();
+    let mut skipped = Vec::new();
+    for (key, value) in &saved.motor {
+        let applied = parse_motor_key(key)
+            .and_then(|(t, p)| motor.change(t, p, *value, &config.layout, &config.boards));
+        match applied {
+            Ok(m) => motor = m,
+            Err(e) => skipped.push(format!("motor {key} = {value}: {e}")),
+        }
+    }
+    (motor, skipped)
 }
 
 /// The names of the settings that can be changed at run time.
@@ -255,6 +296,23 @@ impl StateFile {
     pub fn save_override(&self, name: &str, value: Value) -> Result<(), String> {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         s.overrides.insert(name.to_string(), value);
+        self.write(&s)
+    }
+
+    /// Records a run-time motor parameter change and writes the file.
+    pub fn save_motor(&self, key: &str, value: i64) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        s.motor.insert(key.to_string(), value);
+        self.write(&s)
+    }
+
+    /// Drops every run-time motor change (the file's `[motor]` changed).
+    pub fn drop_motor(&self) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        if s.motor.is_empty() {
+            return Ok(());
+        }
+        s.motor.clear();
         self.write(&s)
     }
 

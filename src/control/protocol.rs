@@ -24,6 +24,8 @@ pub const COMMANDS: &[&str] = &[
     "op_cancel",
     "op_wait",
     "op_report",
+    "motor",
+    "motor_set",
     "events",
 ];
 

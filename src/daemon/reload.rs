@@ -154,6 +154,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     restart("host", old.host != new.host);
     restart("boards", old.boards != new.boards);
     restart("layout", old.layout != new.layout);
+    restart("motor", old.motor != new.motor);
     restart("snapshot.link", old.snapshot.link != new.snapshot.link);
     restart("feed", old.feed != new.feed);
     restart("database", old.database != new.database);
