@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::control::{request, Client};
+use common::control::{ctl, request, Client};
 use common::machine::{pose, started, MachineOptions, WAIT};
 use serde_json::json;
 use stringdriverd::protocol::{Firmware, Op};
@@ -23,16 +23,6 @@ fn moves_of(sim: &stringdriverd::sim::SimHandle, local: i32) -> usize {
             matches!(&e.event, stringdriverd::sim::TraceEvent::Message { args, .. } if args.first() == Some(&local))
         })
         .count()
-}
-
-/// `stringdriverctl --socket SOCKET ARGS...` as a process, off the runtime.
-async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
-    cmd.arg("--socket").arg(socket).args(args);
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("stringdriverctl runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

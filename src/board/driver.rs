@@ -728,7 +728,9 @@ impl Driver {
             if let Some(since) = s.silent_since.take() {
                 ended = Some((since, s.moving.clone()));
             }
-            s.moving = None;
+            if let Some(m) = s.moving.take() {
+                s.last_move = Some(m);
+            }
         });
         if let Some((since, moving)) = ended.filter(|_| self.unresponsive()) {
             let silent_for = (Utc::now() - since).to_std().unwrap_or_default();

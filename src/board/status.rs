@@ -90,6 +90,9 @@ pub struct BoardStatus {
     /// The move the board was given and has not been confirmed yet: while it
     /// is set the stepper is in transit and its counter is not a position.
     pub moving: Option<InTransit>,
+    /// The last move sent, kept once it ended (its `expected` is the
+    /// duration predicted from the speed the board was last given).
+    pub last_move: Option<InTransit>,
     /// Since when polls have failed one after another (`None` while the
     /// board answers): with `moving`, how long a board has been busy.
     pub silent_since: Option<DateTime<Utc>>,
@@ -188,6 +191,7 @@ impl BoardStatus {
             last_error: None,
             free_memory: None,
             moving: None,
+            last_move: None,
             silent_since: None,
             jogging: Vec::new(),
             judgements: Judgements::default(),

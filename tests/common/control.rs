@@ -147,3 +147,13 @@ pub fn boards_connected(status: &Value) -> bool {
         .as_array()
         .is_some_and(|boards| !boards.is_empty() && boards.iter().all(|b| b["link"] == "connected"))
 }
+
+/// `stringdriverctl --socket SOCKET ARGS...` as a process, off the runtime.
+pub async fn ctl(socket: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
+    cmd.arg("--socket").arg(socket).args(args);
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("stringdriverctl runs")
+}

@@ -65,9 +65,13 @@ impl Driver {
         }
         if let Err(e) = self.check_motor(&writes) {
             // A configuration the board cannot take: never sent, and moves
-            // stay refused with this reason.
-            tracing::error!(board = %self.spec.name, error = %e, "motor parameters refused: moves on this board are refused");
-            self.motor_error = Some(e.to_string());
+            // stay refused with this reason (said once, not at every tick).
+            let why = e.to_string();
+            if self.motor_error.as_deref() != Some(why.as_str()) {
+                tracing::error!(board = %self.spec.name, error = %e, "motor parameters refused: moves on this board are refused");
+                self.note_error(&why);
+            }
+            self.motor_error = Some(why);
             return Err(Fail::Device(e));
         }
         let messages: Vec<(Op, Vec<i32>)> = writes
