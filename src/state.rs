@@ -366,6 +366,36 @@ mod tests {
     }
 
     #[test]
+    fn saved_motor_changes_apply_over_the_file_and_bad_ones_are_reported() {
+        let text = "host = \"h\"\n[[boards]]\nname = \"c\"\nport = \"/dev/null\"\n\
+                    int_bytes = 2\nfirmware = \"v2\"\nsteppers = 13\n\
+                    [layout]\nstrings = 6\nx_index = 0\nz_first_index = 1\n";
+        let cfg = crate::config::parse(text, Path::new("t.toml")).expect("valid");
+        let mut saved = Saved::default();
+        saved.motor.insert("z.speed".into(), 120);
+        saved.motor.insert("stepper.3.accel".into(), 5000);
+        saved.motor.insert("z.max".into(), 50); // the host's Z limits reach 100
+        saved.motor.insert("q.speed".into(), 1);
+        let (m, skipped) = restore_motor(&saved, &cfg);
+        assert_eq!(m.z.speed, 120);
+        assert_eq!(m.accel_of(&cfg.layout, 3), Some(5000));
+        assert_eq!(m.z.max, 100);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped.iter().any(|s| s.contains("z.max = 50")),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped.iter().any(|s| s.contains("unknown axis group `q`")),
+            "{skipped:?}"
+        );
+        assert_eq!(
+            parse_motor_key(&motor_key(MotorTarget::Stepper(3), MotorParam::Accel)),
+            Ok((MotorTarget::Stepper(3), MotorParam::Accel))
+        );
+    }
+
+    #[test]
     fn settings_follow_the_configuration_rules() {
         let mut s = settings();
         apply(&mut s, "z_rest", &json!(0.5)).expect("ok");

@@ -1032,6 +1032,59 @@ mod tests {
     }
 
     #[test]
+    fn motor_parameters_drive_the_ramp_and_a_reset_forgets_them() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        for (op, args) in [
+            (Op::SetSpeed, [1, 250]),
+            (Op::SetAccel, [1, 2000]),
+            (Op::SetMax, [1, 50]),
+            // AccelStepper takes the magnitude of a negative speed.
+            (Op::SetSpeed, [2, -40]),
+        ] {
+            let req = request(&b, op, &args);
+            assert_eq!(executed(send(&mut b, &req)).outcome, Outcome::Executed);
+        }
+        assert_eq!(
+            (b.speeds()[1], b.accels()[1], b.speeds()[2]),
+            (250.0, 2000.0, 40.0)
+        );
+        assert_eq!(b.limits(), vec![(0, 2600), (-100, 50)]);
+        let req = request(&b, Op::Amove, &[1, 40]);
+        let e = executed(send(&mut b, &req));
+        let m = e.motion.expect("moved");
+        assert_eq!(
+            (m.stepper, m.steps, m.speed, m.accel),
+            (1, 40, 250.0, 2000.0)
+        );
+        assert_eq!(e.busy, LOOP_TIME + ramp::move_time(40, 250.0, 2000.0));
+        // Past the new max: ignored silently, no motion.
+        let req = request(&b, Op::Amove, &[1, 60]);
+        let e = executed(send(&mut b, &req));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 60 });
+        assert!(e.motion.is_none());
+        b.reset();
+        assert_eq!(
+            (b.speeds()[1], b.accels()[1], b.speeds()[0]),
+            (100.0, DEFAULT_ACCEL, 500.0)
+        );
+        assert_eq!(b.limits(), vec![(0, 2600), (-100, 100)]);
+    }
+
+    #[test]
+    fn the_tuner_firmware_reads_four_byte_limits_and_has_one_axis_group() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::Tuner, None));
+        let req = request(&b, Op::SetMax, &[0, 150_000]);
+        executed(send(&mut b, &req));
+        assert_eq!(b.limits(), vec![(-100_000, 150_000)]);
+        // Axis 1 (the host's encoder refuses it; raw bytes here).
+        let id = Firmware::Tuner.id(Op::SetMin).expect("set_min");
+        let req = encode(None, IntWidth::Four, id, &[1, 0]);
+        let e = executed(send(&mut b, &req));
+        assert!(matches!(e.outcome, Outcome::SafetyViolation(_)), "{e:?}");
+        assert_eq!(b.limits(), vec![(-100_000, 150_000)], "state untouched");
+    }
+
+    #[test]
     fn a_set_accel_changes_the_ramp() {
         let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
         let req = request(&b, Op::SetAccel, &[0, 1000]);
