@@ -11,9 +11,11 @@
 //!
 //! `motor` holds the motor parameters changed at run time (`stringdriverctl
 //! motor set`), keyed `GROUP.PARAM` or `stepper.N.PARAM`; at start they are
-//! applied over `[motor]` before the boards are given their parameters. A
-//! reload whose file changes `[motor]` drops them (the newer word wins, from
-//! the next start: motor parameters are restart-only in the file).
+//! applied over `[motor]` before the boards are given their parameters.
+//! `motor_file` is the file's `[motor]` they were made over: when the file
+//! says something else at a start (or a reload changes `[motor]`), the file
+//! is the newer word, the changes are dropped and the file's parameters are
+//! sent (motor parameters in the file take effect at a start).
 //!
 //! `overrides` holds only the settings changed at run time; at start they are
 //! applied over the configuration file. Editing a setting in the file and
@@ -44,6 +46,10 @@ pub struct Saved {
     /// Motor parameters changed at run time, by [`motor_key`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub motor: BTreeMap<String, i64>,
+    /// The file's `[motor]` those changes were made over: when the file
+    /// says something else now, the file is the newer word and wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motor_file: Option<MotorParams>,
 }
 
 /// The key a motor parameter change is kept under: `z.speed`, `stepper.3.accel`.
@@ -65,6 +71,18 @@ pub fn parse_motor_key(key: &str) -> Result<(MotorTarget, MotorParam), String> {
 pub fn restore_motor(saved: &Saved, config: &Config) -> (MotorParams, Vec<String>) {
     let mut motor = config.motor.clone();
     let mut skipped = Vec::new();
+    if !saved.motor.is_empty()
+        && saved
+            .motor_file
+            .as_ref()
+            .is_some_and(|f| *f != config.motor)
+    {
+        skipped.push(format!(
+            "{} run-time motor change(s): [motor] in the file changed since, and the file wins",
+            saved.motor.len()
+        ));
+        return (motor, skipped);
+    }
     for (key, value) in &saved.motor {
         let applied = parse_motor_key(key)
             .and_then(|(t, p)| motor.change(t, p, *value, &config.layout, &config.boards));
@@ -306,6 +324,20 @@ impl StateFile {
         self.write(&s)
     }
 
+    /// Notes the file's `[motor]` this run started with (saved with the
+    /// next motor change). Run-time changes made over another `[motor]`
+    /// (see [`restore_motor`]) are dropped.
+    pub fn start_motor(&self, file: &MotorParams) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = s.motor_file.as_ref().is_some_and(|f| f != file) && !s.motor.is_empty();
+        s.motor_file = Some(file.clone());
+        if stale {
+            s.motor.clear();
+            return self.write(&s);
+        }
+        Ok(())
+    }
+
     /// Drops every run-time motor change (the file's `[motor]` changed).
     pub fn drop_motor(&self) -> Result<(), String> {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
@@ -393,6 +425,15 @@ mod tests {
             parse_motor_key(&motor_key(MotorTarget::Stepper(3), MotorParam::Accel)),
             Ok((MotorTarget::Stepper(3), MotorParam::Accel))
         );
+        // Made over the same [motor]: applied; over another: the file wins.
+        saved.motor_file = Some(cfg.motor.clone());
+        assert_eq!(restore_motor(&saved, &cfg).0.z.speed, 120);
+        let mut other = cfg.motor.clone();
+        other.z.speed = 90;
+        saved.motor_file = Some(other);
+        let (m, skipped) = restore_motor(&saved, &cfg);
+        assert_eq!(m, cfg.motor);
+        assert!(skipped[0].contains("the file wins"), "{skipped:?}");
     }
 
     #[test]

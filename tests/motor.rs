@@ -295,6 +295,28 @@ async fn motor_changes_are_kept_across_a_restart() {
     .expect("json");
     assert_eq!(state["motor"], json!({"x.accel": 5000, "z.speed": 700}));
     run.stop().await;
+
+    // The file's [motor] changes: it is the newer word and wins at the next
+    // start; the run-time changes are dropped.
+    let text = std::fs::read_to_string(&rig.cfg_path).expect("config");
+    let edited = text.replacen("[motor.z]\nspeed = 2000", "[motor.z]\nspeed = 1500", 1);
+    assert_ne!(edited, text, "the rig's file sets the Z speed");
+    std::fs::write(&rig.cfg_path, edited).expect("config written");
+    let run = InProcess::start(&rig).await;
+    run.parts.boards[0]
+        .wait_for(WAIT, |s| {
+            s.link == LinkState::Connected && s.motor.is_some()
+        })
+        .await
+        .expect("carriage given its parameters");
+    assert_eq!(rig.sims[0].speeds()[1..13], vec![1500.0; 12]);
+    assert_eq!(rig.sims[0].accels()[0], ACCEL);
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(rig.dir.path().join("state.json")).expect("state file"),
+    )
+    .expect("json");
+    assert!(state.get("motor").is_none(), "{state}");
+    run.stop().await;
 }
 
 /// stringdriver-1's board: v1 command numbers (set_accel 8, set_speed 9,

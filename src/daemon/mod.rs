@@ -266,6 +266,13 @@ pub async fn run_with_shipping(
     for skipped in skipped {
         tracing::warn!(%skipped, "a saved motor parameter change no longer applies and is ignored");
     }
+    let state = Arc::new(state);
+    {
+        let (st, file_motor) = (state.clone(), cfg.motor.clone());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.start_motor(&file_motor)).await {
+            tracing::error!(error = %e, "cannot update the state file");
+        }
+    }
     let mut boards = Vec::new();
     let mut board_tasks = Vec::new();
     for i in 0..cfg.boards.len() {
@@ -305,7 +312,6 @@ pub async fn run_with_shipping(
             Some(cache)
         }
     };
-    let state = Arc::new(state);
     let (settings_tx, settings_rx) = watch::channel(restored_settings(&cfg, &saved));
     let settings_tx = Arc::new(settings_tx);
     // Enables persist whoever changes them (an operation disabling a stepper

@@ -196,4 +196,16 @@ mod tests {
         let back = diff_running(&started, &changed, &started);
         assert!(back.need_restart.is_empty());
     }
+
+    #[test]
+    fn motor_parameters_in_the_file_need_a_restart() {
+        let base =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+                .expect("demo config");
+        let started = config(&base);
+        let changed = config(&format!("{base}\n[motor.z]\nspeed = 150\n"));
+        let d = diff_running(&started, &started, &changed);
+        assert_eq!(d.need_restart, ["motor"]);
+        assert!(d.applied.is_empty());
+    }
 }
