@@ -282,6 +282,22 @@ impl MotionGate {
         value: i64,
     ) -> Result<MotorParams, GateError> {
         self.check_origin(origin)?;
+        // On its own task: a caller that goes away (a control client hanging
+        // up) must not leave some boards with the new set and the gate with
+        // the old one.
+        let (gate, origin) = (self.clone(), origin.clone());
+        tokio::spawn(async move { gate.set_motor_now(&origin, target, param, value).await })
+            .await
+            .map_err(|e| GateError::Motor(format!("the change was interrupted: {e}")))?
+    }
+
+    async fn set_motor_now(
+        &self,
+        origin: &Origin,
+        target: MotorTarget,
+        param: MotorParam,
+        value: i64,
+    ) -> Result<MotorParams, GateError> {
         let _one = self.inner.serial.lock().await;
         self.check_origin(origin)?;
         let (boards_cfg, current) = self
