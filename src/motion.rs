@@ -36,6 +36,12 @@
 //! untrusted (X homing counts from X max while it looks for the switch;
 //! nothing may record that count as the carriage's position).
 //!
+//! Changing the motor parameters (`set_motor`: speed, acceleration, the
+//! boards' limits) passes check 1 (refused while an operation runs, to
+//! everyone), needs every board connected, is checked whole against the
+//! layout and the firmwares (`MotorParams::change`), and is sent to the
+//! boards one move-slot at a time like a move.
+//!
 //! Messages say what is wrong without a "refused" prefix: the control API's
 //! error kind (`refused`) says that already.
 
@@ -47,7 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::board::{BoardError, BoardHandle, LinkState};
-use crate::config::{Layout, Role};
+use crate::config::{BoardConfig, Layout, MotorParam, MotorParams, MotorTarget, Role};
 use crate::snapshot::Settings;
 
 /// Who asks for a move.
@@ -126,6 +132,9 @@ pub enum GateError {
     /// waited for its turn or its rest: it is dropped, never sent.
     #[error("dropped by an emergency stop before it was sent")]
     Stopped,
+    /// Motor parameters that cannot be used, or cannot be changed now.
+    #[error("motor parameters: {0}")]
+    Motor(String),
     /// The board failed or refused.
     #[error(transparent)]
     Board(#[from] BoardError),
@@ -188,6 +197,8 @@ struct Inner {
     stops: watch::Sender<u64>,
     /// Moves inside the gate: waiting for their turn or rest, or on their way.
     waiting: std::sync::atomic::AtomicUsize,
+    /// The boards' configuration and the motor parameters they were given.
+    motor: Mutex<Option<(Vec<BoardConfig>, MotorParams)>>,
 }
 
 /// The gate. Cheap to clone; all clones share one state.
@@ -290,7 +301,107 @@ impl MotionGate {
                 serial: tokio::sync::Mutex::new(()),
                 stops: watch::channel(0).0,
                 waiting: std::sync::atomic::AtomicUsize::new(0),
+                motor: Mutex::new(None),
             }),
+        }
+    }
+
+    /// Lets the gate change the motor parameters: the boards' configuration
+    /// (firmware, widths) and the parameters the board drivers were started
+    /// with. Without it `set_motor` is refused.
+    pub fn with_motor(self, boards: Vec<BoardConfig>, params: MotorParams) -> MotionGate {
+        *self.inner.motor.lock().unwrap_or_else(|e| e.into_inner()) = Some((boards, params));
+        self
+    }
+
+    /// The motor parameters in force (given to the boards), if known.
+    pub fn motor(&self) -> Option<MotorParams> {
+        self.inner
+            .motor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Changes one motor parameter and gives every board whose commands
+    /// change its new set (paced by its driver); returns the parameters now
+    /// in force. Refused while an operation runs, while a board is not
+    /// connected, and when the result would not be valid (an axis group the
+    /// machine lacks, a value the firmware cannot take, host limits outside
+    /// the board's). A board that fails to take them keeps them as its
+    /// parameters: it refuses moves and its driver sends them again.
+    pub async fn set_motor(
+        &self,
+        origin: &Origin,
+        target: MotorTarget,
+        param: MotorParam,
+        value: i64,
+    ) -> Result<MotorParams, GateError> {
+        self.check_origin(origin)?;
+        // On its own task: a caller that goes away (a control client hanging
+        // up) must not leave some boards with the new set and the gate with
+        // the old one.
+        let (gate, origin) = (self.clone(), origin.clone());
+        tokio::spawn(async move { gate.set_motor_now(&origin, target, param, value).await })
+            .await
+            .map_err(|e| GateError::Motor(format!("the change was interrupted: {e}")))?
+    }
+
+    async fn set_motor_now(
+        &self,
+        origin: &Origin,
+        target: MotorTarget,
+        param: MotorParam,
+        value: i64,
+    ) -> Result<MotorParams, GateError> {
+        let _one = self.inner.serial.lock().await;
+        self.check_origin(origin)?;
+        let (boards_cfg, current) = self
+            .inner
+            .motor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| GateError::Motor("not available on this gate".into()))?;
+        let layout = &self.inner.layout;
+        let next = current
+            .change(target, param, value, layout, &boards_cfg)
+            .map_err(GateError::Motor)?;
+        for b in &self.inner.boards {
+            let st = b.status();
+            if st.link != LinkState::Connected {
+                return Err(GateError::Motor(format!(
+                    "board {} is {}: motor parameters are changed only while every board is connected",
+                    st.name, st.link
+                )));
+            }
+        }
+        let mut first_error = None;
+        for (i, board) in self.inner.boards.iter().enumerate() {
+            let writes = next.writes(layout, &boards_cfg, i);
+            if writes == current.writes(layout, &boards_cfg, i) {
+                continue;
+            }
+            if let Err(e) = board.set_motor(writes).await {
+                tracing::error!(board = board.name(), error = %e, "new motor parameters not taken");
+                first_error.get_or_insert(e);
+            }
+        }
+        // The drivers hold the new set whatever happened (they retry it).
+        if let Some(slot) = self
+            .inner
+            .motor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            slot.1 = next.clone();
+        }
+        tracing::info!(%target, param = param.name(), value, ?origin, "motor parameter changed");
+        match first_error {
+            Some(e) => Err(GateError::Board(e)),
+            None => Ok(next),
         }
     }
 

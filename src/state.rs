@@ -5,8 +5,17 @@
 //! # File format (`state.json` beside the spool, format 1)
 //!
 //! ```json
-//! {"format": 1, "enabled": [true, false], "overrides": {"z_rest": 0.5, "voice_count_max": [12, 10]}}
+//! {"format": 1, "enabled": [true, false], "overrides": {"z_rest": 0.5, "voice_count_max": [12, 10]},
+//!  "motor": {"z.speed": 120, "stepper.3.accel": 5000}}
 //! ```
+//!
+//! `motor` holds the motor parameters changed at run time (`stringdriverctl
+//! motor set`), keyed `GROUP.PARAM` or `stepper.N.PARAM`; at start they are
+//! applied over `[motor]` before the boards are given their parameters.
+//! `motor_file` is the file's `[motor]` they were made over: when the file
+//! says something else at a start (or a reload changes `[motor]`), the file
+//! is the newer word, the changes are dropped and the file's parameters are
+//! sent (motor parameters in the file take effect at a start).
 //!
 //! `overrides` holds only the settings changed at run time; at start they are
 //! applied over the configuration file. Editing a setting in the file and
@@ -22,6 +31,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::{Config, MotorParam, MotorParams, MotorTarget};
 use crate::snapshot::Settings;
 
 /// The saved state.
@@ -33,6 +43,55 @@ pub struct Saved {
     pub enabled: Option<Vec<bool>>,
     /// Settings changed at run time, by name.
     pub overrides: BTreeMap<String, Value>,
+    /// Motor parameters changed at run time, by [`motor_key`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub motor: BTreeMap<String, i64>,
+    /// The file's `[motor]` those changes were made over: when the file
+    /// says something else now, the file is the newer word and wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motor_file: Option<MotorParams>,
+}
+
+/// The key a motor parameter change is kept under: `z.speed`, `stepper.3.accel`.
+pub fn motor_key(target: MotorTarget, param: MotorParam) -> String {
+    format!("{target}.{}", param.name())
+}
+
+/// Parses a [`motor_key`].
+pub fn parse_motor_key(key: &str) -> Result<(MotorTarget, MotorParam), String> {
+    let (target, param) = key
+        .rsplit_once('.')
+        .ok_or_else(|| format!("`{key}` is not GROUP.PARAM"))?;
+    let target = target.strip_prefix("stepper.").unwrap_or(target);
+    Ok((target.parse()?, param.parse()?))
+}
+
+/// `config`'s motor parameters with the saved run-time changes applied, in
+/// key order; returns what could not be applied (each with why).
+pub fn restore_motor(saved: &Saved, config: &Config) -> (MotorParams, Vec<String>) {
+    let mut motor = config.motor.clone();
+    let mut skipped = Vec::new();
+    if !saved.motor.is_empty()
+        && saved
+            .motor_file
+            .as_ref()
+            .is_some_and(|f| *f != config.motor)
+    {
+        skipped.push(format!(
+            "{} run-time motor change(s): [motor] in the file changed since, and the file wins",
+            saved.motor.len()
+        ));
+        return (motor, skipped);
+    }
+    for (key, value) in &saved.motor {
+        let applied = parse_motor_key(key)
+            .and_then(|(t, p)| motor.change(t, p, *value, &config.layout, &config.boards));
+        match applied {
+            Ok(m) => motor = m,
+            Err(e) => skipped.push(format!("motor {key} = {value}: {e}")),
+        }
+    }
+    (motor, skipped)
 }
 
 /// The names of the settings that can be changed at run time.
@@ -258,6 +317,37 @@ impl StateFile {
         self.write(&s)
     }
 
+    /// Records a run-time motor parameter change and writes the file.
+    pub fn save_motor(&self, key: &str, value: i64) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        s.motor.insert(key.to_string(), value);
+        self.write(&s)
+    }
+
+    /// Notes the file's `[motor]` this run started with (saved with the
+    /// next motor change). Run-time changes made over another `[motor]`
+    /// (see [`restore_motor`]) are dropped.
+    pub fn start_motor(&self, file: &MotorParams) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = s.motor_file.as_ref().is_some_and(|f| f != file) && !s.motor.is_empty();
+        s.motor_file = Some(file.clone());
+        if stale {
+            s.motor.clear();
+            return self.write(&s);
+        }
+        Ok(())
+    }
+
+    /// Drops every run-time motor change (the file's `[motor]` changed).
+    pub fn drop_motor(&self) -> Result<(), String> {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        if s.motor.is_empty() {
+            return Ok(());
+        }
+        s.motor.clear();
+        self.write(&s)
+    }
+
     /// Drops the overrides of settings the configuration file now changed.
     pub fn drop_overrides(&self, names: &[&str]) -> Result<(), String> {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,6 +395,45 @@ mod tests {
         assert!(apply(&mut s, "x_step", &json!(0)).is_err());
         apply(&mut s, "tuner_step", &json!(50)).expect("ok");
         assert_eq!(s.operations.tuner_step, 50);
+    }
+
+    #[test]
+    fn saved_motor_changes_apply_over_the_file_and_bad_ones_are_reported() {
+        let text = "host = \"h\"\n[[boards]]\nname = \"c\"\nport = \"/dev/null\"\n\
+                    int_bytes = 2\nfirmware = \"v2\"\nsteppers = 13\n\
+                    [layout]\nstrings = 6\nx_index = 0\nz_first_index = 1\n";
+        let cfg = crate::config::parse(text, Path::new("t.toml")).expect("valid");
+        let mut saved = Saved::default();
+        saved.motor.insert("z.speed".into(), 120);
+        saved.motor.insert("stepper.3.accel".into(), 5000);
+        saved.motor.insert("z.max".into(), 50); // the host's Z limits reach 100
+        saved.motor.insert("q.speed".into(), 1);
+        let (m, skipped) = restore_motor(&saved, &cfg);
+        assert_eq!(m.z.speed, 120);
+        assert_eq!(m.accel_of(&cfg.layout, 3), Some(5000));
+        assert_eq!(m.z.max, 100);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped.iter().any(|s| s.contains("z.max = 50")),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped.iter().any(|s| s.contains("unknown axis group `q`")),
+            "{skipped:?}"
+        );
+        assert_eq!(
+            parse_motor_key(&motor_key(MotorTarget::Stepper(3), MotorParam::Accel)),
+            Ok((MotorTarget::Stepper(3), MotorParam::Accel))
+        );
+        // Made over the same [motor]: applied; over another: the file wins.
+        saved.motor_file = Some(cfg.motor.clone());
+        assert_eq!(restore_motor(&saved, &cfg).0.z.speed, 120);
+        let mut other = cfg.motor.clone();
+        other.z.speed = 90;
+        saved.motor_file = Some(other);
+        let (m, skipped) = restore_motor(&saved, &cfg);
+        assert_eq!(m, cfg.motor);
+        assert!(skipped[0].contains("the file wins"), "{skipped:?}");
     }
 
     #[test]

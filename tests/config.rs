@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use stringdriverd::board::BoardSpec;
 use stringdriverd::config::{
     self, Config, ConfigError, DatabaseTarget, GpioSensorsConfig, LineBias, Position, Role,
     SensorBackend, SensorsConfig, SnapshotLink, XSwitchLines, XSwitchWiring,
 };
+use stringdriverd::config::{AxisParams, MotorWrite};
 use stringdriverd::protocol::commands::{Firmware, IntWidth};
+use stringdriverd::protocol::Op;
 
 fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -82,8 +85,8 @@ steppers = 7
 [layout]
 strings = 2
 tuner_first_index = 0
-tuner_min = -30000
-tuner_max = 30000
+tuner_min = -25000
+tuner_max = 25000
 x_index = 2
 x_max = 2396
 z_first_index = 3
@@ -255,12 +258,12 @@ fn stringdriver_1_layout() {
         ]
     );
     assert_eq!(l.limits(2), (0, 2396));
-    assert_eq!(l.limits(0), (-30000, 30000));
+    assert_eq!(l.limits(0), (-25000, 25000));
     assert_eq!(l.limits(6), (-100, 100));
     assert_eq!(l.z_pair(0), (3, 4));
     assert_eq!(l.z_pair(1), (5, 6));
-    assert_eq!(l.speed(2), 500.0);
-    assert_eq!(l.speed(0), 100.0);
+    assert_eq!(c.motor.speed_of(l, 2), Some(500));
+    assert_eq!(c.motor.speed_of(l, 0), Some(250));
     assert_eq!(l.locate(6), Some((0, 6)));
     assert_eq!(l.locate(7), None);
     assert_eq!(
@@ -272,10 +275,10 @@ fn stringdriver_1_layout() {
 
 #[test]
 fn stringdriver_1_needs_tuner_limits_that_fit_its_two_byte_ints() {
-    let text = SD1.replace("tuner_min = -30000\n", "");
+    let text = SD1.replace("tuner_min = -25000\n", "");
     let e = rejects(&text, "layout.tuner_min", "does not fit the 2-byte ints");
     assert!(e.to_string().contains("-100000"), "{e}");
-    let text = edit(SD1, "tuner_max = 30000", "tuner_max = 40000");
+    let text = edit(SD1, "tuner_max = 25000", "tuner_max = 40000");
     let e = rejects(&text, "layout.tuner_max", "board `carriage`");
     assert_eq!(e.position(), Some(pos(&text, "40000")));
 }
@@ -294,7 +297,9 @@ fn stringdriver_3_layout_has_unused_steppers() {
     for g in 9..=12 {
         assert_eq!(l.role(g), Role::Unused, "stepper {g}");
         assert_eq!(l.limits(g), (0, 0));
-        assert_eq!(l.speed(g), 100.0, "slowest of X 500 and Z 100");
+        assert_eq!(c.motor.speed_of(l, g), None, "stepper {g}: nothing sent");
+        let spec = BoardSpec::from_config(&c, 0).unwrap();
+        assert_eq!(spec.speeds[g], 100.0, "slowest of X 500 and Z 100");
     }
     assert!(l.tuners().is_none());
     assert_eq!(
@@ -303,9 +308,10 @@ fn stringdriver_3_layout_has_unused_steppers() {
         "the operators' default"
     );
 
-    // The slowest configured speed is taken, whichever role has it.
-    let slow_x = edit(SD3, "x_max = 0", "x_max = 0\nx_speed = 50.0");
-    assert_eq!(parse(&slow_x).unwrap().layout.speed(10), 50.0);
+    // The slowest configured speed is taken, whichever group has it.
+    let slow_x = format!("{SD3}\n[motor.x]\nspeed = 50\nmax = 0\n");
+    let c = parse(&slow_x).unwrap();
+    assert_eq!(BoardSpec::from_config(&c, 0).unwrap().speeds[10], 50.0);
 
     // An override may let an unused stepper move.
     let text = format!("{SD3}\n[[layout.stepper]]\nindex = 10\nmin = -5\nmax = 5\n");
@@ -860,14 +866,9 @@ fn role_and_override_limits() {
         "2-byte",
     );
     rejects(
-        &edit(&t, "z_speed = 100.0", "z_speed = 0.0"),
-        "layout.z_speed",
-        "steps/s",
-    );
-    rejects(
-        &edit(&t, "x_speed = 500.0", "x_speed = nan"),
-        "layout.x_speed",
-        "steps/s",
+        &edit(&t, "speed = 100\n", "speed = 0\n"),
+        "motor.z.speed",
+        "at least 1",
     );
 }
 
@@ -1650,4 +1651,146 @@ fn x_limit_switch_mistakes_are_refused_with_the_key_and_the_fix() {
     ))
     .expect_err("gpio only");
     assert_eq!(e.key(), Some("sensors.x_switch_line"), "{e}");
+}
+
+// ---------------------------------------------------------------- motor parameters
+
+fn w(op: Op, index: usize, value: i32) -> MotorWrite {
+    MotorWrite { op, index, value }
+}
+
+#[test]
+fn motor_defaults_are_those_of_hosts_md_for_each_host() {
+    let c = parse(&example_text()).unwrap();
+    let (x, z, t) = (c.motor.x.unwrap(), c.motor.z, c.motor.tuners.unwrap());
+    let p = |speed, accel, min, max| AxisParams {
+        speed,
+        accel,
+        min,
+        max,
+    };
+    assert_eq!(x, p(500, 10_000, 0, 2600));
+    assert_eq!(z, p(100, 10_000, -100, 100));
+    assert_eq!(
+        t,
+        p(250, 10_000, -100_000, 100_000),
+        "tuners on a tuner board"
+    );
+    // The tuner board (RP2040) has one axis group, 0; 4-byte values.
+    let tuner = c.motor_writes(&c.motor, 1);
+    assert_eq!(
+        &tuner[..2],
+        &[w(Op::SetMin, 0, -100_000), w(Op::SetMax, 0, 100_000)]
+    );
+    assert!(tuner[2..].iter().all(|w| w.index < 6));
+    // stringdriver-3: X max 0, the placeholder's board limits too.
+    let c = parse(SD3).unwrap();
+    assert_eq!((c.motor.x.unwrap().min, c.motor.x.unwrap().max), (0, 0));
+}
+
+#[test]
+fn stringdriver_1_motor_parameters_use_v1_axis_groups() {
+    // v1: 0 = tuners, 1 = carriage X, 2 = coils Z; tuners -25000..25000.
+    let c = parse(SD1).unwrap();
+    let t = c.motor.tuners.unwrap();
+    assert_eq!((t.speed, t.min, t.max), (250, -25_000, 25_000));
+    let writes = c.motor_writes(&c.motor, 0);
+    assert_eq!(
+        &writes[..6],
+        &[
+            w(Op::SetMin, 1, 0),
+            w(Op::SetMax, 1, 2396),
+            w(Op::SetMin, 2, -100),
+            w(Op::SetMax, 2, 100),
+            w(Op::SetMin, 0, -25_000),
+            w(Op::SetMax, 0, 25_000),
+        ]
+    );
+    let speeds: Vec<(usize, i32)> = writes
+        .iter()
+        .filter(|w| w.op == Op::SetSpeed)
+        .map(|w| (w.index, w.value))
+        .collect();
+    assert_eq!(
+        speeds,
+        [
+            (0, 250),
+            (1, 250),
+            (2, 500),
+            (3, 100),
+            (4, 100),
+            (5, 100),
+            (6, 100)
+        ]
+    );
+    // v1 reads the values as 4-byte longs: an acceleration beyond 32767 fits.
+    let text = format!("{SD1}\n[motor.z]\naccel = 40000\n");
+    assert_eq!(parse(&text).unwrap().motor.z.accel, 40_000);
+}
+
+#[test]
+fn motor_parameters_are_checked_against_firmware_and_layout() {
+    let sd3 = |extra: &str| format!("{SD3}\n{extra}");
+    // The host's limits must lie inside the board's.
+    let e = rejects(
+        &sd3("[motor.z]\nmax = 50\n"),
+        "motor.z.max",
+        "outside the z limits -100 to 50",
+    );
+    assert!(e.to_string().contains("silently ignore"), "{e}");
+    rejects(
+        &sd3("[motor.z]\nspeed = 0\n"),
+        "motor.z.speed",
+        "at least 1",
+    );
+    rejects(
+        &sd3("[motor.z]\nmin = 10\nmax = 5\n"),
+        "motor.z.min",
+        "above its maximum",
+    );
+    // v2 on the Mega reads every value as a 2-byte int.
+    rejects(
+        &sd3("[motor.z]\naccel = 40000\n"),
+        "motor.z.accel",
+        "does not fit the 2-byte set_accel argument of board `carriage` (v2 firmware)",
+    );
+    rejects(
+        &sd3("[motor.tuners]\nspeed = 10\n"),
+        "motor.tuners",
+        "no tuners steppers",
+    );
+    rejects(
+        &sd3("[[motor.stepper]]\nindex = 13\nspeed = 5\n"),
+        "motor.stepper[0].index",
+        "does not exist",
+    );
+    rejects(
+        &sd3("[[motor.stepper]]\nindex = 1\nspeed = 5\n[[motor.stepper]]\nindex = 1\naccel = 5\n"),
+        "motor.stepper[1].index",
+        "already has its own",
+    );
+    // Tuners on a v2 carriage board: its set_min/set_max have no group for them.
+    let text = edit(
+        SD3,
+        "x_max = 0",
+        "x_max = 0\ntuner_first_index = 9\ntuner_min = -10\ntuner_max = 10",
+    );
+    let e = rejects(
+        &text,
+        "motor.tuners",
+        "no axis group for them (0 = x, 1 = z)",
+    );
+    assert!(e.to_string().contains("v2 firmware"), "{e}");
+    // The old per-role speed keys say where the speed went.
+    rejects(
+        &edit(SD3, "x_max = 0", "x_max = 0\nx_speed = 50.0"),
+        "layout.x_speed",
+        "moved to motor.x.speed",
+    );
+    // A stepper of its own: a speed, sent with its stepper index.
+    let c = parse(&sd3("[[motor.stepper]]\nindex = 3\nspeed = 80\n")).unwrap();
+    assert!(c
+        .motor_writes(&c.motor, 0)
+        .contains(&w(Op::SetSpeed, 3, 80)));
+    assert_eq!(BoardSpec::from_config(&c, 0).unwrap().speeds[3], 80.0);
 }

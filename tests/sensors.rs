@@ -737,7 +737,7 @@ fn stringdriver_1_and_3_lines_skip_tuners_x_and_unused_steppers() {
     let sd1 =
         "host = \"stringdriver-1\"\n[[boards]]\nname = \"carriage\"\nport = \"/dev/ttyACM0\"\n\
                int_bytes = 2\nfirmware = \"v1\"\nsteppers = 7\n[layout]\nstrings = 2\n\
-               tuner_first_index = 0\ntuner_min = -30000\ntuner_max = 30000\nx_index = 2\n\
+               tuner_first_index = 0\ntuner_min = -25000\ntuner_max = 25000\nx_index = 2\n\
                x_max = 2396\nz_first_index = 3\n[sensors]\nbackend = \"gpio\"\n\
                chip = \"/dev/gpiochip0\"\nlines = [6, 26, 19, 5]\n";
     let cfg = config::parse(sd1, Path::new("sd1.toml")).expect("sd1");

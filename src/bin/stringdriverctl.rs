@@ -111,8 +111,29 @@ enum Cmd {
         #[command(subcommand)]
         op: OpCmd,
     },
+    /// Motor parameters: speed, acceleration and the boards' limits.
+    Motor {
+        #[command(subcommand)]
+        motor: MotorCmd,
+    },
     /// Follow the daemon's events until interrupted.
     Events,
+}
+
+#[derive(Subcommand)]
+enum MotorCmd {
+    /// The parameters in force and what each board holds.
+    Show,
+    /// Change one parameter (kept across restarts), e.g. `motor set z speed 120`.
+    #[command(allow_negative_numbers = true)]
+    Set {
+        /// x, z, tuners, or a stepper number (speed and accel only).
+        target: String,
+        /// speed (steps/s), accel (steps/s²), min or max (the board's limits).
+        param: String,
+        /// The value.
+        value: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,6 +234,14 @@ fn request(cmd: &Cmd) -> Value {
                 "final_positions": final_positions, "message": message, "operation_id": operation_id,
             }),
         },
+        Cmd::Motor { motor } => match motor {
+            MotorCmd::Show => json!({"cmd": "motor"}),
+            MotorCmd::Set {
+                target,
+                param,
+                value,
+            } => json!({"cmd": "motor_set", "target": target, "param": param, "value": value}),
+        },
         Cmd::Events => json!({"cmd": "events"}),
     };
     if let Value::Object(m) = &mut r {
@@ -271,8 +300,52 @@ fn show(v: &Value) -> String {
     }
 }
 
+fn print_motor(r: &Value) {
+    let p = &r["params"];
+    for axis in ["x", "z", "tuners"] {
+        let a = &p[axis];
+        if a.is_null() {
+            continue;
+        }
+        println!(
+            "{axis:<7} speed {} steps/s, accel {} steps/s², limits {} to {}",
+            show(&a["speed"]),
+            show(&a["accel"]),
+            show(&a["min"]),
+            show(&a["max"])
+        );
+    }
+    for s in p["stepper"].as_array().into_iter().flatten() {
+        println!(
+            "stepper {:<3} speed {}, accel {}",
+            show(&s["index"]),
+            show(&s["speed"]),
+            show(&s["accel"])
+        );
+    }
+    for b in r["boards"].as_array().into_iter().flatten() {
+        let holds = &b["holds"];
+        if holds.is_null() {
+            println!(
+                "board {:<10} not sent since its last connect or reset (moves refused)",
+                show(&b["name"])
+            );
+        } else {
+            println!(
+                "board {:<10} holds them since {} ({} commands, {} batches, {} sends since start)",
+                show(&b["name"]),
+                show(&holds["at"]),
+                holds["writes"].as_array().map_or(0, Vec::len),
+                show(&holds["batches"]),
+                show(&b["sends"])
+            );
+        }
+    }
+}
+
 fn print_readable(cmd: &Cmd, r: &Value) {
     match cmd {
+        Cmd::Motor { .. } => print_motor(r),
         Cmd::Status { .. } => print!(
             "{}",
             stringdriverd::ctl::status_view::render(r, chrono::Utc::now())

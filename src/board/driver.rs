@@ -39,6 +39,7 @@
 //!   sent as the `amove` to the same target, so a confirmed move is
 //!   confirmed against what the firmware really did.
 
+mod motor;
 mod restore;
 
 use std::collections::BTreeMap;
@@ -109,6 +110,9 @@ pub enum Command {
     CheckMemory,
     /// Poll positions now.
     Poll,
+    /// New motor parameters: sent now (paced) and after every later
+    /// connect or reset.
+    SetMotor(Vec<crate::config::MotorWrite>),
 }
 
 /// What a successful command yields.
@@ -190,6 +194,10 @@ pub(super) struct Driver {
     next_probe: Instant,
     /// The reading just taken came after about a boot time of silence.
     after_silence: bool,
+    /// The board holds `spec.motor` (sent since it last connected or reset).
+    motor_sent: bool,
+    /// Why the last sending of the motor parameters failed.
+    motor_error: Option<String>,
 }
 
 /// Which counters a write just sent may have changed.
@@ -241,6 +249,8 @@ impl Driver {
             probe_delay: Duration::ZERO,
             next_probe: Instant::now(),
             after_silence: false,
+            motor_sent: false,
+            motor_error: None,
         }
     }
 
@@ -379,13 +389,28 @@ impl Driver {
     }
 
     /// The answer to a request that arrives while the board cannot be
-    /// talked to: refused, except a [`Command::Distrust`], which needs no board.
+    /// talked to: refused, except a [`Command::Distrust`], which needs no
+    /// board; new motor parameters are refused but kept all the same, to be
+    /// sent at the next connect.
     async fn answer_offline(&mut self, r: Request) {
-        let answer = match r.command {
-            Command::Distrust { stepper } => self.distrust(stepper).await,
+        let answer = match &r.command {
+            Command::Distrust { stepper } => self.distrust(*stepper).await,
+            Command::SetMotor(writes) => {
+                self.keep_motor(writes);
+                Err(self.not_ready())
+            }
             _ => Err(self.not_ready()),
         };
         let _ = r.reply.send(answer);
+    }
+
+    /// Makes `writes` the motor parameters of later connects (if the board
+    /// can take them).
+    fn keep_motor(&mut self, writes: &[crate::config::MotorWrite]) {
+        if self.check_motor(writes).is_ok() {
+            self.spec.motor = writes.to_vec();
+            self.motor_sent = false;
+        }
     }
 
     /// Waits until `until`, refusing requests meanwhile. False on shutdown.
@@ -418,6 +443,8 @@ impl Driver {
         self.grace = Duration::ZERO;
         self.missed = 0;
         self.jogs.clear();
+        // Opening the port resets the board: it has its compiled-in values.
+        self.forget_motor();
         self.status.send_modify(|s| {
             s.moving = None;
             s.silent_since = None;
@@ -437,6 +464,11 @@ impl Driver {
             }
         };
         if let Err(e) = self.reconcile(&mut io, first).await {
+            return End::Lost(e);
+        }
+        // Before any request is served: a move now would run at the
+        // board's compiled-in speed and limits.
+        if let Err(Fail::Link(e)) = self.ensure_motor(&mut io).await {
             return End::Lost(e);
         }
         self.emit(BoardEvent::Connected {
@@ -474,7 +506,14 @@ impl Driver {
                     }
                 },
                 // A silent board is not polled on the tick: see `probe`.
-                _ = tick.tick(), if !silent => self.poll(&mut io).await.err(),
+                _ = tick.tick(), if !silent => match self.poll(&mut io).await {
+                    // A board still without its parameters (a refused
+                    // batch) is given them again.
+                    Ok(_) if self.status.borrow().link == LinkState::Connected => {
+                        self.ensure_motor(&mut io).await.err()
+                    }
+                    other => other.err(),
+                },
                 _ = sleep_until(self.next_probe), if silent => self.probe(&mut io).await.err(),
                 // Its answer to the last probe may come late (a long move).
                 item = io.next(), if silent => self.late_reply(&mut io, item).await.err(),
@@ -730,7 +769,9 @@ impl Driver {
             if let Some(since) = s.silent_since.take() {
                 ended = Some((since, s.moving.clone()));
             }
-            s.moving = None;
+            if let Some(m) = s.moving.take() {
+                s.last_move = Some(m);
+            }
         });
         if let Some((since, moving)) = ended.filter(|_| self.unresponsive()) {
             let silent_for = (Utc::now() - since).to_std().unwrap_or_default();
@@ -821,6 +862,10 @@ impl Driver {
                 self.reset(io, known, positions, evidence, zeros, moved)
                     .await
                     .map_err(Fail::Link)?;
+                // The board forgot its motor parameters with its counters.
+                if let Err(Fail::Link(e)) = self.ensure_motor(io).await {
+                    return Err(Fail::Link(e));
+                }
                 return Ok(self.known.clone().unwrap_or_default());
             }
         }
@@ -948,6 +993,7 @@ impl Driver {
         let name = self.spec.name.clone();
         tracing::warn!(board = %name, ?evidence, ?prev, ?fresh, ?moved, "board reset detected");
         self.jogs.clear();
+        self.forget_motor();
         self.status.send_modify(|s| {
             s.jogging.clear();
             match evidence {
@@ -1086,6 +1132,9 @@ impl Driver {
         // host's belief, kept (and saved) as untrusted across a reconnect.
         let needs_link = !matches!(command, Command::Poll | Command::Distrust { .. });
         if needs_link && self.status.borrow().link != LinkState::Connected {
+            if let Command::SetMotor(writes) = &command {
+                self.keep_motor(writes);
+            }
             return Err(refuse(self.not_ready()));
         }
         // A silent board is probed on its own schedule, never on demand:
@@ -1093,9 +1142,13 @@ impl Driver {
         if command == Command::Poll && self.unresponsive() {
             return Err(refuse(self.not_ready()));
         }
+        if matches!(command, Command::Rmove { .. } | Command::Amove { .. }) && !self.motor_sent {
+            return Err(refuse(self.motor_not_sent()));
+        }
         match command {
             Command::Poll => self.poll_retrying(io).await.map(Response::Positions),
             Command::Distrust { stepper } => self.distrust(stepper).await.map_err(refuse),
+            Command::SetMotor(writes) => self.set_motor(io, writes).await.map(Response::Positions),
             Command::CheckMemory => {
                 let reply = self.exchange(io, Op::CheckMemory, vec![]).await?;
                 let mem = reply

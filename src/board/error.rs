@@ -52,6 +52,16 @@ pub enum BoardError {
         /// Its link state, as text.
         state: String,
     },
+    /// Refused before sending: the board has not been given its motor
+    /// parameters since it last connected or reset, so it may move at its
+    /// compiled-in speed or within its compiled-in limits.
+    #[error("board {board}: its motor parameters (speed, acceleration, limits) have not been sent since it connected or reset{detail}; moves are refused until they are")]
+    MotorNotSent {
+        /// Board name.
+        board: String,
+        /// Why the last attempt failed, as `: ...`, or empty.
+        detail: String,
+    },
     /// The board did not answer in time.
     #[error("board {board}: no reply to {op} within {waited:?}")]
     Timeout {

@@ -34,7 +34,9 @@ pub use driver::{Command, KnownCounters, Response};
 pub use error::BoardError;
 pub use link::{Connector, Link, OpenFuture, SerialConnector};
 pub use spec::BoardSpec;
-pub use status::{BoardEvent, BoardStatus, InTransit, Judgements, LinkState, RestoreReport};
+pub use status::{
+    BoardEvent, BoardStatus, InTransit, Judgements, LinkState, MotorReport, RestoreReport,
+};
 
 /// Starts the driver of one board. `initial` is what was known of its
 /// counters before (persisted state); `None` means nothing is known and the
@@ -155,6 +157,17 @@ impl BoardHandle {
     /// Zeroes **every** counter of the board. Named so that nobody calls it by mistake.
     pub async fn reset_all_counters(&self) -> Result<Vec<i32>, BoardError> {
         self.positions(Command::ResetAll).await
+    }
+
+    /// Gives the board new motor parameters (`set_min`/`set_max`/
+    /// `set_speed`/`set_accel`, paced to its receive buffer); they are also
+    /// what it is given after every later connect or reset. Returns the
+    /// counters read after the last batch.
+    pub async fn set_motor(
+        &self,
+        writes: Vec<crate::config::MotorWrite>,
+    ) -> Result<Vec<i32>, BoardError> {
+        self.positions(Command::SetMotor(writes)).await
     }
 
     /// Polls now and returns the counters.

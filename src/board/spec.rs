@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{BoardConfig, Config};
+use crate::config::{BoardConfig, Config, MotorParams, MotorWrite};
 use crate::protocol::ramp::{self, DEFAULT_ACCEL};
 use crate::protocol::{Firmware, IntWidth};
 
@@ -20,14 +20,20 @@ pub struct BoardSpec {
     pub width: IntWidth,
     /// Firmware command table.
     pub firmware: Firmware,
-    /// Speed of each stepper, steps/s, for a move's expected duration. Use the
-    /// slowest speed the firmware may run at: waiting too long is harmless,
-    /// polling during a move is not.
+    /// Speed of each stepper, steps/s, for a move's expected duration: the
+    /// speed in `motor` where it sets one (the driver keeps these equal to
+    /// what it last sent, see [`Self::apply_motor`]), else the slowest the
+    /// firmware may run at: waiting too long is harmless, polling during a
+    /// move is not.
     pub speeds: Vec<f64>,
     /// Acceleration of each stepper, steps/s², for the ramp in a move's
-    /// expected duration: [`DEFAULT_ACCEL`], what the boards are run with
-    /// (hosts.md). Use the lowest the firmware may run at.
+    /// expected duration, kept like `speeds`.
     pub accels: Vec<f64>,
+    /// The motor parameters given to the board after every connect and
+    /// every detected reset (`set_min`/`set_max` per axis group,
+    /// `set_speed`/`set_accel` per stepper); empty: none are sent and moves
+    /// need none.
+    pub motor: Vec<MotorWrite>,
     /// How long the board is deaf after the port is opened.
     pub reset_wait: Duration,
     /// Quiet time that ends the drain of bootloader noise after the reset wait.
@@ -73,6 +79,7 @@ impl BoardSpec {
             firmware,
             accels: vec![DEFAULT_ACCEL; speeds.len()],
             speeds,
+            motor: Vec::new(),
             reset_wait: Duration::from_secs(2),
             drain_quiet: Duration::from_millis(50),
             poll_interval: Duration::from_millis(500),
@@ -86,13 +93,39 @@ impl BoardSpec {
         }
     }
 
-    /// The spec of board `index` of `config`.
+    /// The spec of board `index` of `config`, with the file's motor parameters.
     pub fn from_config(config: &Config, index: usize) -> Option<BoardSpec> {
+        BoardSpec::from_config_with(config, &config.motor, index)
+    }
+
+    /// The spec of board `index` of `config` with motor parameters `motor`
+    /// (the file's, or run-time changes kept across a restart).
+    pub fn from_config_with(
+        config: &Config,
+        motor: &MotorParams,
+        index: usize,
+    ) -> Option<BoardSpec> {
         let b: &BoardConfig = config.boards.get(index)?;
-        let speeds = (0..b.steppers)
-            .map(|local| config.layout.speed(config.layout.global(index, local)))
+        let layout = &config.layout;
+        let total = layout.total_steppers();
+        // A stepper given no speed keeps the board's own: assume the slowest
+        // configured (a longer wait is harmless).
+        let slowest = |f: &dyn Fn(usize) -> Option<i32>| {
+            (0..total).filter_map(f).min().map_or(1.0, |v| v as f64)
+        };
+        let slow_speed = slowest(&|g| motor.speed_of(layout, g));
+        let low_accel = slowest(&|g| motor.accel_of(layout, g));
+        let globals: Vec<usize> = (0..b.steppers).map(|l| layout.global(index, l)).collect();
+        let speeds = globals
+            .iter()
+            .map(|&g| motor.speed_of(layout, g).map_or(slow_speed, f64::from))
             .collect();
         let mut spec = BoardSpec::new(&b.name, b.port.clone(), b.firmware, b.int_bytes, speeds);
+        spec.accels = globals
+            .iter()
+            .map(|&g| motor.accel_of(layout, g).map_or(low_accel, f64::from))
+            .collect();
+        spec.motor = config.motor_writes(motor, index);
         spec.baud = b.baud;
         spec.reset_wait = b.reset_wait;
         spec.poll_interval = b.poll_interval;
@@ -100,6 +133,21 @@ impl BoardSpec {
         spec.move_margin = b.move_margin;
         spec.restore_counters_after_reset = b.restore_counters_after_reset;
         Some(spec)
+    }
+
+    /// Takes the speeds and accelerations of `writes` as the board's: call
+    /// once they were sent.
+    pub fn apply_motor(&mut self, writes: &[MotorWrite]) {
+        for w in writes {
+            let slot = match w.op {
+                crate::protocol::Op::SetSpeed => self.speeds.get_mut(w.index),
+                crate::protocol::Op::SetAccel => self.accels.get_mut(w.index),
+                _ => None,
+            };
+            if let Some(s) = slot {
+                *s = f64::from(w.value);
+            }
+        }
     }
 
     /// How long a move of `steps` on `stepper` is expected to take, margin

@@ -90,6 +90,9 @@ pub struct BoardStatus {
     /// The move the board was given and has not been confirmed yet: while it
     /// is set the stepper is in transit and its counter is not a position.
     pub moving: Option<InTransit>,
+    /// The last move sent, kept once it ended (its `expected` is the
+    /// duration predicted from the speed the board was last given).
+    pub last_move: Option<InTransit>,
     /// Since when polls have failed one after another (`None` while the
     /// board answers): with `moving`, how long a board has been busy.
     pub silent_since: Option<DateTime<Utc>>,
@@ -101,6 +104,27 @@ pub struct BoardStatus {
     pub judgements: Judgements,
     /// The last restore of counters after a reset, how it was paced.
     pub last_restore: Option<RestoreReport>,
+    /// The motor parameters the board holds: the last set sent to it since
+    /// it last reset (`None` until sent after a connect or a reset; moves
+    /// are refused meanwhile).
+    pub motor: Option<MotorReport>,
+    /// Times a full set of motor parameters was sent since start.
+    pub motor_sends: u64,
+}
+
+/// The motor parameters a board was given, and how they were paced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MotorReport {
+    /// The commands sent, in order (every one consumed by the board).
+    pub writes: Vec<crate::config::MotorWrite>,
+    /// When the last batch was confirmed.
+    pub at: DateTime<Utc>,
+    /// Batches (each confirmed by a positions reply).
+    pub batches: usize,
+    /// Most bytes sent and not yet confirmed consumed by the board at once.
+    pub max_bytes_in_flight: usize,
+    /// From the first write to the last confirming reply.
+    pub took: Duration,
 }
 
 /// A move sent to the board and not yet confirmed by a positions reply.
@@ -167,10 +191,13 @@ impl BoardStatus {
             last_error: None,
             free_memory: None,
             moving: None,
+            last_move: None,
             silent_since: None,
             jogging: Vec::new(),
             judgements: Judgements::default(),
             last_restore: None,
+            motor: None,
+            motor_sends: 0,
         }
     }
 

@@ -19,10 +19,6 @@ use super::sections::BoardConfig;
 /// Most strings a machine can have (audmon's channel limit).
 pub const MAX_STRINGS: usize = 12;
 
-/// Slowest speed accepted, in steps/s; anything slower is a unit mistake,
-/// and would make a move's expected duration overflow `Duration`.
-pub const MIN_SPEED: f64 = 0.01;
-
 /// Limits of a stepper that no range covers: it must not move unless an
 /// override says where it may go.
 pub const UNUSED_LIMITS: (i32, i32) = (0, 0);
@@ -102,8 +98,6 @@ pub struct StepperRange {
     pub min: i32,
     /// Upper position limit of each stepper before overrides.
     pub max: i32,
-    /// Speed in steps/s, for a move's expected duration.
-    pub speed: f64,
 }
 
 impl StepperRange {
@@ -213,29 +207,6 @@ impl Layout {
         self.limits.get(global).copied().unwrap_or(UNUSED_LIMITS)
     }
 
-    /// Speed of stepper `global` in steps/s, by role. An unused stepper gets
-    /// the slowest configured speed, so that a move's expected duration is
-    /// never underestimated.
-    pub fn speed(&self, global: usize) -> f64 {
-        match self.role(global) {
-            Role::X => self.x.as_ref().map_or(self.slowest_speed(), |r| r.speed),
-            Role::ZIn { .. } | Role::ZOut { .. } => self.z.speed,
-            Role::Tuner { .. } => self
-                .tuners
-                .as_ref()
-                .map_or(self.slowest_speed(), |r| r.speed),
-            Role::Unused => self.slowest_speed(),
-        }
-    }
-
-    fn slowest_speed(&self) -> f64 {
-        [self.x.as_ref(), Some(&self.z), self.tuners.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|r| r.speed)
-            .fold(self.z.speed, f64::min)
-    }
-
     /// Board index and index on that board of stepper `global`.
     pub fn locate(&self, global: usize) -> Option<(usize, usize)> {
         let mut first = 0;
@@ -302,15 +273,15 @@ impl Layout {
             x_index: self.x.as_ref().and_then(|r| index(r.first)),
             x_min: self.x.as_ref().and_then(|r| wide(r.min)),
             x_max: self.x.as_ref().and_then(|r| wide(r.max)),
-            x_speed: self.x.as_ref().map(|r| r.speed),
+            x_speed: None,
             z_first_index: self.z.first as i64,
             z_min: wide(self.z.min),
             z_max: wide(self.z.max),
-            z_speed: Some(self.z.speed),
+            z_speed: None,
             tuner_first_index: self.tuners.as_ref().and_then(|r| index(r.first)),
             tuner_min: self.tuners.as_ref().and_then(|r| wide(r.min)),
             tuner_max: self.tuners.as_ref().and_then(|r| wide(r.max)),
-            tuner_speed: self.tuners.as_ref().map(|r| r.speed),
+            tuner_speed: None,
             stepper: self
                 .overrides
                 .iter()
@@ -368,9 +339,9 @@ struct Kind {
     min_key: &'static str,
     max_key: &'static str,
     speed_key: &'static str,
+    motor_key: &'static str,
     default_min: i64,
     default_max: i64,
-    default_speed: f64,
 }
 
 const X: Kind = Kind {
@@ -379,9 +350,9 @@ const X: Kind = Kind {
     min_key: "x_min",
     max_key: "x_max",
     speed_key: "x_speed",
+    motor_key: "motor.x.speed",
     default_min: 0,
     default_max: 2600,
-    default_speed: 500.0,
 };
 const Z: Kind = Kind {
     name: "Z",
@@ -389,9 +360,9 @@ const Z: Kind = Kind {
     min_key: "z_min",
     max_key: "z_max",
     speed_key: "z_speed",
+    motor_key: "motor.z.speed",
     default_min: -100,
     default_max: 100,
-    default_speed: 100.0,
 };
 const TUNER: Kind = Kind {
     name: "tuner",
@@ -399,9 +370,9 @@ const TUNER: Kind = Kind {
     min_key: "tuner_min",
     max_key: "tuner_max",
     speed_key: "tuner_speed",
+    motor_key: "motor.tuners.speed",
     default_min: -100_000,
     default_max: 100_000,
-    default_speed: 100.0,
 };
 
 /// Builds and checks one range; `None` when its index is not configured.
@@ -415,13 +386,20 @@ fn range(
     total: usize,
 ) -> Result<Option<StepperRange>, Invalid> {
     let key = |k: &str| format!("layout.{k}");
+    if speed.is_some() {
+        // The speed is sent to the board now, beside its acceleration and
+        // limits; one setting, so the board and the host agree.
+        return Err(Invalid::new(
+            key(kind.speed_key),
+            format!(
+                "moved to {} (the speed sent to the board, [motor])",
+                kind.motor_key
+            ),
+        ));
+    }
     let Some(index) = index else {
         // A limit without its index is a layout the user did not mean.
-        for (k, set) in [
-            (kind.min_key, min.is_some()),
-            (kind.max_key, max.is_some()),
-            (kind.speed_key, speed.is_some()),
-        ] {
+        for (k, set) in [(kind.min_key, min.is_some()), (kind.max_key, max.is_some())] {
             if set {
                 return Err(Invalid::new(
                     key(k),
@@ -464,21 +442,11 @@ fn range(
             ),
         ));
     }
-    let speed = speed.unwrap_or(kind.default_speed);
-    if !speed.is_finite() || speed < MIN_SPEED {
-        return Err(Invalid::new(
-            key(kind.speed_key),
-            format!(
-                "speed must be a finite number of steps/s of at least {MIN_SPEED}, not {speed}"
-            ),
-        ));
-    }
     Ok(Some(StepperRange {
         first,
         count,
         min: lo,
         max: hi,
-        speed,
     }))
 }
 

@@ -13,6 +13,7 @@
 
 mod error;
 mod layout;
+mod motor;
 mod resolve;
 mod schema;
 mod sections;
@@ -21,8 +22,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 pub use error::{ConfigError, Position};
-pub use layout::{
-    Layout, Role, StepperOverride, StepperRange, MAX_STRINGS, MIN_SPEED, UNUSED_LIMITS,
+pub use layout::{Layout, Role, StepperOverride, StepperRange, MAX_STRINGS, UNUSED_LIMITS};
+pub use motor::{
+    defaults as motor_defaults, AxisParams, MotorParams, MotorWrite, Param as MotorParam,
+    StepperMotor, Target as MotorTarget,
 };
 pub use resolve::defaults;
 pub use sections::{
@@ -40,8 +43,10 @@ pub struct Config {
     pub host: String,
     /// Boards in stepper order: carriage board first, then the tuner board.
     pub boards: Vec<BoardConfig>,
-    /// Role, limits and speed of every stepper.
+    /// Role and host limits of every stepper.
     pub layout: Layout,
+    /// Speed, acceleration and limits the boards are run with.
+    pub motor: MotorParams,
     /// Settings of bump_check, z_calibrate and z_adjust.
     pub operations: OperationSettings,
     /// Per-channel thresholds, one entry per string.
@@ -62,6 +67,14 @@ pub struct Config {
     pub log: LogConfig,
     /// Touch sensors.
     pub sensors: SensorsConfig,
+}
+
+impl Config {
+    /// The motor-parameter commands board `board` is given (see
+    /// [`MotorParams::writes`]) for `motor`.
+    pub fn motor_writes(&self, motor: &MotorParams, board: usize) -> Vec<MotorWrite> {
+        motor.writes(&self.layout, &self.boards, board)
+    }
 }
 
 /// The largest configuration file read (1 MiB; the example is about 20
@@ -182,7 +195,9 @@ impl Config {
                 let _ = writeln!(out, "# the configuration could not be written as TOML: {e}");
             }
         }
-        out.push_str("\n# Stepper map: global index, board:local index, role, limits, speed\n");
+        out.push_str(
+            "\n# Stepper map: global index, board:local index, role, host limits, speed, acceleration\n",
+        );
         let l = &self.layout;
         for g in 0..l.total_steppers() {
             let (board, local) = match l.locate(g) {
@@ -192,11 +207,14 @@ impl Config {
             let (min, max) = l.limits(g);
             let _ = writeln!(
                 out,
-                "# {g:>3}: {:<14} {:<17} {:<18} {} steps/s",
+                "# {g:>3}: {:<14} {:<17} {:<18} {}",
                 format!("{board}:{local}"),
                 l.role(g).to_string(),
                 format!("{min}..={max}"),
-                l.speed(g)
+                match (self.motor.speed_of(l, g), self.motor.accel_of(l, g)) {
+                    (Some(v), Some(a)) => format!("{v} steps/s, {a} steps/s²"),
+                    _ => "not sent (the board's own)".to_string(),
+                }
             );
         }
         out
@@ -256,8 +274,46 @@ z_first_index = 1
         assert_eq!(c.sensors, SensorsConfig::None);
         assert_eq!(c.layout.limits(0), (0, 2600));
         assert_eq!(c.layout.limits(1), (-100, 100));
-        assert_eq!(c.layout.speed(0), 500.0);
-        assert_eq!(c.layout.speed(12), 100.0);
+        assert_eq!(c.motor.speed_of(&c.layout, 0), Some(500));
+        assert_eq!(c.motor.speed_of(&c.layout, 12), Some(100));
+        assert_eq!(
+            c.motor.x,
+            Some(AxisParams {
+                speed: 500,
+                accel: 10_000,
+                min: 0,
+                max: 2600
+            })
+        );
+        assert_eq!((c.motor.z.min, c.motor.z.max), (-100, 100));
+        // The v2 carriage: X is axis group 0, Z axis group 1.
+        let w = c.motor_writes(&c.motor, 0);
+        assert_eq!(
+            &w[..4],
+            &[
+                MotorWrite {
+                    op: crate::protocol::Op::SetMin,
+                    index: 0,
+                    value: 0
+                },
+                MotorWrite {
+                    op: crate::protocol::Op::SetMax,
+                    index: 0,
+                    value: 2600
+                },
+                MotorWrite {
+                    op: crate::protocol::Op::SetMin,
+                    index: 1,
+                    value: -100
+                },
+                MotorWrite {
+                    op: crate::protocol::Op::SetMax,
+                    index: 1,
+                    value: 100
+                },
+            ]
+        );
+        assert_eq!(w.len(), 4 + 2 * 13);
     }
 
     #[test]

@@ -127,7 +127,9 @@ pub(crate) fn resolve(
     let boards = boards(raw.boards).map_err(Resolve::Invalid)?;
     let layout = layout::build(&raw.layout, &boards).map_err(Resolve::Invalid)?;
     let strings = layout.strings();
+    let motor = super::motor::build(&raw.motor, &layout, &boards).map_err(Resolve::Invalid)?;
     let config = Config {
+        motor,
         host: String::new(),
         operations: operations(raw.operations, x_travel(&layout)).map_err(Resolve::Invalid)?,
         thresholds: thresholds(raw.thresholds, strings).map_err(Resolve::Invalid)?,
@@ -1337,6 +1339,7 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
             })
             .collect(),
         layout: config.layout.to_raw(),
+        motor: config.motor.to_raw(),
         operations: RawOperations {
             bump_check_enable: Some(o.bump_check_enable),
             z_up_step: Some(o.z_up_step.into()),

@@ -60,6 +60,9 @@ pub(crate) struct RawConfig {
     /// Touch sensors.
     #[serde(default)]
     pub sensors: RawSensors,
+    /// Motor parameters sent to the boards.
+    #[serde(default)]
+    pub motor: super::motor::RawMotor,
 }
 
 /// One `[[boards]]` entry.
@@ -111,7 +114,7 @@ pub(crate) struct RawLayout {
     /// X upper limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_max: Option<i64>,
-    /// X speed, steps/s.
+    /// Moved to `motor.x.speed`; refused with that message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_speed: Option<f64>,
     /// Global index of string 0's "in" Z stepper.
@@ -122,7 +125,7 @@ pub(crate) struct RawLayout {
     /// Z upper limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub z_max: Option<i64>,
-    /// Z speed, steps/s.
+    /// Moved to `motor.z.speed`; refused with that message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub z_speed: Option<f64>,
     /// Global index of string 0's tuner.
@@ -134,7 +137,7 @@ pub(crate) struct RawLayout {
     /// Tuner upper limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuner_max: Option<i64>,
-    /// Tuner speed, steps/s.
+    /// Moved to `motor.tuners.speed`; refused with that message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuner_speed: Option<f64>,
     /// Per-stepper limit overrides. Last, because TOML wants arrays of tables

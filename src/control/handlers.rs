@@ -66,7 +66,7 @@ impl Shared {
     }
 }
 
-fn gate_error(e: GateError) -> ApiError {
+pub(super) fn gate_error(e: GateError) -> ApiError {
     match e {
         GateError::Board(b) => ApiError::new("board_error", b.to_string()),
         GateError::Stopped => ApiError::new("stopped", GateError::Stopped.to_string()),
@@ -131,6 +131,8 @@ pub async fn handle(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> 
         "op_report" => op_report(sh, req).await,
         "steppers" => Ok(steppers(sh)),
         "stop" => Ok(stop(sh).await),
+        "motor" => super::motor::show(sh),
+        "motor_set" => super::motor::set(sh, req).await,
         other => Err(ApiError::new(
             "unknown_command",
             format!("unknown command `{other}` (known: {})", COMMANDS.join(", ")),
@@ -250,6 +252,8 @@ pub async fn status(sh: &Shared) -> Value {
                     "resets_after_silence": s.judgements.resets_after_silence,
                     "moved_after_reset": s.judgements.moved_after_reset,
                 },
+                "motor_sends": s.motor_sends,
+                "motor_sent": s.motor.is_some(),
                 "last_restore": s.last_restore.as_ref().map(|r| json!({
                     "counters": r.counters,
                     "batches": r.batches,

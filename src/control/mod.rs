@@ -55,6 +55,8 @@
 //! | `op_cancel` | | `{cancelled}` (whether an operation was running); stops a repetition too |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
 //! | `op_report` | `kind`, `status`, `steppers`, `final_positions`, `message`?, `operation_id`? | `{operation_id, status}`: an operation run by another program, recorded |
+//! | `motor` | | `{params, boards}`: the motor parameters in force (`x`, `z`, `tuners`: speed, accel, min, max; `stepper`: per-stepper speed/accel) and what each board holds (`holds`: the commands last sent, `null` until sent since its last connect or reset; `sends`) |
+//! | `motor_set` | `target` (`x`, `z`, `tuners` or a stepper number), `param` (`speed`, `accel`, `min`, `max`; a stepper takes speed and accel only), `value` | as `motor` (through the motion gate: refused while an operation runs or a board is not connected; checked against the layout and the firmwares; persisted) |
 //! | `events` | | `{events: true}`, then the connection is a stream of event lines |
 //!
 //! A `stepper` is a global index (a number) or a name (a string: `x`,
@@ -91,6 +93,7 @@
 //! the connection.
 
 mod handlers;
+mod motor;
 mod peer;
 pub mod protocol;
 mod server;

@@ -26,6 +26,8 @@ pub const COMMANDS: &[&str] = &[
     "op_report",
     "steppers",
     "stop",
+    "motor",
+    "motor_set",
     "events",
 ];
 

@@ -251,10 +251,32 @@ pub async fn run_with_shipping(
     if let Some(p) = problem {
         tracing::error!(problem = %p, "the counters file was unreadable and has been moved aside: every counter starts untrusted");
     }
+    // Run-time changes from before this start (enables, settings).
+    let state_file = state_path(&cfg);
+    let (state, saved, problem) =
+        tokio::task::spawn_blocking(move || crate::state::StateFile::open(&state_file))
+            .await
+            .map_err(|e| DaemonError::Failed(format!("cannot read the state file: {e}")))?;
+    if let Some(p) = problem {
+        tracing::error!(problem = %p, "the state file was unreadable and has been moved aside: enables and settings come from the configuration");
+    }
+    // Motor parameters: the file's, with the run-time changes kept from
+    // before; every board is given them after it connects.
+    let (motor, skipped) = crate::state::restore_motor(&saved, &cfg);
+    for skipped in skipped {
+        tracing::warn!(%skipped, "a saved motor parameter change no longer applies and is ignored");
+    }
+    let state = Arc::new(state);
+    {
+        let (st, file_motor) = (state.clone(), cfg.motor.clone());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.start_motor(&file_motor)).await {
+            tracing::error!(error = %e, "cannot update the state file");
+        }
+    }
     let mut boards = Vec::new();
     let mut board_tasks = Vec::new();
     for i in 0..cfg.boards.len() {
-        let Some(spec) = BoardSpec::from_config(&cfg, i) else {
+        let Some(spec) = BoardSpec::from_config_with(&cfg, &motor, i) else {
             continue;
         };
         let connector = Arc::new(SerialConnector {
@@ -290,16 +312,6 @@ pub async fn run_with_shipping(
             Some(cache)
         }
     };
-    // Run-time changes from before this start (enables, settings).
-    let state_file = state_path(&cfg);
-    let (state, saved, problem) =
-        tokio::task::spawn_blocking(move || crate::state::StateFile::open(&state_file))
-            .await
-            .map_err(|e| DaemonError::Failed(format!("cannot read the state file: {e}")))?;
-    if let Some(p) = problem {
-        tracing::error!(problem = %p, "the state file was unreadable and has been moved aside: enables and settings come from the configuration");
-    }
-    let state = Arc::new(state);
     let (settings_tx, settings_rx) = watch::channel(restored_settings(&cfg, &saved));
     let settings_tx = Arc::new(settings_tx);
     // Enables persist whoever changes them (an operation disabling a stepper
@@ -366,7 +378,8 @@ pub async fn run_with_shipping(
         boards.clone(),
         Arc::new(cfg.layout.clone()),
         settings_tx.subscribe(),
-    );
+    )
+    .with_motor(cfg.boards.clone(), motor);
     let event_task =
         forward_board_events(&boards, cfg.layout.clone(), gate.clone(), snapshots.clone());
     let sensors: Arc<dyn crate::sensors::TouchSensors> = match crate::sensors::from_config(
@@ -496,6 +509,12 @@ pub async fn run_with_shipping(
                         let names: Vec<&'static str> = changed.clone();
                         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.drop_overrides(&names)).await {
                             tracing::error!(error = %e, "cannot update the state file");
+                        }
+                        if current.motor != new.motor {
+                            let st = state.clone();
+                            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.drop_motor()).await {
+                                tracing::error!(error = %e, "cannot update the state file");
+                            }
                         }
                         let (_, saved, _) = crate::state::StateFile::open(&state_path(&new));
                         let enabled = settings_tx.borrow().enabled.clone();

@@ -164,6 +164,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     restart("host", old.host != new.host);
     restart("boards", old.boards != new.boards);
     restart("layout", old.layout != new.layout);
+    restart("motor", old.motor != new.motor);
     restart("snapshot.link", old.snapshot.link != new.snapshot.link);
     restart("feed", old.feed != new.feed);
     restart("database", old.database != new.database);
@@ -204,5 +205,17 @@ mod tests {
         // Back to the running value: nothing pending any more.
         let back = diff_running(&started, &changed, &started);
         assert!(back.need_restart.is_empty());
+    }
+
+    #[test]
+    fn motor_parameters_in_the_file_need_a_restart() {
+        let base =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+                .expect("demo config");
+        let started = config(&base);
+        let changed = config(&format!("{base}\n[motor.z]\nspeed = 150\n"));
+        let d = diff_running(&started, &started, &changed);
+        assert_eq!(d.need_restart, ["motor"]);
+        assert!(d.applied.is_empty());
     }
 }

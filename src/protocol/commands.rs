@@ -169,6 +169,21 @@ impl Firmware {
         }
     }
 
+    /// The `set_min`/`set_max` axis group of `axis` on this firmware, or
+    /// `None` when it has none: v2 0 = X, 1 = Z; v1 0 = tuners, 1 = X,
+    /// 2 = Z; tuner 0 = tuners. Always below [`Self::axis_count`].
+    pub fn axis_group(self, axis: AxisKind) -> Option<u8> {
+        match (self, axis) {
+            (Firmware::V2, AxisKind::X) => Some(0),
+            (Firmware::V2, AxisKind::Z) => Some(1),
+            (Firmware::V1, AxisKind::Tuners) => Some(0),
+            (Firmware::V1, AxisKind::X) => Some(1),
+            (Firmware::V1, AxisKind::Z) => Some(2),
+            (Firmware::Tuner, AxisKind::Tuners) => Some(0),
+            _ => None,
+        }
+    }
+
     /// The width of every argument of `op` on this firmware, for a board
     /// whose `int` is `int` wide: the argument layout the encoder writes and
     /// the firmware reads. v2 and tuner: every argument one `int`; v1: the
@@ -234,6 +249,48 @@ impl std::str::FromStr for Firmware {
             .into_iter()
             .find(|f| f.name() == s)
             .ok_or_else(|| format!("unknown firmware `{s}` (expected v2, v1 or tuner)"))
+    }
+}
+
+/// What an axis group of the firmware moves (`set_min`/`set_max` take
+/// the group's number on each firmware, [`Firmware::axis_group`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AxisKind {
+    /// The carriage stepper.
+    X,
+    /// The Z (coil) steppers.
+    Z,
+    /// The tuning steppers.
+    Tuners,
+}
+
+impl AxisKind {
+    /// Every kind, in the order the configuration lists them.
+    pub const ALL: [AxisKind; 3] = [AxisKind::X, AxisKind::Z, AxisKind::Tuners];
+
+    /// Name as written in the configuration and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AxisKind::X => "x",
+            AxisKind::Z => "z",
+            AxisKind::Tuners => "tuners",
+        }
+    }
+}
+
+impl fmt::Display for AxisKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for AxisKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        AxisKind::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("unknown axis group `{s}` (expected x, z or tuners)"))
     }
 }
 
@@ -432,6 +489,26 @@ mod tests {
         assert_eq!(Firmware::V1.counter_width(IntWidth::Two), IntWidth::Two);
         assert_eq!(Firmware::V1.axis_count(), 3);
         assert_eq!(Firmware::V2.axis_count(), 2);
+    }
+
+    #[test]
+    fn axis_groups_follow_each_firmware_table() {
+        use AxisKind::*;
+        assert_eq!(Firmware::V2.axis_group(X), Some(0));
+        assert_eq!(Firmware::V2.axis_group(Z), Some(1));
+        assert_eq!(Firmware::V2.axis_group(Tuners), None);
+        assert_eq!(Firmware::V1.axis_group(Tuners), Some(0));
+        assert_eq!(Firmware::V1.axis_group(X), Some(1));
+        assert_eq!(Firmware::V1.axis_group(Z), Some(2));
+        assert_eq!(Firmware::Tuner.axis_group(Tuners), Some(0));
+        assert_eq!(Firmware::Tuner.axis_group(X), None);
+        for fw in Firmware::ALL {
+            for a in AxisKind::ALL {
+                if let Some(g) = fw.axis_group(a) {
+                    assert!(g < fw.axis_count(), "{fw} {a}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,5 +13,5 @@ pub mod commands;
 pub mod frame;
 pub mod ramp;
 
-pub use commands::{Firmware, IntWidth, Layout, Op};
+pub use commands::{AxisKind, Firmware, IntWidth, Layout, Op};
 pub use frame::{CmdCodec, FrameError, Inbound, Outbound, Reply, Request};

@@ -145,9 +145,14 @@ impl Profile {
     /// v2: stepper 0 is X (0..2600, 500 steps/s), the rest Z (-100..100,
     /// 100 steps/s); axis groups 0 = X, 1 = Z. v1 (stringdriver-1): tuners
     /// 0-1 (-25000..25000), X 2, Z from 3; axis groups 0 = tuners, 1 = X,
-    /// 2 = Z. Tuner: every stepper a tuner (-100000..100000). Tuners run at
-    /// 100 steps/s here, the configuration's default (hosts.md gives 250:
-    /// a board faster than the host expects only makes the host wait longer).
+    /// 2 = Z. Tuner: every stepper a tuner (-100000..100000).
+    ///
+    /// These are the compiled-in values a board comes back with after a
+    /// reset. The reference does not give the firmware's own, so they are a
+    /// choice: X 500 and Z 100 steps/s (what the reference measured on the
+    /// v2 firmware), tuners 100 steps/s — deliberately not hosts.md's 250,
+    /// so that a board the host has not given its parameters moves visibly
+    /// differently from what the host predicts —, acceleration 10 000.
     pub fn for_firmware(firmware: Firmware, steppers: Option<usize>) -> Profile {
         let x = AxisGroup {
             min: 0,
@@ -284,6 +289,23 @@ pub struct Executed {
     /// How long the firmware is busy (reads nothing) executing it, at speed
     /// scale 1: its loop time, a move's ramp, a reply's latency and pacing.
     pub busy: Duration,
+    /// The motion it made, if it moved a motor.
+    pub motion: Option<Motion>,
+}
+
+/// A move the firmware made, with the parameters it ran at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Motion {
+    /// Stepper index.
+    pub stepper: usize,
+    /// Steps turned.
+    pub steps: u64,
+    /// Its speed then (`set_speed`, or the compiled-in value), steps/s.
+    pub speed: f64,
+    /// Its acceleration then, steps/s².
+    pub accel: f64,
+    /// AccelStepper's ramp for it, at speed scale 1 (without the loop time).
+    pub ramp: Duration,
 }
 
 /// Result of feeding bytes that do not complete a message usefully.
@@ -402,6 +424,23 @@ impl Board {
     /// The profile this board plays.
     pub fn profile(&self) -> &Profile {
         &self.profile
+    }
+
+    /// Each stepper's speed now, steps/s (`set_speed`, or the compiled-in
+    /// value since the last reset).
+    pub fn speeds(&self) -> &[f64] {
+        &self.speeds
+    }
+
+    /// Each stepper's acceleration now, steps/s².
+    pub fn accels(&self) -> &[f64] {
+        &self.accels
+    }
+
+    /// Each axis group's limits now, `(min, max)`, in the firmware's group
+    /// order (`set_min`/`set_max`, or the compiled-in values).
+    pub fn limits(&self) -> Vec<(i32, i32)> {
+        self.groups.iter().map(|g| (g.min, g.max)).collect()
     }
 
     /// The current counters.
@@ -552,6 +591,7 @@ impl Board {
             reply: Vec::new(),
             reply_after: Duration::ZERO,
             busy: LOOP_TIME,
+            motion: None,
         };
         let Some(op) = op else {
             done.outcome = Outcome::UnknownCommand;
@@ -629,8 +669,16 @@ impl Board {
                     return done;
                 };
                 let steps = (target - current).unsigned_abs();
-                done.busy =
-                    LOOP_TIME + ramp::move_time(steps, self.speeds[stepper], self.accels[stepper]);
+                let (speed, accel) = (self.speeds[stepper], self.accels[stepper]);
+                let took = ramp::move_time(steps, speed, accel);
+                done.busy = LOOP_TIME + took;
+                done.motion = Some(Motion {
+                    stepper,
+                    steps,
+                    speed,
+                    accel,
+                    ramp: took,
+                });
                 // Counters are longs; limits are ints, so a target fits.
                 self.counters[stepper] = target as i32;
                 // The motor turns by what the counter says is left to go,
@@ -640,14 +688,18 @@ impl Board {
             Op::ResetAll => self.counters.iter_mut().for_each(|c| *c = 0),
             Op::ResetStepper => self.counters[stepper] = 0,
             Op::SetStepper => self.counters[stepper] = args[1],
+            // AccelStepper's setMaxSpeed and setAcceleration take the
+            // magnitude; setAcceleration(0) is ignored. A speed of 0 (which
+            // would leave the motor stepping never) is ignored here too:
+            // the host never sends it (speeds are checked >= 1).
             Op::SetSpeed => {
-                if args[1] > 0 {
-                    self.speeds[stepper] = args[1] as f64;
+                if args[1] != 0 {
+                    self.speeds[stepper] = (args[1] as f64).abs();
                 }
             }
             Op::SetAccel => {
-                if args[1] > 0 {
-                    self.accels[stepper] = args[1] as f64;
+                if args[1] != 0 {
+                    self.accels[stepper] = (args[1] as f64).abs();
                 }
             }
             Op::SetMin => self.groups[stepper].min = args[1],
@@ -1052,6 +1104,59 @@ mod tests {
         let ms = e.busy.as_secs_f64() * 1000.0;
         // Real firmware: 237 ms; steps / speed alone: 200 ms.
         assert!((225.0..=245.0).contains(&ms), "{ms} ms");
+    }
+
+    #[test]
+    fn motor_parameters_drive_the_ramp_and_a_reset_forgets_them() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::V2, None));
+        for (op, args) in [
+            (Op::SetSpeed, [1, 250]),
+            (Op::SetAccel, [1, 2000]),
+            (Op::SetMax, [1, 50]),
+            // AccelStepper takes the magnitude of a negative speed.
+            (Op::SetSpeed, [2, -40]),
+        ] {
+            let req = request(&b, op, &args);
+            assert_eq!(executed(send(&mut b, &req)).outcome, Outcome::Executed);
+        }
+        assert_eq!(
+            (b.speeds()[1], b.accels()[1], b.speeds()[2]),
+            (250.0, 2000.0, 40.0)
+        );
+        assert_eq!(b.limits(), vec![(0, 2600), (-100, 50)]);
+        let req = request(&b, Op::Amove, &[1, 40]);
+        let e = executed(send(&mut b, &req));
+        let m = e.motion.expect("moved");
+        assert_eq!(
+            (m.stepper, m.steps, m.speed, m.accel),
+            (1, 40, 250.0, 2000.0)
+        );
+        assert_eq!(e.busy, LOOP_TIME + ramp::move_time(40, 250.0, 2000.0));
+        // Past the new max: ignored silently, no motion.
+        let req = request(&b, Op::Amove, &[1, 60]);
+        let e = executed(send(&mut b, &req));
+        assert_eq!(e.outcome, Outcome::IgnoredOutOfLimits { target: 60 });
+        assert!(e.motion.is_none());
+        b.reset();
+        assert_eq!(
+            (b.speeds()[1], b.accels()[1], b.speeds()[0]),
+            (100.0, DEFAULT_ACCEL, 500.0)
+        );
+        assert_eq!(b.limits(), vec![(0, 2600), (-100, 100)]);
+    }
+
+    #[test]
+    fn the_tuner_firmware_reads_four_byte_limits_and_has_one_axis_group() {
+        let mut b = Board::new(Profile::for_firmware(Firmware::Tuner, None));
+        let req = request(&b, Op::SetMax, &[0, 150_000]);
+        executed(send(&mut b, &req));
+        assert_eq!(b.limits(), vec![(-100_000, 150_000)]);
+        // Axis 1 (the host's encoder refuses it; raw bytes here).
+        let id = Firmware::Tuner.id(Op::SetMin).expect("set_min");
+        let req = encode(None, IntWidth::Four, id, &[1, 0]);
+        let e = executed(send(&mut b, &req));
+        assert!(matches!(e.outcome, Outcome::SafetyViolation(_)), "{e:?}");
+        assert_eq!(b.limits(), vec![(-100_000, 150_000)], "state untouched");
     }
 
     #[test]

@@ -202,6 +202,21 @@ pub enum TraceEvent {
     },
     /// A fault was injected.
     Fault(Fault),
+    /// The message just before moved a motor: how far, at which speed and
+    /// acceleration, and how long the firmware stayed deaf for it (the
+    /// ramp and its loop time, scaled by the speed scale).
+    Moved {
+        /// Stepper index.
+        stepper: usize,
+        /// Steps turned.
+        steps: u64,
+        /// Speed it ran at, steps/s.
+        speed: f64,
+        /// Acceleration, steps/s².
+        accel: f64,
+        /// How long the firmware was busy with it.
+        took: Duration,
+    },
 }
 
 /// State shared between the simulator thread and its handle.
@@ -333,6 +348,21 @@ impl SimHandle {
     /// The pseudo-terminal device currently behind the link (`None` while unplugged).
     pub fn device(&self) -> Option<PathBuf> {
         self.lock().device.clone()
+    }
+
+    /// Each stepper's speed the firmware holds now, steps/s.
+    pub fn speeds(&self) -> Vec<f64> {
+        self.lock().board.speeds().to_vec()
+    }
+
+    /// Each stepper's acceleration the firmware holds now, steps/s².
+    pub fn accels(&self) -> Vec<f64> {
+        self.lock().board.accels().to_vec()
+    }
+
+    /// Each axis group's limits the firmware holds now, `(min, max)`.
+    pub fn limits(&self) -> Vec<(i32, i32)> {
+        self.lock().board.limits()
     }
 
     /// The firmware's counters now.

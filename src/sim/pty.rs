@@ -474,6 +474,15 @@ impl Runner {
         });
         let start = self.epoch + self.fw_now;
         let busy = self.opts.scaled(done.busy);
+        if let Some(m) = done.motion {
+            self.trace(TraceEvent::Moved {
+                stepper: m.stepper,
+                steps: m.steps,
+                speed: m.speed,
+                accel: m.accel,
+                took: busy,
+            });
+        }
         self.fw_now += busy;
         let after = self.opts.scaled(done.reply_after).min(busy);
         let mut reply = done.reply;

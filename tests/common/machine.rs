@@ -153,10 +153,16 @@ strings = {STRINGS}
 x_index = 0
 {x_max}z_first_index = 1
 tuner_first_index = 13
-# The simulators run 20 times faster than the real firmware.
-x_speed = 10000.0
-z_speed = 2000.0
-tuner_speed = 2000.0
+
+# The simulators run 20 times faster than the real firmware (SCALE): these
+# speeds, sent to them, make the host's move estimates those of the real
+# machine's 500, 100 and 100 steps/s in the simulators' time.
+[motor.x]
+speed = 10000
+[motor.z]
+speed = 2000
+[motor.tuners]
+speed = 2000
 
 [operations]
 # Short rests for simulated hardware that runs 20 times faster.
