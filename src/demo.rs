@@ -283,6 +283,16 @@ pub async fn run(
         }
     };
 
+    if cfg.compat.enabled {
+        let socket = cfg.compat.socket();
+        eprintln!(
+            "stepper GUI socket (board {}): {} (try: socat - UNIX-CONNECT:{})",
+            cfg.compat.board,
+            socket.display(),
+            socket.display()
+        );
+    }
+
     // The simulated boards are new every run: counters kept from an earlier
     // demo describe other boards and must not be restored onto these.
     let counters = crate::daemon::counters_path(&cfg);

@@ -258,7 +258,13 @@ async fn a_deleted_socket_file_is_bound_again() {
     let run = start(&rig).await;
     set_pose(&run.parts).await;
     let socket = rig.gui_socket();
-    let mut gui = Mover::connect(&socket).await;
+    // Where the tools look, a link to the socket as the package's tmpfiles.d
+    // entry makes it (/tmp/stepper_gui__dev_ttyACM0.sock).
+    let tmp = rig.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let link = tmp.join("stepper_gui__dev_ttyACM0.sock");
+    std::os::unix::fs::symlink(&socket, &link).expect("link");
+    let mut gui = Mover::connect(&link).await;
 
     // What the older tools' exit script does.
     std::fs::remove_file(&socket).expect("delete the socket file");
@@ -267,11 +273,13 @@ async fn a_deleted_socket_file_is_bound_again() {
     let meta = std::fs::symlink_metadata(&socket).expect("bound again");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-    // New clients reach it; the connection opened before still moves.
+    // New clients reach it, through the link too; the connection opened
+    // before still moves.
     assert_eq!(query(&socket, "get_x_step").await.as_deref(), Some("10"));
+    assert_eq!(query(&link, "get_x_step").await.as_deref(), Some("10"));
     gui.send("rel_move 3 1").await;
     wait_compat(&run.parts, |s| s.done >= 1).await;
-    assert_eq!(positions(&socket).await[3], pose()[3] + 1);
+    assert_eq!(positions(&link).await[3], pose()[3] + 1);
 
     // A file that is not a socket in its place is left alone and reported;
     // once it is gone the socket is bound again.

@@ -63,10 +63,12 @@ pub fn parse(line: &str) -> Result<Option<Request>, String> {
                 Request::GetXStep
             }
         }
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown request {:?} (known: rel_move, abs_move, reset, get_positions, get_x_step)",
             shorten(other)
-        )),
+        ))
+        }
     };
     Ok(Some(req))
 }
