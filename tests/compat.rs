@@ -187,6 +187,16 @@ async fn refused_and_unknown_lines_get_no_reply_are_counted_and_the_connection_s
     let s = wait_compat(&run.parts, |s| s.refused >= 1).await;
     let why = s.last_refusal.expect("last refusal").error;
     assert!(why.contains("untrusted"), "{why}");
+    // On a connection that goes on writing, the lines after it are still
+    // handled; only its replies ended.
+    let mut early = Mover::connect(&socket).await;
+    early.send("get_positions").await;
+    early.send("get_x_step").await;
+    early.send("reset 6 33").await;
+    assert_eq!(early.read_line().await, None);
+    let s = wait_compat(&run.parts, |s| s.done >= 1).await;
+    assert_eq!((s.refused, s.answered), (3, 0));
+    assert_eq!(rig.sims[0].counters()[6], 33);
 
     set_pose(&run.parts).await;
     let mut ctl = Client::connect(&rig.socket()).await;
@@ -216,8 +226,8 @@ async fn refused_and_unknown_lines_get_no_reply_are_counted_and_the_connection_s
     gui.send_bytes(long.as_bytes()).await;
     // And the connection still moves.
     gui.send("rel_move 3 2").await;
-    let s = wait_compat(&run.parts, |s| s.done >= 1).await;
-    assert_eq!(s.refused, 1 + 3);
+    let s = wait_compat(&run.parts, |s| s.done >= 2).await;
+    assert_eq!(s.refused, 3 + 3);
     assert_eq!(s.unknown, 7);
     assert_eq!(s.long_lines, 1);
     assert_eq!(s.failed, 0);
@@ -231,7 +241,7 @@ async fn refused_and_unknown_lines_get_no_reply_are_counted_and_the_connection_s
     assert_eq!(gui.read_line().await.as_deref(), Some("10"));
 
     let c = compat_status(&rig).await;
-    assert_eq!(c["refused"], json!(4));
+    assert_eq!(c["refused"], json!(6));
     assert_eq!(c["unknown"], json!(7));
     let last = c["last_refusal"]["error"].as_str().unwrap_or_default();
     assert!(
@@ -246,7 +256,7 @@ async fn refused_and_unknown_lines_get_no_reply_are_counted_and_the_connection_s
     );
     // The order of refusals: the first was the disabled stepper.
     gui.send("rel_move 5 -1").await;
-    let s = wait_compat(&run.parts, |s| s.refused >= 5).await;
+    let s = wait_compat(&run.parts, |s| s.refused >= 7).await;
     let why = s.last_refusal.expect("refusal").error;
     assert_eq!(why, "refused: stepper 5 is disabled");
     run.stop().await;

@@ -20,16 +20,20 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 enum After {
     /// Go on with the next line.
     Next,
-    /// Close the connection (a reply could not be written, or a `get_*`
-    /// could not be answered).
-    Close,
+    /// End the replies: a `get_*` could not be answered, or a reply could
+    /// not be written. The writing side is shut down, so a client waiting
+    /// for its line reads the end instead of hanging; the lines it wrote
+    /// are still all read and handled (none is dropped), and later `get_*`
+    /// on this connection are refused.
+    EndReplies,
 }
 
-/// Serves one connection until the client closes it (every line it wrote
-/// handled) or the connection must close.
+/// Serves one connection until the client closes it: every line it wrote
+/// is handled, in order.
 pub(super) async fn serve(stream: UnixStream, ctx: Arc<Ctx>) {
     let (read, mut write) = stream.into_split();
     let mut lines = Lines::new(read);
+    let mut replies = true;
     loop {
         let next = match lines.next().await {
             Ok(n) => n,
@@ -39,7 +43,7 @@ pub(super) async fn serve(stream: UnixStream, ctx: Arc<Ctx>) {
             }
         };
         let after = match next {
-            Next::Line(bytes) => line(&bytes, &mut write, &ctx).await,
+            Next::Line(bytes) => line(&bytes, &mut write, replies, &ctx).await,
             Next::TooLong(head) => {
                 let head = String::from_utf8_lossy(&head).into_owned();
                 let log = ctx.may_log();
@@ -61,14 +65,17 @@ pub(super) async fn serve(stream: UnixStream, ctx: Arc<Ctx>) {
                 return;
             }
         };
-        if let After::Close = after {
-            return;
+        if let (After::EndReplies, true) = (after, replies) {
+            replies = false;
+            // Bounded like a reply: a client that reads nothing cannot hold it.
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
         }
     }
 }
 
-/// Handles one line.
-async fn line(bytes: &[u8], write: &mut OwnedWriteHalf, ctx: &Ctx) -> After {
+/// Handles one line; `replies` is false once this connection's replies
+/// ended.
+async fn line(bytes: &[u8], write: &mut OwnedWriteHalf, replies: bool, ctx: &Ctx) -> After {
     let Ok(text) = std::str::from_utf8(bytes) else {
         unknown(
             ctx,
@@ -87,11 +94,19 @@ async fn line(bytes: &[u8], write: &mut OwnedWriteHalf, ctx: &Ctx) -> After {
     };
     ctx.status(|s| s.requests += 1);
     match req {
+        Request::GetPositions | Request::GetXStep if !replies => {
+            refused(
+                ctx,
+                text,
+                "this connection's replies ended after an earlier request could not be answered",
+            );
+            After::Next
+        }
         Request::GetPositions => match positions(ctx) {
             Ok(reply) => answer(write, ctx, &reply).await,
             Err(why) => {
                 refused(ctx, text, &why);
-                After::Close
+                After::EndReplies
             }
         },
         Request::GetXStep => {
@@ -199,15 +214,15 @@ async fn answer(write: &mut OwnedWriteHalf, ctx: &Ctx, reply: &str) -> After {
             After::Next
         }
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "stepper GUI socket: reply not delivered");
-            After::Close
+            tracing::debug!(error = %e, "stepper GUI socket: reply not delivered; no more replies on this connection");
+            After::EndReplies
         }
         Err(_) => {
             tracing::warn!(
-                "stepper GUI socket: a reply could not be written within {} s (the client reads nothing); closing the connection",
+                "stepper GUI socket: a reply could not be written within {} s (the client reads nothing); no more replies on this connection",
                 WRITE_TIMEOUT.as_secs()
             );
-            After::Close
+            After::EndReplies
         }
     }
 }

@@ -48,8 +48,11 @@
 //!
 //! `get_positions` answers from the board's live counters when its link is
 //! up and every counter is read and trusted; otherwise (nothing invented)
-//! the connection is closed without a reply, counted as refused: the clients
-//! use no timeouts, so an unanswered `get_*` must end their read, not hang it.
+//! there is no reply, counted as refused, and the connection's writing side
+//! is shut down: the clients use no timeouts, so an unanswered `get_*` must
+//! end their read (they read the end of the stream), not hang it. The
+//! connection's lines are still all read and handled; a later `get_*` on it
+//! is refused. The same happens when a reply cannot be written within 5 s.
 //!
 //! # Bounds
 //!
@@ -69,7 +72,6 @@
 //!   line the client wrote just before could be lost without it knowing.
 //!   Connections have no idle timeout: the GUI's one long-lived connection
 //!   is silent between moves.
-//! - A reply that cannot be written within 5 s closes the connection.
 //! - Log lines about one connection's bad lines are limited (20 a minute
 //!   for the whole socket, then a count of those left out); the counters
 //!   count every one.
