@@ -47,7 +47,8 @@
 //! `status.compat` (`refused`, `failed`, `last_refusal`).
 //!
 //! `get_positions` answers from the board's live counters when its link is
-//! up and every counter is read and trusted; otherwise (nothing invented)
+//! up and every counter is read and trusted (during a move, the counters
+//! the board last reported, as the stepper GUI showed them); otherwise (nothing invented)
 //! there is no reply, counted as refused, and the connection's writing side
 //! is shut down: the clients use no timeouts, so an unanswered `get_*` must
 //! end their read (they read the end of the stream), not hang it. The
