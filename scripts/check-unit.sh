@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Checks systemd/stringdriverd.service:
 #   1. systemd-analyze verify: must print nothing and succeed;
-#   2. systemd-analyze security --offline: overall exposure at most 2.5.
+#   2. systemd-analyze security --offline: overall exposure at most 2.5;
+# and systemd/stringdriverd.tmpfiles.conf:
+#   3. systemd-tmpfiles --create in a throw-away root makes the spool
+#      directory and the /tmp links to the stepper GUI's socket.
 # Prints the exposure score; exits non-zero if either check fails.
 #
 # Works from a clean checkout: builds the binary (verify refuses a unit whose
@@ -101,5 +104,37 @@ else
   echo "security: OK (exposure $score)"
 fi
 
+# The tmpfiles.d entries, applied in a throw-away root that knows the
+# service user: the spool directory and the links where the lab's older
+# tools look for the stepper GUI's socket (src/compat/mod.rs).
+tmpfiles=systemd/stringdriverd.tmpfiles.conf
+echo "== systemd-tmpfiles --create $tmpfiles"
+troot=$(mktemp -d)
+trap 'rm -rf "$root" "$troot"' EXIT
+mkdir -p "$troot/etc" "$troot/tmp"
+chmod 1777 "$troot/tmp"
+echo 'stringdriver:x:990:990::/:/usr/sbin/nologin' >"$troot/etc/passwd"
+echo 'stringdriver:x:990:' >"$troot/etc/group"
+tmpfiles_ok=1
+if ! systemd-tmpfiles --root="$troot" --create "$PWD/$tmpfiles"; then
+  echo "tmpfiles: FAILED (systemd-tmpfiles --create)"
+  tmpfiles_ok=0
+fi
+if [ "$(stat -c '%a %u' "$troot/var/lib/stringdriverd" 2>/dev/null)" != "750 990" ]; then
+  echo "tmpfiles: FAILED (/var/lib/stringdriverd is not 0750 stringdriver)"
+  tmpfiles_ok=0
+fi
+for port in _dev_ttyACM0 _dev_ttyUSB0; do
+  link="/tmp/stepper_gui_$port.sock"
+  target=$(readlink "$troot$link" || true)
+  if [ "$target" != "/run/stringdriver/stepper_gui_$port.sock" ]; then
+    echo "tmpfiles: FAILED ($link -> ${target:-nothing})"
+    tmpfiles_ok=0
+  fi
+done
+if [ "$tmpfiles_ok" = 1 ]; then
+  echo "tmpfiles: OK"
+fi
+
 echo "exposure: $score"
-[ "$verify_ok" = 1 ] && [ "$security_ok" = 1 ]
+[ "$verify_ok" = 1 ] && [ "$security_ok" = 1 ] && [ "$tmpfiles_ok" = 1 ]

@@ -290,6 +290,16 @@ pub async fn run(
     // demo on the same directory would delete the running one's.
     let _claim = crate::lock::StateLock::acquire(&crate::lock::state_dir(&cfg.spool.path))?;
 
+    if cfg.compat.enabled {
+        let socket = cfg.compat.socket();
+        eprintln!(
+            "stepper GUI socket (board {}): {} (try: socat - UNIX-CONNECT:{})",
+            cfg.compat.board,
+            socket.display(),
+            socket.display()
+        );
+    }
+
     // The simulated boards are new every run: counters kept from an earlier
     // demo describe other boards and must not be restored onto these.
     let counters = crate::daemon::counters_path(&cfg);

@@ -250,6 +250,17 @@ fn demo_runs_simulated_boards_and_stops_by_itself() {
     assert!(err.contains("board=tuner state=connected"), "{err}");
     assert!(err.contains("starting pose set"), "{err}");
     assert!(!err.contains("safety violations"), "{err}");
+    // It serves the stepper GUI's socket and says where.
+    let gui = dir.path().join("stepper_gui__dev_ttyACM0.sock");
+    assert!(
+        err.contains(&format!(
+            "stepper GUI socket (board carriage): {} (try: socat - UNIX-CONNECT:{})",
+            gui.display(),
+            gui.display()
+        )),
+        "{err}"
+    );
+    assert!(!gui.exists(), "removed at the end");
     assert!(
         out.contains("boards: carriage connected, tuner connected; feed: ok"),
         "{out}"
@@ -622,6 +633,27 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
     let o = ctl_status(&socket, false);
     assert!(o.status.success(), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("carriage"));
+    // The stepper GUI's socket answers as the older tools ask: the
+    // starting pose (X 0, Z 20) of the carriage board.
+    let gui = dir.path().join("stepper_gui__dev_ttyACM0.sock");
+    let ask = |line: &str| {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&gui).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(format!("{line}\n").as_bytes()).expect("write");
+        let mut reply = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut reply)
+            .expect("a reply");
+        reply
+    };
+    let zs: Vec<String> = (1..13).map(|i| format!("{i}=20")).collect();
+    assert_eq!(
+        ask("get_positions"),
+        format!("positions 0=0 {}\n", zs.join(" "))
+    );
+    assert_eq!(ask("get_x_step"), "10\n");
     // An operation through the socket, with progress while it runs.
     let o = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
         .arg("--socket")

@@ -1099,31 +1099,74 @@ fn compat_section_defaults_keys_and_round_trip() {
     let t = example_text();
     let c = parse(&t).unwrap();
     assert!(!c.compat.enabled);
-    assert_eq!(c.compat.dir, Path::new("/tmp"));
-    // Absent means off, in /tmp; the demo leaves it out.
-    assert_eq!(parse(&demo_text()).unwrap().compat, c.compat);
-    assert!(!demo_text().contains("[compat]"));
-
-    let on = edit(
-        &edit(&t, "enabled = false", "enabled = true"),
-        "dir = \"/tmp\"",
-        "dir = \"/run/stringdriver\"",
-    );
-    let c = parse(&on).unwrap();
-    assert!(c.compat.enabled);
+    assert_eq!(c.compat.board, "carriage");
+    assert_eq!(c.compat.port, Path::new("/dev/ttyACM0"));
     assert_eq!(c.compat.dir, Path::new("/run/stringdriver"));
+    assert_eq!(
+        c.compat.socket(),
+        Path::new("/run/stringdriver/stepper_gui__dev_ttyACM0.sock")
+    );
     let printed = c.to_toml_string();
     assert!(printed.contains("[compat]"), "{printed}");
     assert_eq!(parse(&printed).unwrap(), c);
 
+    // Absent: off, the first board, its configured port, /run/stringdriver.
+    let mut bare = t.clone();
+    for line in [
+        "board = \"carriage\"\n",
+        "port = \"/dev/ttyACM0\"\n",
+        "dir = \"/run/stringdriver\"\n",
+    ] {
+        bare = edit(&bare, line, "");
+    }
+    let d = parse(&bare).unwrap().compat;
+    assert_eq!(d.board, "carriage");
+    assert_eq!(d.port, parse(&bare).unwrap().boards[0].port);
+    assert_eq!(d.dir, Path::new("/run/stringdriver"));
+
+    // Another board, another name, another place.
+    let other = edit(
+        &edit(
+            &edit(&t, "board = \"carriage\"", "board = \"tuner\""),
+            "port = \"/dev/ttyACM0\"",
+            "port = \"/dev/ttyACM1\"",
+        ),
+        "dir = \"/run/stringdriver\"",
+        "dir = \"/tmp\"",
+    );
+    let c = parse(&other).unwrap().compat;
+    assert_eq!(c.board, "tuner");
+    assert_eq!(c.socket(), Path::new("/tmp/stepper_gui__dev_ttyACM1.sock"));
+
     rejects(
-        &edit(&t, "dir = \"/tmp\"", "dir = \"\""),
+        &edit(&t, "dir = \"/run/stringdriver\"", "dir = \"\""),
         "compat.dir",
         "empty",
     );
-    let e = parse(&edit(&t, "enabled = false", "enabled = false\nport = 3")).unwrap_err();
-    assert_eq!(e.key(), Some("compat.port"), "{e}");
-    assert!(e.to_string().contains("unknown field `port`"), "{e}");
+    rejects(
+        &edit(&t, "board = \"carriage\"", "board = \"x\""),
+        "compat.board",
+        "no board is named \"x\" (the boards are carriage, tuner)",
+    );
+    rejects(
+        &edit(&t, "port = \"/dev/ttyACM0\"", "port = \"\""),
+        "compat.port",
+        "empty",
+    );
+    let long = format!("dir = \"/{}\"", "d".repeat(90));
+    rejects(
+        &edit(&t, "dir = \"/run/stringdriver\"", &long),
+        "compat",
+        "more than the 107 a Unix socket path may have",
+    );
+    let e = parse(&edit(
+        &t,
+        "board = \"carriage\"",
+        "board = \"carriage\"\nboards = 3",
+    ))
+    .unwrap_err();
+    assert_eq!(e.key(), Some("compat.boards"), "{e}");
+    assert!(e.to_string().contains("unknown field `boards`"), "{e}");
 }
 
 #[test]

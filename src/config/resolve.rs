@@ -50,8 +50,10 @@ pub mod defaults {
     pub const CONTROL_SOCKET: &str = "/run/stringdriver/control.sock";
     /// Control socket permissions: owner and group.
     pub const CONTROL_MODE: u32 = 0o660;
-    /// GUI compatibility sockets: where the existing GUI tools look.
-    pub const COMPAT_DIR: &str = "/tmp";
+    /// The stepper GUI's socket: the unit's RuntimeDirectory, which a tool
+    /// outside the service's private /tmp can reach (the package links it
+    /// from /tmp, where the tools look).
+    pub const COMPAT_DIR: &str = "/run/stringdriver";
     /// audmon's shared-memory directory on Linux.
     pub const FEED_DIR: &str = "/dev/shm";
     /// Database server when `[database]` names none.
@@ -138,7 +140,7 @@ pub(crate) fn resolve(
         database: database(raw.database).map_err(Resolve::Invalid)?,
         spool: spool(raw.spool).map_err(Resolve::Invalid)?,
         control: control(raw.control).map_err(Resolve::Invalid)?,
-        compat: compat(raw.compat).map_err(Resolve::Invalid)?,
+        compat: compat(raw.compat, &boards).map_err(Resolve::Invalid)?,
         log: log(raw.log).map_err(Resolve::Invalid)?,
         sensors: sensors(raw.sensors, &layout, boards.len()).map_err(Resolve::Invalid)?,
         boards,
@@ -982,14 +984,58 @@ fn spool(raw: RawSpool) -> R<SpoolConfig> {
     })
 }
 
-fn compat(raw: RawCompat) -> R<CompatConfig> {
-    Ok(CompatConfig {
+/// Longest path a Unix socket can be bound at (`sun_path` holds 108 bytes
+/// with the terminating NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
+fn compat(raw: RawCompat, boards: &[BoardConfig]) -> R<CompatConfig> {
+    let board = match raw.board {
+        None => boards
+            .first()
+            .ok_or_else(|| Invalid::new("compat.board", "there is no board to serve"))?,
+        Some(name) => {
+            let name = text("compat.board", name)?;
+            boards.iter().find(|b| b.name == name).ok_or_else(|| {
+                let names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
+                Invalid::new(
+                    "compat.board",
+                    format!(
+                        "no board is named {name:?} (the boards are {})",
+                        names.join(", ")
+                    ),
+                )
+            })?
+        }
+    };
+    let port = match raw.port {
+        None => board.port.clone(),
+        Some(p) => path("compat.port", p)?,
+    };
+    if port.to_string_lossy().contains('\0') {
+        return Err(Invalid::new("compat.port", "must not contain a NUL byte"));
+    }
+    let c = CompatConfig {
         enabled: raw.enabled.unwrap_or(false),
+        board: board.name.clone(),
+        port,
         dir: path(
             "compat.dir",
             raw.dir.unwrap_or_else(|| defaults::COMPAT_DIR.into()),
         )?,
-    })
+    };
+    let socket = c.socket();
+    let len = socket.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        return Err(Invalid::new(
+            "compat",
+            format!(
+                "the socket {} is {len} bytes long, more than the {SOCKET_PATH_MAX} a Unix socket \
+                 path may have: choose a shorter compat.dir or compat.port",
+                socket.display()
+            ),
+        ));
+    }
+    Ok(c)
 }
 
 fn control(raw: RawControl) -> R<ControlConfig> {
@@ -1412,6 +1458,8 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
         },
         compat: RawCompat {
             enabled: Some(config.compat.enabled),
+            board: Some(config.compat.board.clone()),
+            port: Some(config.compat.port.clone()),
             dir: Some(config.compat.dir.clone()),
         },
         log: RawLog {

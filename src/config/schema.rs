@@ -352,6 +352,12 @@ pub(crate) struct RawCompat {
     pub enabled: Option<bool>,
     /// See `CompatConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board: Option<String>,
+    /// See `CompatConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PathBuf>,
+    /// See `CompatConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
 }
 

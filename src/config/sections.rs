@@ -411,13 +411,31 @@ pub struct ControlConfig {
     pub idle_timeout: Duration,
 }
 
-/// `[compat]`: the GUI compatibility sockets, one per board.
+/// `[compat]`: the stepper GUI's socket (the older tools' text protocol,
+/// see `crate::compat`), for one board.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompatConfig {
-    /// Whether the sockets are served (default off).
+    /// Whether the socket is served (default off).
     pub enabled: bool,
-    /// Directory holding `arduino_connection_<port>.sock` (default `/tmp`).
+    /// Name of the board served (default the first board, the carriage
+    /// board: the older tools serve no other).
+    pub board: String,
+    /// The board's port as the lab's tools name it (default the board's
+    /// configured `port`); it names the socket.
+    pub port: PathBuf,
+    /// Directory holding the socket (default `/run/stringdriver`, the
+    /// unit's RuntimeDirectory; the package links it from `/tmp`).
     pub dir: PathBuf,
+}
+
+impl CompatConfig {
+    /// The socket: `<dir>/stepper_gui_<port>.sock`, every `/` of the
+    /// legacy port name replaced by `_` (`/dev/ttyACM0` →
+    /// `stepper_gui__dev_ttyACM0.sock`), as the older tools name it.
+    pub fn socket(&self) -> PathBuf {
+        let name = self.port.to_string_lossy().replace('/', "_");
+        self.dir.join(format!("stepper_gui_{name}.sock"))
+    }
 }
 
 /// Where the touch sensors are read (`sensors.backend`).

@@ -314,6 +314,7 @@ pub async fn status(sh: &Shared) -> Value {
         "control": {
             "requests_dropped": sh.dropped.load(std::sync::atomic::Ordering::Relaxed),
         },
+        "compat": serde_json::to_value(p.compat.borrow().clone()).unwrap_or(Value::Null),
     })
 }
 

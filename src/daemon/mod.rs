@@ -97,6 +97,8 @@ pub struct Parts {
     pub state: Arc<crate::state::StateFile>,
     /// Every Z sensor's state, read once a second outside operations.
     pub touch: watch::Receiver<crate::sensors::TouchStates>,
+    /// What the stepper GUI's socket did (`status.compat`).
+    pub compat: Arc<watch::Sender<crate::compat::CompatStatus>>,
 }
 
 /// Where run-time enables and settings are kept: beside the spool.
@@ -441,6 +443,7 @@ pub async fn run_with_shipping(
         settings: settings_tx.clone(),
         state: state.clone(),
         touch: touch_rx,
+        compat: Arc::new(watch::Sender::new(crate::compat::disabled_status())),
     };
     on_start(&parts);
     // Without its control socket the daemon still captures and ships.
@@ -448,12 +451,10 @@ pub async fn run_with_shipping(
         Ok(task) => other_tasks.push(task),
         Err(e) => tracing::error!(error = %e, "control socket not started"),
     }
-    // The GUI tools are optional too: a socket that cannot be served is
-    // logged, the daemon goes on.
+    // The older tools' socket is optional too: one that cannot be bound is
+    // logged and tried again, the daemon goes on.
     if cfg.compat.enabled {
-        other_tasks.extend(
-            crate::compat::start(&cfg.compat, &cfg.boards, parts.clone(), io.clone()).await,
-        );
+        other_tasks.push(crate::compat::start(&cfg.compat, parts.clone(), io.clone()));
     }
 
     // READY once every board answered, or after a bounded wait: a missing

@@ -28,6 +28,8 @@ pub const STRINGS: usize = 6;
 pub const PARTIALS: usize = 12;
 /// Steppers of the simulated machine: 13 on the carriage board, 6 tuners.
 pub const STEPPERS: usize = 19;
+/// The carriage board's port as the lab's tools name it (`compat.port`).
+pub const LEGACY_PORT: &str = "/dev/ttyACM0";
 
 /// What the audmon feed of a simulated machine does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +58,8 @@ pub struct MachineOptions {
     pub stale_after: String,
     /// Simulated touch sensors served on Unix sockets (`[sensors]`).
     pub sensors: bool,
-    /// The GUI compatibility sockets (`[compat]`).
+    /// The stepper GUI's socket (`[compat]`) for the carriage board, named
+    /// after [`LEGACY_PORT`], in `gui/` ([`SimMachine::gui_socket`]).
     pub compat: bool,
     /// What the simulated audmon writes.
     pub feed: FeedMode,
@@ -140,7 +143,7 @@ move_margin = "30ms"
             String::new()
         };
         let compat = if self.compat {
-            format!("\n[compat]\nenabled = true\ndir = \"{d}/gui\"\n")
+            format!("\n[compat]\nenabled = true\ndir = \"{d}/gui\"\nport = \"{LEGACY_PORT}\"\n")
         } else {
             String::new()
         };
@@ -327,6 +330,14 @@ impl SimMachine {
     /// The control socket's path.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("control.sock")
+    }
+
+    /// The stepper GUI's socket (with `compat`).
+    pub fn gui_socket(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("gui")
+            .join("stepper_gui__dev_ttyACM0.sock")
     }
 
     /// Rewrites the configuration file with other options (for reloads).

@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod feed;
+pub mod gui;
 pub mod machine;
 pub mod ops_rig;
 pub mod pg;
