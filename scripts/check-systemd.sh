@@ -463,6 +463,9 @@ c=$(cursor)
 ct systemctl stop sdsim-tuner
 wait_message "$c" '^board tuner: link (disconnected|lost|absent|reconnecting)' 30 ||
   fail "no 'board tuner: link ...' MESSAGE after its port went away"
+# A message whose text names neither: the journald layer appends its fields.
+wait_message "$c" '^board link down board=tuner error=' ||
+  fail "MESSAGE 'board link down' without board=tuner error=... (the fields only in F_*)"
 start_sim tuner tuner
 wait_for 60 boards_connected || fail "the tuner did not reconnect"
 pass
