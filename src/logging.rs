@@ -4,7 +4,8 @@
 //! Started by systemd with stderr connected to the journal, the daemon sends
 //! each event to journald as one entry whose tracing fields are journal
 //! fields (`board = "carriage"` becomes `F_BOARD=carriage`), so that
-//! `journalctl -u stringdriverd F_BOARD=carriage` selects them. systemd says
+//! `journalctl -u stringdriverd F_BOARD=carriage` selects them, and are also
+//! in its MESSAGE text as on a terminal ([`journal`]). systemd says
 //! so through `JOURNAL_STREAM` (`DEV:INO` of the stream it connected);
 //! a value that does not match stderr was inherited from an ancestor (say, a
 //! shell started from a service) and is ignored, as systemd.exec(5) asks.
@@ -17,7 +18,8 @@ use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 
-use tracing_journald::{Priority, PriorityMappings};
+mod journal;
+
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -76,24 +78,10 @@ fn filter(level: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// The journald layer: fields keep the crate's `F_` prefix (and its
-/// upper-casing, which journald requires), so that no tracing field can
-/// overwrite a field journald gives a meaning to (`PRIORITY`, `MESSAGE_ID`,
-/// `CODE_FILE`, ...).
+/// The journald layer ([`journal::JournalLayer`]): fields with the prefix
+/// `F_`, the essentials also in MESSAGE, syslog's priorities.
 fn journald() -> std::io::Result<Output> {
-    let layer = tracing_journald::layer()?
-        .with_field_prefix(Some("F".to_string()))
-        // The crate's default maps info to "notice" and debug to "info", so
-        // `journalctl -p info` would show debug lines; with syslog's
-        // meanings it shows info and above, as an operator expects.
-        .with_priority_mappings(PriorityMappings {
-            error: Priority::Error,
-            warn: Priority::Warning,
-            info: Priority::Informational,
-            debug: Priority::Debug,
-            trace: Priority::Debug,
-        });
-    Ok(Box::new(layer))
+    Ok(Box::new(journal::JournalLayer::new()?))
 }
 
 /// Readable lines on stderr.

@@ -103,6 +103,41 @@ async fn member_by_supplementary_group_only_is_served_and_a_stranger_is_refused(
     assert!(msg.contains("refused the connection"), "{msg}");
 }
 
+/// Without `[control] group` the socket has the daemon's own group (the
+/// unit's `Group=stringdriver`), and its members may use it: they were
+/// refused under the unit ("forbidden", uid 65534) though the file's mode let
+/// them in. The daemon here runs as root, so its group is gid 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_control_group_members_of_the_daemons_own_group_are_served() {
+    require_root();
+    let machine = SimMachine::start(MachineOptions::new(HOST));
+    let mut text = std::fs::read_to_string(&machine.cfg_path).expect("config");
+    text.push_str("mode = \"0666\"\n");
+    std::fs::write(&machine.cfg_path, text).expect("config written");
+    std::fs::set_permissions(machine.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let daemon = InProcess::start(&machine).await;
+    let socket = machine.socket();
+    let own_gid = nix::unistd::getegid().as_raw();
+    let (member, stranger) = tokio::task::spawn_blocking(move || {
+        (
+            ctl_as_nobody(&socket, Some(own_gid)),
+            ctl_as_nobody(&socket, None),
+        )
+    })
+    .await
+    .expect("join");
+    daemon.stop().await;
+    let err = String::from_utf8_lossy(&member.stderr);
+    assert!(
+        member.status.success(),
+        "member of the daemon's group refused: {err}"
+    );
+    let err = String::from_utf8_lossy(&stranger.stderr);
+    assert_eq!(stranger.status.code(), Some(2), "{err}");
+    assert!(err.contains("refused the connection (forbidden)"), "{err}");
+}
+
 #[test]
 fn permission_error_on_the_socket_says_who_may_use_it() {
     require_root();

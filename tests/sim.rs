@@ -266,3 +266,107 @@ fn an_unplug_hangs_the_host_up_even_after_the_simulating_process_started_a_child
     let _ = child.wait();
     assert!(hung_up, "the host never saw the unplug");
 }
+
+/// Opens `path` in a forked child, with the rights of an ordinary user (a
+/// root test drops to nobody: root may open an exclusive tty anyway, so the
+/// check would prove nothing), and returns the child's errno (0: opened).
+fn errno_of_open_as_a_user(path: &std::ffi::CStr) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let root = nix::unistd::geteuid().is_root();
+    // SAFETY: the child makes raw system calls only (no allocation, no
+    // locks) and ends with _exit.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => unsafe {
+            if root {
+                let nobody = 65534;
+                if nix::libc::syscall(nix::libc::SYS_setgroups, 0, std::ptr::null::<u32>()) != 0
+                    || nix::libc::syscall(nix::libc::SYS_setresgid, nobody, nobody, nobody) != 0
+                    || nix::libc::syscall(nix::libc::SYS_setresuid, nobody, nobody, nobody) != 0
+                {
+                    nix::libc::_exit(200);
+                }
+            }
+            let fd = nix::libc::open(
+                path.as_ptr(),
+                nix::libc::O_RDWR | nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK,
+            );
+            let errno = if fd < 0 {
+                *nix::libc::__errno_location()
+            } else {
+                0
+            };
+            nix::libc::_exit(errno.min(199));
+        },
+        ForkResult::Parent { child } => match waitpid(child, None).expect("waitpid") {
+            WaitStatus::Exited(_, 200) => panic!("the child could not drop to nobody"),
+            WaitStatus::Exited(_, code) => code,
+            other => panic!("the opening child ended with {other:?}"),
+        },
+    }
+}
+
+/// A host killed with SIGKILL while it holds the port in exclusive mode
+/// (TIOCEXCL, as the serial library sets it) never clears it; a real tty
+/// forgets it on its last close, so the next open must succeed, not fail
+/// with EBUSY (the daemon restarted by systemd after a kill -9).
+#[test]
+fn a_port_held_exclusively_by_a_killed_host_can_be_opened_again() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    use std::os::unix::fs::PermissionsExt;
+
+    let (_dir, sim) = common::start_sim(common::sim_options(Firmware::V2));
+    let device = sim.device().expect("the device");
+    // The user who opens it later must be allowed to by the file's mode.
+    std::fs::set_permissions(&device, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let path = std::ffi::CString::new(sim.link().as_os_str().as_encoded_bytes()).expect("path");
+    let (ready_r, ready_w) = nix::unistd::pipe().expect("pipe");
+    // SAFETY: the child makes raw system calls only and never returns.
+    let host = match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => unsafe {
+            use std::os::fd::AsRawFd;
+            let fd = nix::libc::open(
+                path.as_ptr(),
+                nix::libc::O_RDWR | nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK,
+            );
+            if fd < 0 || nix::libc::ioctl(fd, nix::libc::TIOCEXCL) != 0 {
+                nix::libc::_exit(1);
+            }
+            let _ = nix::libc::write(ready_w.as_raw_fd(), b"x".as_ptr().cast(), 1);
+            loop {
+                nix::libc::pause();
+            }
+        },
+        ForkResult::Parent { child } => child,
+    };
+    drop(ready_w);
+    let mut ready = [0u8; 1];
+    let n = nix::unistd::read(&ready_r, &mut ready).expect("read the child's pipe");
+    assert_eq!(n, 1, "the host child could not open the port exclusively");
+    assert_eq!(
+        errno_of_open_as_a_user(&path),
+        nix::libc::EBUSY,
+        "while the host lives the port is exclusive"
+    );
+    kill(host, Signal::SIGKILL).expect("kill -9");
+    assert!(matches!(
+        waitpid(host, None).expect("waitpid"),
+        WaitStatus::Signaled(_, Signal::SIGKILL, _)
+    ));
+    // The simulator sees the close a moment later (a real tty at once):
+    // retried until a deadline; without the fix it stays EBUSY.
+    let deadline = Instant::now() + WAIT;
+    let last = loop {
+        let errno = errno_of_open_as_a_user(&path);
+        if errno == 0 || Instant::now() > deadline {
+            break errno;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(last, 0, "reopening after the kill failed with errno {last}");
+    // The board then works for the new host.
+    let mut f = open(&sim);
+    assert_eq!(exchange(&mut f, b"1;"), vec![vec![0; 13]]);
+}

@@ -176,7 +176,11 @@ pub async fn start(
         crate::files::BindError::Io { path, what, error } => ControlError::Io { path, what, error },
     })?;
     let gid = match &cfg.group {
-        None => None,
+        // The socket is born with the daemon's group (the unit's Group=, the
+        // documented default): its members are the group that may use it,
+        // as the file's mode already says. Refusing them made an unset
+        // control.group lock out every operator under the unit.
+        None => Some(nix::unistd::getegid().as_raw()),
         Some(name) => match nix::unistd::Group::from_name(name) {
             Ok(Some(g)) => {
                 // Under the unit the socket is born with the service's group

@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+use nix::sys::termios::{cfmakeraw, tcflush, tcgetattr, tcsetattr, FlushArg, SetArg};
 
 use super::firmware::{Executed, ParseEvent, Uart, BYTE_TIME};
 use super::{
@@ -35,12 +35,29 @@ const TICK: Duration = Duration::from_millis(2);
 const WRITE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// One pseudo-terminal and the link that points at its slave.
+///
+/// A real serial tty forgets its exclusive mode (TIOCEXCL, which the host's
+/// serial library sets) when its last descriptor closes: the tty is freed
+/// and the next open gets a fresh one. A pty's slave lives as long as its
+/// master, so a host killed while holding the port (SIGKILL: no TIOCNXCL on
+/// the way out) would leave it busy (EBUSY) for every later open. The port
+/// therefore keeps a slave descriptor of its own (`keeper`), counts the
+/// host's opens and closes of the device itself (`events`), and when the
+/// last host descriptor is gone clears exclusive mode and drops what the
+/// host left unread, as the real tty's last close does.
 pub(super) struct Port {
     master: OwnedFd,
+    /// The simulator's own slave descriptor (never counted as a host).
+    keeper: OwnedFd,
     device: PathBuf,
-    /// Open events on the slave device: a host that closes and reopens the
-    /// port between two looks still resets the board, as DTR does.
-    opens: Inotify,
+    /// Open and close events on the slave device: a host that closes and
+    /// reopens the port between two looks still resets the board, as DTR
+    /// does; the last close frees the port.
+    events: Inotify,
+    /// Host descriptors (open file descriptions) of the slave now open.
+    clients: usize,
+    /// Host opens since the last [`Port::take_opens`].
+    opened: usize,
 }
 
 impl Port {
@@ -65,8 +82,10 @@ impl Port {
         // A master held open elsewhere keeps the pty alive, so unplugging
         // (dropping our master) would no longer hang the host up.
         fcntl(pair.master.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(SimError::Pty)?;
-        // Our own slave descriptor goes: the board sees "opened" only when a host opens it.
-        drop(pair.slave);
+        // Our own slave descriptor stays (see `Port`), close-on-exec for the
+        // same reason as the master; it was opened before the watch below,
+        // so it never counts as a host.
+        fcntl(pair.slave.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(SimError::Pty)?;
         let link_err = |source| SimError::Link {
             path: link.to_path_buf(),
             source,
@@ -85,28 +104,72 @@ impl Port {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(link_err(e)),
         }
-        let opens =
+        let events =
             Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(SimError::Pty)?;
-        opens
-            .add_watch(&device, AddWatchFlags::IN_OPEN)
+        events
+            .add_watch(
+                &device,
+                AddWatchFlags::IN_OPEN
+                    | AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_CLOSE_NOWRITE,
+            )
             .map_err(SimError::Pty)?;
         std::os::unix::fs::symlink(&device, link).map_err(link_err)?;
         Ok(Port {
             master: pair.master,
+            keeper: pair.slave,
             device,
-            opens,
+            events,
+            clients: 0,
+            opened: 0,
         })
     }
 
-    /// How many times the slave was opened since the last call.
-    fn take_opens(&self) -> usize {
-        match self.opens.read_events() {
-            Ok(events) => events
-                .iter()
-                .filter(|e| e.mask.contains(AddWatchFlags::IN_OPEN))
-                .count(),
-            Err(_) => 0, // EAGAIN: none
+    /// Reads the pending open and close events; after the last host
+    /// descriptor closed, frees the port as a real tty's last close does.
+    fn refresh(&mut self) {
+        // One inotify event per open(2) and one per last close of what it
+        // opened (dup'ed and inherited descriptors share it), in order.
+        // Bounded: the queue holds what happened since the last look.
+        let mut closed = false;
+        while let Ok(events) = self.events.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for e in &events {
+                if e.mask.contains(AddWatchFlags::IN_OPEN) {
+                    self.clients += 1;
+                    self.opened += 1;
+                }
+                if e.mask
+                    .intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CLOSE_NOWRITE)
+                {
+                    self.clients = self.clients.saturating_sub(1);
+                    closed = true;
+                }
+            }
         }
+        if closed && self.clients == 0 {
+            self.release();
+        }
+    }
+
+    /// What the last close of a real tty does: exclusive mode goes (the
+    /// next open must not fail with EBUSY) and unread input is dropped.
+    fn release(&self) {
+        // SAFETY: TIOCNXCL takes no argument; `keeper` is an open slave
+        // descriptor owned by this port.
+        let rc = unsafe { nix::libc::ioctl(self.keeper.as_raw_fd(), nix::libc::TIOCNXCL) };
+        if rc != 0 {
+            tracing::warn!(device = %self.device.display(), error = %io::Error::last_os_error(),
+                "simulated board: cannot clear exclusive mode on {}", self.device.display());
+        }
+        let _ = tcflush(self.keeper.as_fd(), FlushArg::TCIFLUSH);
+    }
+
+    /// How many times the slave was opened since the last call.
+    fn take_opens(&mut self) -> usize {
+        std::mem::take(&mut self.opened)
     }
 
     pub(super) fn device(&self) -> &Path {
@@ -205,7 +268,7 @@ impl Runner {
                     std::thread::sleep(TICK);
                 }
                 Some(Seen::Data(bytes)) => {
-                    let reopened = self.port.as_ref().map_or(0, Port::take_opens) > 0;
+                    let reopened = self.port.as_mut().map_or(0, Port::take_opens) > 0;
                     if !self.open || reopened {
                         self.open = true;
                         self.trace(TraceEvent::Opened);
@@ -306,24 +369,40 @@ impl Runner {
         }
     }
 
-    /// Polls the master for up to `wait`. `None` while unplugged.
+    /// Polls the master (and the device's open/close events) for up to
+    /// `wait`. `None` while unplugged.
     fn look(&mut self, wait: Duration) -> Option<Seen> {
-        let port = self.port.as_ref()?;
-        let mut fds = [PollFd::new(port.master.as_fd(), PollFlags::POLLIN)];
+        let port = self.port.as_mut()?;
+        port.refresh();
+        // The host's writes stay readable on the master after its close;
+        // they are read (and dropped) below so they never reach a later host.
+        let mut fds = [
+            PollFd::new(port.master.as_fd(), PollFlags::POLLIN),
+            PollFd::new(port.events.as_fd(), PollFlags::POLLIN),
+        ];
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO);
-        match poll(&mut fds, timeout) {
+        let polled = poll(&mut fds, timeout);
+        let readable = fds[0]
+            .revents()
+            .unwrap_or(PollFlags::empty())
+            .contains(PollFlags::POLLIN);
+        port.refresh();
+        let hosts = port.clients;
+        match polled {
             Ok(_) => {}
             Err(Errno::EINTR) => return Some(Seen::Data(Vec::new())).filter(|_| self.open),
             Err(e) => {
-                tracing::error!("simulated board: poll failed: {e}");
+                tracing::error!(link = %self.link.display(), error = %e, "simulated board {}: poll failed: {e}", self.link.display());
                 return Some(Seen::Closed);
             }
         }
-        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-        if revents.contains(PollFlags::POLLHUP) && !revents.contains(PollFlags::POLLIN) {
+        if hosts == 0 {
+            if readable {
+                let _ = self.read_available();
+            }
             return Some(Seen::Closed);
         }
-        if !revents.contains(PollFlags::POLLIN) {
+        if !readable {
             return Some(Seen::Data(Vec::new()));
         }
         Some(self.read_available())
