@@ -133,9 +133,10 @@ async fn without_control_group_members_of_the_daemons_own_group_are_served() {
         member.status.success(),
         "member of the daemon's group refused: {err}"
     );
-    let err = String::from_utf8_lossy(&stranger.stderr);
-    assert_eq!(stranger.status.code(), Some(2), "{err}");
-    assert!(err.contains("refused the connection (forbidden)"), "{err}");
+    // --json: the refusal is a JSON error on stdout.
+    let e: serde_json::Value = serde_json::from_slice(&stranger.stdout).expect("a JSON error");
+    assert_eq!(stranger.status.code(), Some(2), "{e}");
+    assert_eq!(e["error"]["kind"], "forbidden", "{e}");
 }
 
 #[test]
