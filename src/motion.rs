@@ -787,6 +787,19 @@ impl MotionGate {
         stepper: usize,
         value: i32,
     ) -> Result<Vec<i32>, GateError> {
+        let (board, local, _one) = self.counter_turn(origin, stepper, value).await?;
+        Ok(self.inner.boards[board].set_stepper(local, value).await?)
+    }
+
+    /// The checks of a counter write ([`MotionGate::set_counter`]), then
+    /// its turn through the gate: the board and index to write to, and the
+    /// gate's one-at-a-time guard, held until the write is done.
+    async fn counter_turn(
+        &self,
+        origin: &Origin,
+        stepper: usize,
+        value: i32,
+    ) -> Result<(usize, usize, tokio::sync::MutexGuard<'_, ()>), GateError> {
         self.check_origin(origin)?;
         let (board, local) = self.locate(stepper)?;
         let (min, max) = self.inner.layout.limits(stepper);
@@ -798,9 +811,9 @@ impl MotionGate {
                 max,
             });
         }
-        let _one = self.inner.serial.lock().await;
+        let one = self.inner.serial.lock().await;
         self.check_origin(origin)?;
-        Ok(self.inner.boards[board].set_stepper(local, value).await?)
+        Ok((board, local, one))
     }
 
     /// Sets a counter without motion and leaves it untrusted, for the
@@ -820,19 +833,7 @@ impl MotionGate {
                 why: "only set as a working value by a running operation".into(),
             });
         }
-        self.check_origin(origin)?;
-        let (board, local) = self.locate(stepper)?;
-        let (min, max) = self.inner.layout.limits(stepper);
-        if value < min || value > max {
-            return Err(GateError::CounterOutOfLimits {
-                stepper,
-                value,
-                min,
-                max,
-            });
-        }
-        let _one = self.inner.serial.lock().await;
-        self.check_origin(origin)?;
+        let (board, local, _one) = self.counter_turn(origin, stepper, value).await?;
         Ok(self.inner.boards[board]
             .set_stepper_untrusted(local, value)
             .await?)

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::control::{status, Client};
+use common::control::{ctl, status, Client};
 use common::machine::{started, FeedMode, InProcess, MachineOptions, SimMachine, WAIT};
 use common::pg::TestDb;
 use serde_json::{json, Value};
@@ -49,16 +49,6 @@ async fn set(c: &mut Client, settings: &[(&str, Value)]) {
         c.ok(json!({"cmd": "set", "name": name, "value": value}))
             .await;
     }
-}
-
-/// `stringdriverctl --socket SOCKET ARGS...` as a process, off the runtime.
-async fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
-    cmd.arg("--socket").arg(socket).args(args);
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("stringdriverctl runs")
 }
 
 /// Subscribes to events and collects, in a task that keeps reading (a

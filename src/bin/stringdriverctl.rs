@@ -260,36 +260,10 @@ fn stepper_value(s: &str) -> Value {
     }
 }
 
-/// The stepper map with live positions, one line per stepper.
+/// The stepper map with live positions, one line per stepper (the same
+/// table as in `status`).
 fn print_steppers(r: &Value) {
-    println!(
-        "{:>3}  {:<8} {:<17} {:<11} {:>7}  {:<7} {:<8} {:<8} limits",
-        "#", "name", "role", "board", "pos", "trusted", "enabled", "touching"
-    );
-    let yes_no = |v: &Value| match v.as_bool() {
-        Some(true) => "yes",
-        Some(false) => "no",
-        None => "-",
-    };
-    for s in r["steppers"].as_array().into_iter().flatten() {
-        let board = match (s["board"].as_str(), s["board_index"].as_u64()) {
-            (Some(b), Some(i)) => format!("{b}:{i}"),
-            _ => "-".to_string(),
-        };
-        println!(
-            "{:>3}  {:<8} {:<17} {:<11} {:>7}  {:<7} {:<8} {:<8} {} to {}",
-            show(&s["index"]),
-            show(&s["name"]),
-            show(&s["role"]),
-            board,
-            show(&s["position"]),
-            yes_no(&s["trusted"]),
-            yes_no(&s["enabled"]),
-            yes_no(&s["touching"]),
-            show(&s["min"]),
-            show(&s["max"]),
-        );
-    }
+    print!("{}", stringdriverd::ctl::status_view::stepper_table(r));
 }
 
 fn show(v: &Value) -> String {

@@ -167,6 +167,14 @@ fn summary(s: &Value, now: DateTime<Utc>, out: &mut Vec<String>) {
     out.push(storage);
 }
 
+/// The stepper table alone (`stringdriverctl steppers`), from a reply
+/// with a `steppers` list (`steppers` or `status`).
+pub fn stepper_table(reply: &Value) -> String {
+    let mut out = Vec::new();
+    steppers(reply, &mut out);
+    out.iter().map(|l| format!("{l}\n")).collect()
+}
+
 fn steppers(s: &Value, out: &mut Vec<String>) {
     out.push(format!(
         "{:>3} {:<7} {:<16} {:<11} {:>7} {:<3} {:<3} {:<5} limits",
