@@ -377,7 +377,7 @@ impl MotorParams {
                     return Err(Invalid::new(
                         key,
                         format!(
-                            "{v} does not fit the {}-byte {} argument of board `{}` ({} firmware): it takes {lo}..={hi}",
+                            "{v} does not fit the {}-byte {} argument of board `{}` ({} firmware): it takes {lo} to {hi}",
                             w.bytes(),
                             op,
                             b.name,
@@ -471,7 +471,7 @@ impl MotorParams {
                 return Err(Invalid::new(
                     key("index"),
                     format!(
-                        "stepper {} does not exist: the boards hold {total} steppers (0..={})",
+                        "stepper {} does not exist: the boards hold {total} steppers (0 to {})",
                         s.index,
                         total.saturating_sub(1)
                     ),
