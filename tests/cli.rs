@@ -690,7 +690,7 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
 // --- The CLI definitions: possible values, did-you-mean, defaults,
 // completions and manual pages (issue 16 items 4, 8 and 10).
 
-fn ctl() -> Command {
+fn ctl_offline() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
     // No daemon anywhere: whatever clap refuses never reaches a socket.
     c.env("STRINGDRIVER_SOCKET", "/nonexistent/stringdriver-ctl.sock");
@@ -712,12 +712,12 @@ fn assert_refused_with_suggestion(o: &Output, suggested: &str) {
 
 #[test]
 fn a_mistyped_operation_kind_is_refused_with_the_kinds_and_a_suggestion() {
-    let o = ctl()
+    let o = ctl_offline()
         .args(["op", "run", "z_calibrat"])
         .output()
         .expect("runs");
     assert_refused_with_suggestion(&o, "z_calibrate");
-    let o = ctl()
+    let o = ctl_offline()
         .args([
             "op",
             "report",
@@ -729,7 +729,7 @@ fn a_mistyped_operation_kind_is_refused_with_the_kinds_and_a_suggestion() {
         .output()
         .expect("runs");
     assert_refused_with_suggestion(&o, "sweep_left_right");
-    let o = ctl()
+    let o = ctl_offline()
         .args(["op", "report", "--kind", "x_home", "--status", "complete"])
         .output()
         .expect("runs");
@@ -738,15 +738,24 @@ fn a_mistyped_operation_kind_is_refused_with_the_kinds_and_a_suggestion() {
 
 #[test]
 fn a_mistyped_setting_name_is_refused_with_a_suggestion() {
-    let o = ctl().args(["set", "z_rst", "0.5"]).output().expect("runs");
+    let o = ctl_offline()
+        .args(["set", "z_rst", "0.5"])
+        .output()
+        .expect("runs");
     assert_refused_with_suggestion(&o, "z_rest");
-    let o = ctl().args(["get", "amp_sum_mn"]).output().expect("runs");
+    let o = ctl_offline()
+        .args(["get", "amp_sum_mn"])
+        .output()
+        .expect("runs");
     assert_refused_with_suggestion(&o, "amp_sum_min");
 }
 
 #[test]
 fn help_lists_kinds_profiles_and_every_setting_with_its_unit() {
-    let o = ctl().args(["op", "run", "--help"]).output().expect("runs");
+    let o = ctl_offline()
+        .args(["op", "run", "--help"])
+        .output()
+        .expect("runs");
     let (out, _) = text(&o);
     assert!(o.status.success());
     let kinds = stringdriverd::store::OperationType::ALL.map(|k| k.as_str());
@@ -754,7 +763,10 @@ fn help_lists_kinds_profiles_and_every_setting_with_its_unit() {
         out.contains(&format!("[possible values: {}]", kinds.join(", "))),
         "{out}"
     );
-    let o = ctl().args(["set", "--help"]).output().expect("runs");
+    let o = ctl_offline()
+        .args(["set", "--help"])
+        .output()
+        .expect("runs");
     let (out, _) = text(&o);
     assert!(o.status.success());
     for s in stringdriverd::state::SETTING_INFO {
@@ -834,7 +846,10 @@ fn a_demo_started_outside_the_checkout_says_where_its_configuration_is() {
 #[test]
 fn completions_are_generated_for_every_shell_naming_the_subcommands() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
-        let o = ctl().args(["completions", shell]).output().expect("runs");
+        let o = ctl_offline()
+            .args(["completions", shell])
+            .output()
+            .expect("runs");
         let (out, err) = text(&o);
         assert!(o.status.success(), "{shell}: {err}");
         for word in ["status", "steppers", "set-position"] {
@@ -848,7 +863,10 @@ fn completions_are_generated_for_every_shell_naming_the_subcommands() {
             }
         }
     }
-    let o = ctl().args(["completions", "tcsh"]).output().expect("runs");
+    let o = ctl_offline()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("runs");
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -860,7 +878,7 @@ fn completions_are_generated_for_every_shell_naming_the_subcommands() {
 fn man_pages_are_roff_describing_each_program_and_its_subcommands() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (mut c, name, sub) in [
-        (ctl(), "stringdriverctl", "steppers"),
+        (ctl_offline(), "stringdriverctl", "steppers"),
         (bin(), "stringdriverd", "check-config"),
     ] {
         let o = c.arg("man").output().expect("runs");
