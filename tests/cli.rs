@@ -737,6 +737,32 @@ fn a_mistyped_operation_kind_is_refused_with_the_kinds_and_a_suggestion() {
 }
 
 #[test]
+fn with_json_a_usage_error_is_json_with_exit_code_2() {
+    let o = ctl_offline()
+        .args(["--json", "op", "run", "z_calibrat"])
+        .output()
+        .expect("runs");
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    assert_eq!(v["error"]["kind"], "usage", "{out}");
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("possible values"), "{message}");
+    assert!(message.contains("'z_calibrate'"), "{message}");
+    // Help stays text, exit 0.
+    let o = ctl_offline()
+        .args(["--json", "--help"])
+        .output()
+        .expect("runs");
+    assert!(o.status.success());
+    assert!(
+        text(&o).0.starts_with("Control a running stringdriverd"),
+        "{}",
+        text(&o).0
+    );
+}
+
+#[test]
 fn a_mistyped_setting_name_is_refused_with_a_suggestion() {
     let o = ctl_offline()
         .args(["set", "z_rst", "0.5"])

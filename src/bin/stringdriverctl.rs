@@ -746,7 +746,21 @@ fn local(cmd: &Cmd) -> Option<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // With --json a script gets JSON for a usage error too (a
+            // mistyped kind or setting), with clap's exit code 2; help and
+            // version stay text.
+            let json = std::env::args_os().any(|a| a == "--json");
+            if json && e.use_stderr() {
+                let message = e.render().to_string();
+                let message = message.trim_end().trim_start_matches("error: ");
+                return fail(true, 2, "usage", message);
+            }
+            e.exit()
+        }
+    };
     if let Some(code) = local(&cli.command) {
         return code;
     }
