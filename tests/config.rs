@@ -872,6 +872,27 @@ fn role_and_override_limits() {
     );
 }
 
+/// The example writes each threshold as one integer for every channel, so
+/// that changing layout.strings leaves the [thresholds] table valid.
+#[test]
+fn example_thresholds_are_scalars_that_survive_a_changed_string_count() {
+    let t = example_text();
+    let table: toml::Table = t.parse().expect("TOML");
+    let thresholds = table["thresholds"].as_table().expect("[thresholds]");
+    for key in [
+        "voice_count_min",
+        "voice_count_max",
+        "amp_sum_min",
+        "amp_sum_max",
+    ] {
+        assert!(thresholds[key].is_integer(), "{key} = {}", thresholds[key]);
+    }
+    // The first error of the example with one string fewer is about the
+    // sensor wiring (one line per Z stepper), not about thresholds.
+    let e = parse(&edit(&t, "strings = 6", "strings = 5")).unwrap_err();
+    assert!(!e.to_string().contains("thresholds"), "{e}");
+}
+
 #[test]
 fn thresholds_scalar_or_array() {
     let t = example_text();
