@@ -734,6 +734,11 @@ fn a_mistyped_operation_kind_is_refused_with_the_kinds_and_a_suggestion() {
         .output()
         .expect("runs");
     assert_refused_with_suggestion(&o, "completed");
+    let o = ctl_offline()
+        .args(["motor", "set", "z", "sped", "120"])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "speed");
 }
 
 #[test]
@@ -813,6 +818,7 @@ fn help_lists_kinds_profiles_and_every_setting_with_its_unit() {
             out.contains("[possible values: v2, v1, tuner]"),
             "{sub}: {out}"
         );
+        assert!(out.contains("[possible values: 2, 4]"), "{sub}: {out}");
     }
     let o = bin()
         .args(["probe", "--port", "/dev/null", "--profile", "tunr"])

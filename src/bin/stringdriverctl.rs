@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::builder::PossibleValuesParser;
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
 use stringdriverd::state::SETTINGS;
@@ -146,6 +146,18 @@ fn setting_parser() -> PossibleValuesParser {
     PossibleValuesParser::new(SETTINGS)
 }
 
+/// Motor parameters as clap's possible values, from the daemon's own list
+/// (`acceleration`, which it also takes, hidden).
+fn motor_param_parser() -> PossibleValuesParser {
+    use stringdriverd::config::MotorParam;
+    PossibleValuesParser::new(
+        MotorParam::ALL
+            .map(|p| PossibleValue::new(p.name()))
+            .into_iter()
+            .chain([PossibleValue::new("acceleration").hide(true)]),
+    )
+}
+
 /// Operation kinds as clap's possible values, from the daemon's own list.
 fn kind_parser() -> PossibleValuesParser {
     PossibleValuesParser::new(OperationType::ALL.map(OperationType::as_str))
@@ -169,6 +181,7 @@ enum MotorCmd {
         /// x, z, tuners, or a stepper number (speed and accel only).
         target: String,
         /// speed (steps/s), accel (steps/s²), min or max (the board's limits).
+        #[arg(value_parser = motor_param_parser())]
         param: String,
         /// The value.
         value: i64,

@@ -112,7 +112,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         speed_scale: f64,
         /// Width of the firmware's int (default: 2 for v1/v2, 4 for tuner).
-        #[arg(long, value_parser = parse_width)]
+        #[arg(long, value_parser = width_parser())]
         int_bytes: Option<IntWidth>,
         /// How long the board is deaf after the port is opened, before scaling.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -135,7 +135,7 @@ enum Cmd {
         #[arg(long, value_parser = firmware_parser(), default_value = "v2")]
         profile: Firmware,
         /// Width of the firmware's int (default: 2 for v1/v2, 4 for tuner).
-        #[arg(long, value_parser = parse_width)]
+        #[arg(long, value_parser = width_parser())]
         int_bytes: Option<IntWidth>,
         /// Baud rate.
         #[arg(long, default_value_t = 115_200)]
@@ -164,9 +164,12 @@ fn firmware_parser() -> impl TypedValueParser<Value = Firmware> {
         .try_map(|s| s.parse::<Firmware>())
 }
 
-fn parse_width(s: &str) -> Result<IntWidth, String> {
-    let n: u8 = s.parse().map_err(|_| format!("`{s}` is not 2 or 4"))?;
-    IntWidth::try_from(n)
+/// The int widths as clap's possible values (bytes).
+fn width_parser() -> impl TypedValueParser<Value = IntWidth> {
+    clap::builder::PossibleValuesParser::new(["2", "4"]).try_map(|s| {
+        let n: u8 = s.parse().map_err(|_| format!("`{s}` is not 2 or 4"))?;
+        IntWidth::try_from(n)
+    })
 }
 
 fn default_width(f: Firmware) -> IntWidth {

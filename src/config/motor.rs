@@ -135,6 +135,9 @@ pub enum Param {
 }
 
 impl Param {
+    /// Every parameter, for help texts and the command line's checks.
+    pub const ALL: [Param; 4] = [Param::Speed, Param::Accel, Param::Min, Param::Max];
+
     /// Name as written in the configuration and on the command line.
     pub fn name(self) -> &'static str {
         match self {
