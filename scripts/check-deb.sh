@@ -2,8 +2,9 @@
 # Builds the Debian package with `cargo deb` (installs cargo-deb from
 # crates.io, --locked, when it is missing) and checks what it holds: both
 # binaries, the unit, the sysusers and tmpfiles entries under /usr/lib, the
-# configuration as a conffile under /etc/stringdriver, the docs and the
-# maintainer scripts. Prints the package's path; exits non-zero on the first
+# configuration as a conffile under /etc/stringdriver, the docs, the shell
+# completions and manual pages (generated first by scripts/deb-assets.sh) and
+# the maintainer scripts. Prints the package's path; exits non-zero on the first
 # thing missing. Installs nothing on the host but cargo-deb.
 #
 #   scripts/check-deb.sh                 # the package as shipped (release build)
@@ -20,6 +21,9 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   echo "== installing cargo-deb"
   cargo install cargo-deb --locked --version '^3' --quiet
 fi
+
+echo "== generated assets"
+scripts/deb-assets.sh "${profile[@]}"
 
 echo "== cargo deb"
 # cargo-deb prints the paths of what it wrote: the package and (dbgsym =
@@ -53,12 +57,25 @@ for path in \
   ./usr/lib/tmpfiles.d/stringdriverd.conf \
   ./etc/stringdriver/stringdriver.toml \
   ./usr/share/doc/stringdriverd/INSTALL.md \
-  ./usr/share/doc/stringdriverd/README.md; do
+  ./usr/share/doc/stringdriverd/README.md \
+  ./usr/share/bash-completion/completions/stringdriverctl \
+  ./usr/share/zsh/vendor-completions/_stringdriverctl \
+  ./usr/share/fish/vendor_completions.d/stringdriverctl.fish; do
   if ! grep -qxF "$path" <<<"$contents"; then
     echo "missing from the package: $path" >&2
     fail=1
   fi
 done
+# A manual page for each program and each of its subcommands (gzipped or
+# not, as cargo-deb packs them).
+for page in target/assets/man/*.1; do
+  name=./usr/share/man/man1/$(basename "$page")
+  if ! grep -qxF -e "$name" -e "$name.gz" <<<"$contents"; then
+    echo "missing from the package: $name" >&2
+    fail=1
+  fi
+done
+echo "manual pages: $(grep -cE '^\./usr/share/man/man1/.*\.1(\.gz)?$' <<<"$contents")"
 
 control=$(mktemp -d)
 trap 'rm -rf "$control"' EXIT

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
@@ -159,6 +159,21 @@ pub struct Summary {
     pub violations: usize,
 }
 
+/// The exact command to try against the demo's control socket, quoted for
+/// a POSIX shell when the path needs it.
+pub fn try_status_line(socket: &Path) -> String {
+    let path = socket.display().to_string();
+    let plain = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c));
+    let arg = if plain && !path.is_empty() {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', "'\\''"))
+    };
+    format!("stringdriverctl --socket {arg} status")
+}
+
 impl Summary {
     /// Snapshots captured, timer and event.
     pub fn captured(&self) -> u64 {
@@ -290,6 +305,11 @@ pub async fn run(
     // demo on the same directory would delete the running one's.
     let _claim = crate::lock::StateLock::acquire(&crate::lock::state_dir(&cfg.spool.path))?;
 
+    eprintln!(
+        "control socket: {} (try: {})",
+        cfg.control.socket.display(),
+        try_status_line(&cfg.control.socket)
+    );
     if cfg.compat.enabled {
         let socket = cfg.compat.socket();
         eprintln!(
@@ -772,7 +792,18 @@ async fn set_one(board: &crate::board::BoardHandle, local: usize, value: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+
+    #[test]
+    fn the_line_to_try_names_the_socket_quoted_for_the_shell() {
+        assert_eq!(
+            try_status_line(Path::new("/tmp/stringdriver-demo/control.sock")),
+            "stringdriverctl --socket /tmp/stringdriver-demo/control.sock status"
+        );
+        assert_eq!(
+            try_status_line(Path::new("/tmp/my demo/it's.sock")),
+            "stringdriverctl --socket '/tmp/my demo/it'\\''s.sock' status"
+        );
+    }
 
     fn demo_config() -> Config {
         let text = include_str!("../config/demo.toml");

@@ -94,28 +94,129 @@ pub fn restore_motor(saved: &Saved, config: &Config) -> (MotorParams, Vec<String
     (motor, skipped)
 }
 
-/// The names of the settings that can be changed at run time.
-pub const SETTINGS: &[&str] = &[
-    "bump_check_enable",
-    "z_up_step",
-    "z_down_step",
-    "tune_rest",
-    "x_rest",
-    "z_rest",
-    "lap_rest",
-    "adjustment_level",
-    "retry_threshold",
-    "delta_threshold",
-    "z_variance_threshold",
-    "x_start",
-    "x_finish",
-    "x_step",
-    "tuner_step",
-    "voice_count_min",
-    "voice_count_max",
-    "amp_sum_min",
-    "amp_sum_max",
+/// One run-time setting as people see it: its name, the unit and range of
+/// its value, and what it does. The one source of the settings' names: the
+/// daemon's checks, its error messages and `stringdriverctl set --help` all
+/// read [`SETTING_INFO`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingInfo {
+    /// The name `get`/`set` take (also the configuration key).
+    pub name: &'static str,
+    /// The value's unit and allowed range, as `apply` checks it.
+    pub unit: &'static str,
+    /// What it changes.
+    pub description: &'static str,
+}
+
+const fn info(name: &'static str, unit: &'static str, description: &'static str) -> SettingInfo {
+    SettingInfo {
+        name,
+        unit,
+        description,
+    }
+}
+
+const PER_CHANNEL: &str = "integer, or one integer per channel";
+
+/// Every setting that can be changed at run time, in the order they are
+/// listed.
+pub const SETTING_INFO: &[SettingInfo] = &[
+    info(
+        "bump_check_enable",
+        "true or false",
+        "when false, bump_check does nothing",
+    ),
+    info("z_up_step", "steps, > 0", "a Z move away from the string"),
+    info("z_down_step", "steps, < 0", "a Z move toward the string"),
+    info("tune_rest", "seconds, 0 to 3600", "rest after a tuner move"),
+    info("x_rest", "seconds, 0 to 3600", "rest after an X move"),
+    info("z_rest", "seconds, 0 to 3600", "rest after a Z move"),
+    info(
+        "lap_rest",
+        "seconds, 0 to 3600",
+        "rest after each channel's adjustment in z_adjust",
+    ),
+    info(
+        "adjustment_level",
+        "passes, >= 1",
+        "passes in place before a sweep moves on",
+    ),
+    info(
+        "retry_threshold",
+        "attempts, >= 1",
+        "attempts before falling back to calibration",
+    ),
+    info(
+        "delta_threshold",
+        "amp_sum change, >= 0",
+        "a change that means still settling",
+    ),
+    info(
+        "z_variance_threshold",
+        "voice_count variance, >= 0",
+        "variance that triggers recalibration",
+    ),
+    info(
+        "x_start",
+        "X steps, inside the X travel",
+        "first X position of a sweep",
+    ),
+    info(
+        "x_finish",
+        "X steps, inside the X travel",
+        "last X position of a sweep",
+    ),
+    info(
+        "x_step",
+        "X steps, >= 1",
+        "a sweep's X increment and the X jog step",
+    ),
+    info("tuner_step", "steps, >= 1", "the tuner jog step"),
+    info(
+        "voice_count_min",
+        PER_CHANNEL,
+        "fewest partials a channel should have",
+    ),
+    info(
+        "voice_count_max",
+        PER_CHANNEL,
+        "most partials a channel should have",
+    ),
+    info(
+        "amp_sum_min",
+        PER_CHANNEL,
+        "lowest amplitude sum a channel should have",
+    ),
+    info(
+        "amp_sum_max",
+        PER_CHANNEL,
+        "highest amplitude sum a channel should have",
+    ),
 ];
+
+const SETTING_NAMES: [&str; SETTING_INFO.len()] = {
+    let mut names = [""; SETTING_INFO.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = SETTING_INFO[i].name;
+        i += 1;
+    }
+    names
+};
+
+/// The names of the settings that can be changed at run time (of
+/// [`SETTING_INFO`], in its order).
+pub const SETTINGS: &[&str] = &SETTING_NAMES;
+
+/// The settings as a help text: one line per setting with its unit and
+/// meaning (`stringdriverctl set --help`).
+pub fn settings_help() -> String {
+    let width = SETTING_INFO.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    SETTING_INFO
+        .iter()
+        .map(|s| format!("  {:<width$}  {} ({})\n", s.name, s.description, s.unit))
+        .collect()
+}
 
 /// Applies one setting to `s`, with the configuration's rules; a clear error
 /// names the setting and what is wrong.
@@ -382,6 +483,25 @@ mod tests {
             },
             enabled: vec![true; 5],
         }
+    }
+
+    #[test]
+    fn every_listed_setting_is_one_apply_knows_and_the_help_names_it() {
+        let help = settings_help();
+        for info in SETTING_INFO {
+            let mut s = settings();
+            // An object is no valid value for any setting: the error must be
+            // about the value, not an unknown name.
+            let e = apply(&mut s, info.name, &json!({"x": 1})).expect_err(info.name);
+            assert!(!e.contains("unknown setting"), "{}: {e}", info.name);
+            assert!(
+                help.contains(info.name) && help.contains(info.unit),
+                "{help}"
+            );
+        }
+        assert_eq!(SETTINGS.len(), SETTING_INFO.len());
+        let e = apply(&mut settings(), "z_rst", &json!(1)).expect_err("unknown");
+        assert!(e.contains("unknown setting `z_rst`"), "{e}");
     }
 
     #[test]

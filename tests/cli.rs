@@ -109,7 +109,7 @@ fn sim_controller_serves_a_board_that_probe_reads_and_stops_on_sigterm() {
     assert!(o.status.success(), "probe failed: {err}");
     assert!(out.contains("steppers: 13"), "{out}");
     assert!(
-        out.contains(&format!("positions: {:?}", vec![0; 13])),
+        out.contains(&format!("positions: {}", ["0"; 13].join(", "))),
         "{out}"
     );
     assert!(out.contains("free memory: 5623 bytes"), "{out}");
@@ -152,7 +152,7 @@ fn probe_of_a_tuner_board_reads_four_byte_counters() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains("steppers: 6"), "{out}");
     assert!(
-        out.contains(&format!("positions: {:?}", vec![0; 6])),
+        out.contains(&format!("positions: {}", ["0"; 6].join(", "))),
         "{out}"
     );
 }
@@ -250,6 +250,15 @@ fn demo_runs_simulated_boards_and_stops_by_itself() {
     assert!(err.contains("board=tuner state=connected"), "{err}");
     assert!(err.contains("starting pose set"), "{err}");
     assert!(!err.contains("safety violations"), "{err}");
+    // It says what to try against its control socket, exactly.
+    let control = dir.path().join("control.sock");
+    assert!(
+        err.contains(&format!(
+            "control socket: {0} (try: stringdriverctl --socket {0} status)",
+            control.display()
+        )),
+        "{err}"
+    );
     // It serves the stepper GUI's socket and says where.
     let gui = dir.path().join("stepper_gui__dev_ttyACM0.sock");
     assert!(
@@ -676,4 +685,287 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
     .expect("signal the demo");
     let status = demo.wait().expect("demo ends");
     assert!(status.success(), "{status:?}");
+}
+
+// --- The CLI definitions: possible values, did-you-mean, defaults,
+// completions and manual pages (issue 16 items 4, 8 and 10).
+
+fn ctl_offline() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stringdriverctl"));
+    // No daemon anywhere: whatever clap refuses never reaches a socket.
+    c.env("STRINGDRIVER_SOCKET", "/nonexistent/stringdriver-ctl.sock");
+    c
+}
+
+/// clap's usage error: exit code 2, the valid values listed, the near one
+/// suggested, and nothing sent (no "cannot reach" from a connection).
+fn assert_refused_with_suggestion(o: &Output, suggested: &str) {
+    let (_, err) = text(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("possible values"), "{err}");
+    assert!(
+        err.contains("similar") && err.contains(&format!("'{suggested}'")),
+        "{err}"
+    );
+    assert!(!err.contains("cannot reach"), "it connected: {err}");
+}
+
+#[test]
+fn a_mistyped_operation_kind_is_refused_with_the_kinds_and_a_suggestion() {
+    let o = ctl_offline()
+        .args(["op", "run", "z_calibrat"])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "z_calibrate");
+    let o = ctl_offline()
+        .args([
+            "op",
+            "report",
+            "--kind",
+            "sweep_left_rigth",
+            "--status",
+            "started",
+        ])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "sweep_left_right");
+    let o = ctl_offline()
+        .args(["op", "report", "--kind", "x_home", "--status", "complete"])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "completed");
+    let o = ctl_offline()
+        .args(["motor", "set", "z", "sped", "120"])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "speed");
+}
+
+#[test]
+fn with_json_a_usage_error_is_json_with_exit_code_2() {
+    let o = ctl_offline()
+        .args(["--json", "op", "run", "z_calibrat"])
+        .output()
+        .expect("runs");
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    assert_eq!(v["error"]["kind"], "usage", "{out}");
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("possible values"), "{message}");
+    assert!(message.contains("'z_calibrate'"), "{message}");
+    // Help stays text, exit 0.
+    let o = ctl_offline()
+        .args(["--json", "--help"])
+        .output()
+        .expect("runs");
+    assert!(o.status.success());
+    assert!(
+        text(&o).0.starts_with("Control a running stringdriverd"),
+        "{}",
+        text(&o).0
+    );
+}
+
+#[test]
+fn a_mistyped_setting_name_is_refused_with_a_suggestion() {
+    let o = ctl_offline()
+        .args(["set", "z_rst", "0.5"])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "z_rest");
+    let o = ctl_offline()
+        .args(["get", "amp_sum_mn"])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "amp_sum_min");
+}
+
+#[test]
+fn help_lists_kinds_profiles_and_every_setting_with_its_unit() {
+    let o = ctl_offline()
+        .args(["op", "run", "--help"])
+        .output()
+        .expect("runs");
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    let kinds = stringdriverd::store::OperationType::ALL.map(|k| k.as_str());
+    assert!(
+        out.contains(&format!("[possible values: {}]", kinds.join(", "))),
+        "{out}"
+    );
+    let o = ctl_offline()
+        .args(["set", "--help"])
+        .output()
+        .expect("runs");
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    for s in stringdriverd::state::SETTING_INFO {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{} ", s.name)))
+            .unwrap_or_else(|| panic!("no line for {}: {out}", s.name));
+        assert!(line.contains(s.unit), "{line}");
+    }
+    assert!(
+        out.contains("z_rest") && out.contains("seconds, 0 to 3600"),
+        "{out}"
+    );
+    for sub in ["probe", "sim-controller"] {
+        let o = bin().args([sub, "--help"]).output().expect("runs");
+        let (out, _) = text(&o);
+        assert!(
+            out.contains("[possible values: v2, v1, tuner]"),
+            "{sub}: {out}"
+        );
+        assert!(out.contains("[possible values: 2, 4]"), "{sub}: {out}");
+    }
+    let o = bin()
+        .args(["probe", "--port", "/dev/null", "--profile", "tunr"])
+        .output()
+        .expect("runs");
+    assert_refused_with_suggestion(&o, "tuner");
+}
+
+#[test]
+fn every_subcommand_with_a_configuration_defaults_to_the_hosts_file() {
+    let default = "/etc/stringdriver/stringdriver.toml";
+    if Path::new(default).exists() {
+        // A host with the real file: the default is taken, nothing to prove here.
+        return;
+    }
+    for sub in [
+        &["run"][..],
+        &["check-config"],
+        &["migrate"],
+        &["link"],
+        &["spool-status"],
+    ] {
+        let o = bin().args(sub).output().expect("runs");
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{sub:?}: {err}");
+        assert!(err.contains(default), "{sub:?}: {err}");
+        let o = bin().args(sub).arg("--help").output().expect("runs");
+        let (out, _) = text(&o);
+        assert!(
+            out.contains(&format!("[default: {default}]")),
+            "{sub:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_demo_started_outside_the_checkout_says_where_its_configuration_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = bin()
+        .arg("demo")
+        .current_dir(dir.path())
+        .output()
+        .expect("runs");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no config/demo.toml in"), "{err}");
+    // This test runs from the checkout, so the message names its file.
+    assert!(
+        err.contains(&format!(
+            "--config {}",
+            manifest("config/demo.toml").display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_are_generated_for_every_shell_naming_the_subcommands() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = ctl_offline()
+            .args(["completions", shell])
+            .output()
+            .expect("runs");
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{shell}: {err}");
+        for word in ["status", "steppers", "set-position"] {
+            assert!(out.contains(word), "{shell} lacks {word}: {out}");
+        }
+        // The shells whose scripts complete argument values offer the
+        // possible values too.
+        if ["bash", "zsh", "fish"].contains(&shell) {
+            for word in ["z_calibrate", "bump_check_enable"] {
+                assert!(out.contains(word), "{shell} lacks {word}: {out}");
+            }
+        }
+    }
+    let o = ctl_offline()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn man_pages_are_roff_describing_each_program_and_its_subcommands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (mut c, name, sub) in [
+        (ctl_offline(), "stringdriverctl", "steppers"),
+        (bin(), "stringdriverd", "check-config"),
+    ] {
+        let o = c.arg("man").output().expect("runs");
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{name}: {err}");
+        // clap_mangen starts with the quote-character preamble, then the title.
+        let title = out.lines().find(|l| l.starts_with(".TH")).unwrap_or("");
+        assert!(
+            title.starts_with(&format!(".TH {name} 1 ")),
+            "{name}: {out}"
+        );
+        assert!(
+            out.contains(".SH NAME") && out.contains(".SH SYNOPSIS"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&sub.replace('-', "\\-")),
+            "{name} lacks {sub}: {out}"
+        );
+        // groff, where installed, reads it without a warning.
+        if let Ok(mut g) = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write;
+            g.stdin
+                .take()
+                .expect("stdin")
+                .write_all(out.as_bytes())
+                .expect("write");
+            let g = g.wait_with_output().expect("groff");
+            assert!(
+                g.status.success() && g.stderr.is_empty(),
+                "{}",
+                String::from_utf8_lossy(&g.stderr)
+            );
+        }
+        // With --out-dir: the program's page and one per subcommand, as the
+        // program's page refers to them.
+        let o = Command::new(c.get_program())
+            .args(["man", "--out-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("runs");
+        assert!(o.status.success(), "{}", text(&o).1);
+        for page in [format!("{name}.1"), format!("{name}-{sub}.1")] {
+            let p = dir.path().join(&page);
+            let body = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{page}: {e}"));
+            assert!(body.contains(".TH "), "{page}: {body}");
+        }
+        assert!(
+            !dir.path().join(format!("{name}-man.1")).exists(),
+            "hidden: no page"
+        );
+    }
 }

@@ -514,7 +514,7 @@ fn type_errors_have_line_and_column() {
 fn threshold_element_errors_name_the_element() {
     let text = edit(
         &example_text(),
-        "amp_sum_min = [20, 20, 20, 20, 20, 20]",
+        "amp_sum_min = 20",
         "amp_sum_min = [20, 20, 20, 2.5, 20, 20]",
     );
     let e = parse(&text).unwrap_err();
@@ -781,11 +781,11 @@ fn ranges_must_lie_within_the_boards() {
     rejects(
         &edit(&t, "tuner_first_index = 13", "tuner_first_index = 14"),
         "layout.tuner_first_index",
-        "steppers 14..=19",
+        "steppers 14 to 19",
     );
     // More Z steppers than the boards hold: 7 strings on a 13-stepper board.
     let text = edit(SD3, "strings = 4", "strings = 7");
-    let e = rejects(&text, "layout.z_first_index", "steppers 1..=14");
+    let e = rejects(&text, "layout.z_first_index", "steppers 1 to 14");
     assert!(e.to_string().contains("13 steppers in total"), "{e}");
     rejects(
         &edit(SD3, "strings = 4", "strings = 0"),
@@ -808,7 +808,7 @@ fn ranges_must_not_overlap() {
     rejects(
         &edit(&t, "tuner_first_index = 13", "tuner_first_index = 12"),
         "layout.tuner_first_index",
-        "overlap the Z steppers (steppers 1..=12",
+        "overlap the Z steppers (steppers 1 to 12",
     );
     let text = edit(SD1, "x_index = 2", "x_index = 1");
     rejects(
@@ -872,6 +872,27 @@ fn role_and_override_limits() {
     );
 }
 
+/// The example writes each threshold as one integer for every channel, so
+/// that changing layout.strings leaves the [thresholds] table valid.
+#[test]
+fn example_thresholds_are_scalars_that_survive_a_changed_string_count() {
+    let t = example_text();
+    let table: toml::Table = t.parse().expect("TOML");
+    let thresholds = table["thresholds"].as_table().expect("[thresholds]");
+    for key in [
+        "voice_count_min",
+        "voice_count_max",
+        "amp_sum_min",
+        "amp_sum_max",
+    ] {
+        assert!(thresholds[key].is_integer(), "{key} = {}", thresholds[key]);
+    }
+    // The first error of the example with one string fewer is about the
+    // sensor wiring (one line per Z stepper), not about thresholds.
+    let e = parse(&edit(&t, "strings = 6", "strings = 5")).unwrap_err();
+    assert!(!e.to_string().contains("thresholds"), "{e}");
+}
+
 #[test]
 fn thresholds_scalar_or_array() {
     let t = example_text();
@@ -879,18 +900,14 @@ fn thresholds_scalar_or_array() {
     assert_eq!(c.thresholds.voice_count_max, vec![10; 6]);
     let c = parse(&edit(
         &t,
-        "amp_sum_min = [20, 20, 20, 20, 20, 20]",
+        "amp_sum_min = 20",
         "amp_sum_min = [1, 2, 3, 4, 5, 6]",
     ))
     .unwrap();
     assert_eq!(c.thresholds.amp_sum_min, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(c.thresholds.amp_sum_max, vec![250; 6]);
 
-    let text = edit(
-        &t,
-        "amp_sum_min = [20, 20, 20, 20, 20, 20]",
-        "amp_sum_min = [20, 20]",
-    );
+    let text = edit(&t, "amp_sum_min = 20", "amp_sum_min = [20, 20]");
     let e = rejects(
         &text,
         "thresholds.amp_sum_min",
@@ -900,7 +917,7 @@ fn thresholds_scalar_or_array() {
 
     let text = edit(
         &t,
-        "amp_sum_min = [20, 20, 20, 20, 20, 20]",
+        "amp_sum_min = 20",
         "amp_sum_min = [20, 20, 20, 300, 20, 20]",
     );
     let e = rejects(

@@ -200,9 +200,9 @@ fn a_resized_feed_is_read_with_the_new_sizes_or_refused() {
 
     // Beyond what the reader accepts at all.
     write_control(dir.path(), &format!("{}\n65\n12\n", own_pid()));
-    assert!(invalid(read_frame(dir.path())).contains("outside 1..=64"));
+    assert!(invalid(read_frame(dir.path())).contains("outside 1 to 64"));
     write_control(dir.path(), &format!("{}\n4\n100000\n", own_pid()));
-    assert!(invalid(read_frame(dir.path())).contains("outside 1..=256"));
+    assert!(invalid(read_frame(dir.path())).contains("outside 1 to 256"));
 }
 
 #[test]

@@ -511,6 +511,8 @@ async fn an_operation_is_refused_when_every_enabled_sensor_reads_touching_at_res
             "{e}"
         );
         assert!(e.to_string().contains("mis-wired"), "{e}");
+        // A list for people, not Rust's `[1, 2, 3, 4]`.
+        assert!(e.to_string().contains("(steppers 1, 2, 3, 4)"), "{e}");
     }
     assert!(events(&r.spool).await.is_empty(), "no operation row");
     assert_eq!(moves(&r.sims[0]), before, "nothing moved");

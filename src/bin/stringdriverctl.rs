@@ -15,8 +15,11 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
+use stringdriverd::state::SETTINGS;
+use stringdriverd::store::{OperationStatus, OperationType};
 
 #[derive(Parser)]
 #[command(
@@ -94,12 +97,14 @@ enum Cmd {
     /// Print one run-time setting, or all of them.
     Get {
         /// The setting's name.
+        #[arg(value_parser = setting_parser(), hide_possible_values = true)]
         setting: Option<String>,
     },
     /// Change a run-time setting (kept across restarts).
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, after_long_help = settings_long_help())]
     Set {
-        /// The setting's name.
+        /// The setting's name (`set --help` lists them with their units).
+        #[arg(value_parser = setting_parser(), hide_possible_values = true)]
         setting: String,
         /// The value, as JSON (`0.5`, `[1,2]`, `true`); otherwise taken as a string.
         value: String,
@@ -118,6 +123,52 @@ enum Cmd {
     },
     /// Follow the daemon's events until interrupted.
     Events,
+    /// Print a shell completion script on stdout, e.g.
+    /// `stringdriverctl completions bash > /etc/bash_completion.d/stringdriverctl`.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, e.g. `stringdriverctl man | man -l -`.
+    #[command(hide = true)]
+    Man {
+        /// Write every page (the program's and one per subcommand) into
+        /// this directory instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Setting names as clap's possible values: checked before anything is
+/// sent, with "did you mean" on a typo (the list is the daemon's own).
+fn setting_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(SETTINGS)
+}
+
+/// Motor parameters as clap's possible values, from the daemon's own list
+/// (`acceleration`, which it also takes, hidden).
+fn motor_param_parser() -> PossibleValuesParser {
+    use stringdriverd::config::MotorParam;
+    PossibleValuesParser::new(
+        MotorParam::ALL
+            .map(|p| PossibleValue::new(p.name()))
+            .into_iter()
+            .chain([PossibleValue::new("acceleration").hide(true)]),
+    )
+}
+
+/// Operation kinds as clap's possible values, from the daemon's own list.
+fn kind_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(OperationType::ALL.map(OperationType::as_str))
+}
+
+/// The `set --help` table: every setting with its unit and range.
+fn settings_long_help() -> String {
+    format!(
+        "Settings (the value's unit and range in parentheses):\n{}",
+        stringdriverd::state::settings_help()
+    )
 }
 
 #[derive(Subcommand)]
@@ -130,6 +181,7 @@ enum MotorCmd {
         /// x, z, tuners, or a stepper number (speed and accel only).
         target: String,
         /// speed (steps/s), accel (steps/s²), min or max (the board's limits).
+        #[arg(value_parser = motor_param_parser())]
         param: String,
         /// The value.
         value: i64,
@@ -138,11 +190,11 @@ enum MotorCmd {
 
 #[derive(Subcommand)]
 enum OpCmd {
-    /// Start an operation: bump_check, z_calibrate, z_adjust,
-    /// sweep_left_right, sweep_right_left, x_home, x_away or x_calibrate.
-    /// With --wait, a sweep's progress is printed after every pass.
+    /// Start an operation. With --wait, a sweep's progress is printed after
+    /// every pass.
     Run {
         /// The operation.
+        #[arg(value_parser = kind_parser())]
         kind: String,
         /// Only this stepper (a name such as z2in, or an index).
         #[arg(long)]
@@ -162,11 +214,11 @@ enum OpCmd {
     Wait,
     /// Record an operation run by another program.
     Report {
-        /// bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left, x_home, x_away, x_calibrate.
-        #[arg(long)]
+        /// The operation.
+        #[arg(long, value_parser = kind_parser())]
         kind: String,
-        /// started, completed, failed or cancelled.
-        #[arg(long)]
+        /// Its status.
+        #[arg(long, value_parser = PossibleValuesParser::new(OperationStatus::ALL.map(OperationStatus::as_str)))]
         status: String,
         /// Steppers involved, e.g. 1,2.
         #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
@@ -243,6 +295,8 @@ fn request(cmd: &Cmd) -> Value {
             } => json!({"cmd": "motor_set", "target": target, "param": param, "value": value}),
         },
         Cmd::Events => json!({"cmd": "events"}),
+        // Answered by the client itself (`local`), never sent.
+        Cmd::Completions { .. } | Cmd::Man { .. } => json!({}),
     };
     if let Value::Object(m) = &mut r {
         m.insert("v".into(), json!(1));
@@ -438,6 +492,8 @@ fn print_readable(cmd: &Cmd, r: &Value) {
             }
         },
         Cmd::Events => println!("{r}"),
+        // Answered locally before any connection (`local`).
+        Cmd::Completions { .. } | Cmd::Man { .. } => {}
     }
 }
 
@@ -653,8 +709,48 @@ fn fail(json: bool, code: u8, kind: &str, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The commands the client answers without a daemon: completion scripts
+/// and the manual page, generated from these very definitions.
+fn local(cmd: &Cmd) -> Option<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let written = match cmd {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "stringdriverctl", &mut out);
+            Ok(())
+        }
+        Cmd::Man { out_dir } => {
+            stringdriverd::ctl::docs::man(Cli::command(), out_dir.as_deref(), &mut out)
+        }
+        _ => return None,
+    };
+    Some(match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stringdriverctl: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // With --json a script gets JSON for a usage error too (a
+            // mistyped kind or setting), with clap's exit code 2; help and
+            // version stay text.
+            let json = std::env::args_os().any(|a| a == "--json");
+            if json && e.use_stderr() {
+                let message = e.render().to_string();
+                let message = message.trim_end().trim_start_matches("error: ");
+                return fail(true, 2, "usage", message);
+            }
+            e.exit()
+        }
+    };
+    if let Some(code) = local(&cli.command) {
+        return code;
+    }
     let fail_connect = |e: std::io::Error| {
         let path = &cli.socket;
         let not_a_socket = std::fs::metadata(path)

@@ -6,8 +6,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::builder::TypedValueParser;
+use clap::{CommandFactory, Parser, Subcommand};
 use stringdriverd::protocol::{Firmware, IntWidth};
+
+/// Where a host's configuration lives (the package installs it there); every
+/// subcommand that reads a configuration takes it unless --config says otherwise.
+const DEFAULT_CONFIG: &str = "/etc/stringdriver/stringdriver.toml";
+
+/// The demo's configuration, relative to the stringdriverd checkout.
+const DEMO_CONFIG: &str = "config/demo.toml";
 
 #[derive(Parser)]
 #[command(
@@ -25,13 +33,13 @@ enum Cmd {
     /// Run the daemon (as the systemd service does).
     Run {
         /// The TOML file.
-        #[arg(long, default_value = "/etc/stringdriver/stringdriver.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a configuration file and print it fully resolved.
     CheckConfig {
         /// The TOML file.
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Only the verdict, not the resolved file (the unit's ExecReload=,
         /// whose output goes to the journal on every reload).
@@ -41,14 +49,14 @@ enum Cmd {
     /// Create or upgrade the PostgreSQL schema (machine_state, operations, stepper_roles).
     Migrate {
         /// The TOML file.
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Link machine_state rows without controls_id to the audmon controls row
     /// of the same host nearest in time (idempotent); prints what it changed.
     Link {
         /// The TOML file.
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Only rows recorded at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
         #[arg(long)]
@@ -60,7 +68,7 @@ enum Cmd {
     /// Show the local spool: backlog, oldest unshipped record, dead letters, totals.
     SpoolStatus {
         /// The TOML file.
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -70,8 +78,9 @@ enum Cmd {
     /// every board of the configuration, a simulated audmon feed, snapshots
     /// into the spool, shipped to PostgreSQL when a database is given.
     Demo {
-        /// The TOML file (config/demo.toml).
-        #[arg(long, default_value = "config/demo.toml")]
+        /// The TOML file; the default is relative to the stringdriverd
+        /// checkout (run the demo from there, or pass the file's path).
+        #[arg(long, default_value = DEMO_CONFIG)]
         config: PathBuf,
         /// PostgreSQL to ship to (no password in it); default: $DATABASE_URL.
         /// With neither, nothing connects anywhere and records stay in the spool.
@@ -94,7 +103,7 @@ enum Cmd {
         #[arg(long)]
         link: PathBuf,
         /// Firmware to imitate.
-        #[arg(long, value_parser = parse_firmware)]
+        #[arg(long, value_parser = firmware_parser())]
         profile: Firmware,
         /// Number of steppers (default: the board in service for the profile).
         #[arg(long)]
@@ -103,7 +112,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         speed_scale: f64,
         /// Width of the firmware's int (default: 2 for v1/v2, 4 for tuner).
-        #[arg(long, value_parser = parse_width)]
+        #[arg(long, value_parser = width_parser())]
         int_bytes: Option<IntWidth>,
         /// How long the board is deaf after the port is opened, before scaling.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -123,10 +132,10 @@ enum Cmd {
         #[arg(long)]
         port: PathBuf,
         /// Firmware command table.
-        #[arg(long, value_parser = parse_firmware, default_value = "v2")]
+        #[arg(long, value_parser = firmware_parser(), default_value = "v2")]
         profile: Firmware,
         /// Width of the firmware's int (default: 2 for v1/v2, 4 for tuner).
-        #[arg(long, value_parser = parse_width)]
+        #[arg(long, value_parser = width_parser())]
         int_bytes: Option<IntWidth>,
         /// Baud rate.
         #[arg(long, default_value_t = 115_200)]
@@ -138,15 +147,29 @@ enum Cmd {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Print the manual page (roff) on stdout, e.g. `stringdriverd man | man -l -`.
+    #[command(hide = true)]
+    Man {
+        /// Write every page (the program's and one per subcommand) into
+        /// this directory instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
-fn parse_firmware(s: &str) -> Result<Firmware, String> {
-    s.parse()
+/// The firmware profiles as clap's possible values (listed in --help,
+/// checked with "did you mean" on a typo), parsed by `Firmware`'s own names.
+fn firmware_parser() -> impl TypedValueParser<Value = Firmware> {
+    clap::builder::PossibleValuesParser::new(Firmware::ALL.map(Firmware::name))
+        .try_map(|s| s.parse::<Firmware>())
 }
 
-fn parse_width(s: &str) -> Result<IntWidth, String> {
-    let n: u8 = s.parse().map_err(|_| format!("`{s}` is not 2 or 4"))?;
-    IntWidth::try_from(n)
+/// The int widths as clap's possible values (bytes).
+fn width_parser() -> impl TypedValueParser<Value = IntWidth> {
+    clap::builder::PossibleValuesParser::new(["2", "4"]).try_map(|s| {
+        let n: u8 = s.parse().map_err(|_| format!("`{s}` is not 2 or 4"))?;
+        IntWidth::try_from(n)
+    })
 }
 
 fn default_width(f: Firmware) -> IntWidth {
@@ -268,6 +291,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             speed_scale,
             socket,
         } => {
+            if config.as_os_str() == DEMO_CONFIG && !config.exists() {
+                let here = std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "the current directory".into());
+                // The checkout this binary was built from, when it is still there.
+                let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEMO_CONFIG);
+                let pass = if built.is_file() {
+                    format!("--config {}", built.display())
+                } else {
+                    "--config PATH/TO/config/demo.toml".to_string()
+                };
+                anyhow::bail!(
+                    "no {DEMO_CONFIG} in {here}: the demo's configuration is \
+                     config/demo.toml of the stringdriverd checkout; run the demo \
+                     from the checkout or pass {pass}"
+                );
+            }
             let mut cfg = stringdriverd::config::load(&config)?;
             if let Some(s) = socket {
                 cfg.control.socket = s;
@@ -359,6 +399,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Man { out_dir } => {
+            stringdriverd::ctl::docs::man(
+                Cli::command(),
+                out_dir.as_deref(),
+                &mut std::io::stdout().lock(),
+            )
+            .context("cannot write the manual pages")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Probe {
             port,
             profile,
@@ -377,7 +426,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = runtime()?.block_on(stringdriverd::probe::probe(&opts))?;
             println!("steppers: {}", report.positions.len());
-            println!("positions: {:?}", report.positions);
+            println!(
+                "positions: {}",
+                report
+                    .positions
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             match report.free_memory {
                 Some(m) => println!("free memory: {m} bytes"),
                 None => println!("free memory: not reported"),

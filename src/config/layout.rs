@@ -328,7 +328,7 @@ fn show(r: &Range<usize>) -> String {
     match r.len() {
         0 => "none".to_string(),
         1 => format!("stepper {}", r.start),
-        _ => format!("steppers {}..={}", r.start, r.end - 1),
+        _ => format!("steppers {} to {}", r.start, r.end - 1),
     }
 }
 
@@ -616,7 +616,7 @@ pub(crate) fn build(raw: &RawLayout, boards: &[BoardConfig]) -> Result<Layout, I
                         src.key(),
                         format!(
                             "{v} does not fit the {}-byte ints of board `{}` (stepper {g}, {}): \
-                             it takes {a}..={b}",
+                             it takes {a} to {b}",
                             width.bytes(),
                             board.name,
                             roles[g]
@@ -749,7 +749,7 @@ mod tests {
         let boards = [board("a", 4, IntWidth::Two)];
         let e = build(&raw(2, None, 1, None), &boards).unwrap_err();
         assert_eq!(e.key, "layout.z_first_index");
-        assert!(e.message.contains("steppers 1..=4"), "{}", e.message);
+        assert!(e.message.contains("steppers 1 to 4"), "{}", e.message);
         assert!(build(&raw(2, None, 0, None), &boards).is_ok());
     }
 }

@@ -210,7 +210,7 @@ impl Config {
                 "# {g:>3}: {:<14} {:<17} {:<18} {}",
                 format!("{board}:{local}"),
                 l.role(g).to_string(),
-                format!("{min}..={max}"),
+                format!("{min} to {max}"),
                 match (self.motor.speed_of(l, g), self.motor.accel_of(l, g)) {
                     (Some(v), Some(a)) => format!("{v} steps/s, {a} steps/s²"),
                     _ => "not sent (the board's own)".to_string(),

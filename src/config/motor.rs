@@ -135,6 +135,9 @@ pub enum Param {
 }
 
 impl Param {
+    /// Every parameter, for help texts and the command line's checks.
+    pub const ALL: [Param; 4] = [Param::Speed, Param::Accel, Param::Min, Param::Max];
+
     /// Name as written in the configuration and on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -377,7 +380,7 @@ impl MotorParams {
                     return Err(Invalid::new(
                         key,
                         format!(
-                            "{v} does not fit the {}-byte {} argument of board `{}` ({} firmware): it takes {lo}..={hi}",
+                            "{v} does not fit the {}-byte {} argument of board `{}` ({} firmware): it takes {lo} to {hi}",
                             w.bytes(),
                             op,
                             b.name,
@@ -471,7 +474,7 @@ impl MotorParams {
                 return Err(Invalid::new(
                     key("index"),
                     format!(
-                        "stepper {} does not exist: the boards hold {total} steppers (0..={})",
+                        "stepper {} does not exist: the boards hold {total} steppers (0 to {})",
                         s.index,
                         total.saturating_sub(1)
                     ),

@@ -1,7 +1,9 @@
 //! What `stringdriverctl` prints for people, as functions of the daemon's
 //! JSON replies (so they are tested here, not through a process): the
 //! `status` summary and its tables (`status_view`), and the small
-//! formatters they share (`fmt`: sizes, ages, yes/no).
+//! formatters they share (`fmt`: sizes, ages, yes/no); and the manual
+//! pages of both programs (`docs`).
 
+pub mod docs;
 pub mod fmt;
 pub mod status_view;

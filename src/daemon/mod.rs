@@ -636,7 +636,12 @@ pub fn forward_board_events(
                     moved,
                     ..
                 } => snapshots.request(format!(
-                    "board {board} reset (counters restored: {restored}; moved after the reset, untrusted: {moved:?})"
+                    "board {board} reset (counters restored: {restored}; moved after the reset, untrusted: {})",
+                    if moved.is_empty() {
+                        "none".to_string()
+                    } else {
+                        moved.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    }
                 )),
                 BoardEvent::Jogged {
                     board,

@@ -80,7 +80,7 @@ pub fn parse_control(text: &str) -> Result<Control, FeedError> {
         match raw.parse::<u64>() {
             Ok(v) if (1..=max).contains(&v) => Ok(v),
             _ => Err(invalid(format!(
-                "line {} ({name}) is {}, outside 1..={max}",
+                "line {} ({name}) is {}, outside 1 to {max}",
                 index + 1,
                 excerpt(raw)
             ))),
@@ -243,9 +243,9 @@ mod tests {
             ("4182\n-4\n12\n", "line 2 (channels)"),
             ("4182\n+4\n12\n", "line 2 (channels)"),
             ("4182\n4.0\n12\n", "line 2 (channels)"),
-            ("4182\n0\n12\n", "outside 1..=64"),
-            ("4182\n65\n12\n", "outside 1..=64"),
-            ("4182\n4\n257\n", "outside 1..=256"),
+            ("4182\n0\n12\n", "outside 1 to 64"),
+            ("4182\n65\n12\n", "outside 1 to 64"),
+            ("4182\n4\n257\n", "outside 1 to 256"),
             ("4182\n4\n0\n", "line 3 (partials)"),
             ("0\n4\n12\n", "line 1 (pid)"),
             ("2147483648\n4\n12\n", "line 1 (pid)"),

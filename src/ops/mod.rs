@@ -96,10 +96,11 @@ pub enum OpError {
     /// Every enabled touch sensor reads touching before the operation
     /// starts: at rest that is wiring or configuration, not contact.
     #[error(
-        "every enabled touch sensor (steppers {steppers:?}) reads touching at rest, which \
+        "every enabled touch sensor (steppers {}) reads touching at rest, which \
          almost surely means the sensors are mis-wired or mis-configured (sensors.active_low, \
          sensors.bias), not that every mechanism touches its string: the operation is not \
-         started; check the sensors first"
+         started; check the sensors first",
+        comma_list(.steppers)
     )]
     SensorsAllTouching {
         /// The enabled Z steppers whose sensors all read touching.
@@ -513,4 +514,13 @@ impl Machine {
 /// Whether a global stepper is a Z stepper of the layout.
 pub fn is_z(layout: &Layout, stepper: usize) -> bool {
     matches!(layout.role(stepper), Role::ZIn { .. } | Role::ZOut { .. })
+}
+
+/// Stepper numbers as people read a list: `1, 2, 3` (not `[1, 2, 3]`).
+fn comma_list(items: &[usize]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -80,6 +80,18 @@ pub enum OperationType {
 }
 
 impl OperationType {
+    /// Every operation, in the order people see them listed.
+    pub const ALL: [OperationType; 8] = [
+        OperationType::BumpCheck,
+        OperationType::ZCalibrate,
+        OperationType::ZAdjust,
+        OperationType::SweepLeftRight,
+        OperationType::SweepRightLeft,
+        OperationType::XHome,
+        OperationType::XAway,
+        OperationType::XCalibrate,
+    ];
+
     /// The text stored in `operations.operation_type`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -118,6 +130,14 @@ pub enum OperationStatus {
 }
 
 impl OperationStatus {
+    /// Every status, in the order an operation goes through them.
+    pub const ALL: [OperationStatus; 4] = [
+        OperationStatus::Started,
+        OperationStatus::Completed,
+        OperationStatus::Failed,
+        OperationStatus::Cancelled,
+    ];
+
     /// The text stored in `operations.operation_status`.
     pub fn as_str(self) -> &'static str {
         match self {
