@@ -104,6 +104,12 @@ enum Cmd {
         /// The value, as JSON (`0.5`, `[1,2]`, `true`); otherwise taken as a string.
         value: String,
     },
+    /// Drop a setting's run-time change: the configuration file's value
+    /// applies again, now and after restarts.
+    Unset {
+        /// The setting's name.
+        setting: String,
+    },
     /// Print the per-channel thresholds.
     Thresholds,
     /// Operations.
@@ -209,6 +215,7 @@ fn request(cmd: &Cmd) -> Value {
             let v = serde_json::from_str::<Value>(value).unwrap_or_else(|_| json!(value));
             json!({"cmd": "set", "name": setting, "value": v})
         }
+        Cmd::Unset { setting } => json!({"cmd": "unset", "name": setting}),
         Cmd::Thresholds => json!({"cmd": "get"}),
         Cmd::Op { op } => match op {
             OpCmd::Run {
@@ -402,14 +409,15 @@ fn print_readable(cmd: &Cmd, r: &Value) {
                 "disabled"
             }
         ),
-        Cmd::Get { setting: Some(_) } | Cmd::Set { .. } => {
-            println!("{} = {}", show(&r["name"]), r["value"])
+        Cmd::Get { setting: Some(_) } => {
+            println!("{}", stringdriverd::ctl::settings_view::setting_line(r))
         }
+        Cmd::Set { .. } => println!("{} = {}", show(&r["name"]), r["value"]),
+        Cmd::Unset { .. } => println!("{}", stringdriverd::ctl::settings_view::unset_line(r)),
         Cmd::Get { setting: None } => {
-            for (k, v) in r["settings"].as_object().into_iter().flatten() {
-                println!("{k} = {v}");
+            for l in stringdriverd::ctl::settings_view::all_lines(r) {
+                println!("{l}");
             }
-            println!("enabled = {}", r["enabled"]);
         }
         Cmd::Thresholds => {
             for k in [

@@ -49,8 +49,9 @@
 //! | `steppers` | — | `{steppers: [{index, name, role, board, board_index, min, max, position, trusted, enabled, touching}]}` |
 //! | `set_position` | `stepper`, `position` | as `move` (sets the counter, nothing moves) |
 //! | `enable` / `disable` | `stepper` (or `"all"`: every stepper with a role) | `{stepper, enabled}` or `{steppers, enabled}` (persisted, event snapshot) |
-//! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
+//! | `get` | `name`? | `{name, value, source, file}` (`source`: `run-time` for a change made through `set` and kept across restarts, else `file`; `file`: the configuration file's value) or `{settings, enabled, overrides}` (`overrides`: the file's value of each setting changed at run time) |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
+//! | `unset` | `name` | `{name, value, source, file, was_overridden}`: the run-time change dropped (from the state file too), the file's value in force again (event snapshot if it was overridden) |
 //! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left, x_home, x_away, x_calibrate), `stepper`? (Z operations), `wait`?, `repeat`? | `{started}` (`{started, repeat: true}`), or with `wait` the outcome `{kind, operation_id, status, message}` (a repetition's: the last run's, `status` `cancelled` if cancelled between runs, and `repeat: {runs, ended}`) |
 //! | `op_cancel` | | `{cancelled}` (whether an operation was running); stops a repetition too |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
