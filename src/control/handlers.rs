@@ -349,6 +349,9 @@ async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
     let delta = req.opt_i32("delta")?;
     let position = req.opt_i32("position")?;
     let gate = &sh.parts.gate;
+    // The rest still due when the request came: the move waits it (at
+    // least), and the reply says so (`rest`), so a slow move is explained.
+    let rest = gate.rest_left(stepper);
     let r = match (delta, position) {
         (Some(d), None) => gate.move_rel(&Origin::Manual, stepper, d).await,
         (None, Some(p)) => gate.move_abs(&Origin::Manual, stepper, p).await,
@@ -359,7 +362,12 @@ async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
             ))
         }
     };
-    r.map(|p| moved(sh, stepper, p)).map_err(gate_error)
+    let mut v = r.map(|p| moved(sh, stepper, p)).map_err(gate_error)?;
+    v["rest"] = match rest {
+        Some((left, setting)) => json!({"waited_s": left.as_secs_f64(), "setting": setting}),
+        None => Value::Null,
+    };
+    Ok(v)
 }
 
 async fn set_position(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
@@ -721,13 +729,19 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
     wait_done(&mut rx).await
 }
 
-/// A sweep's progress as an `operation` event with phase `progress`.
-fn publish_progress(sh: &Shared, p: &crate::ops::sweep::SweepProgress) {
-    let mut m = match serde_json::to_value(p) {
+/// A progress report as an `operation` event: a sweep's pass with phase
+/// `progress`, an operation's step with phase `step`.
+fn publish_progress(sh: &Shared, p: &crate::ops::progress::Progress) {
+    use crate::ops::progress::Progress;
+    let (v, phase) = match p {
+        Progress::Sweep(p) => (serde_json::to_value(p), "progress"),
+        Progress::Step(s) => (serde_json::to_value(s), "step"),
+    };
+    let mut m = match v {
         Ok(Value::Object(m)) => m,
         _ => return,
     };
-    m.insert("phase".into(), json!("progress"));
+    m.insert("phase".into(), json!(phase));
     let _ = sh.op_events.send(super::protocol::event("operation", m));
 }
 
