@@ -65,8 +65,10 @@
 //! Moves and counter writes go through the motion gate as [`Origin::Manual`](crate::motion::Origin).
 //! Event lines look like `{"v":1,"event":"snapshot","status":{...},"initial":false}`,
 //! `{"v":1,"event":"board","board":"carriage","link":"connected","detail":"connected","initial":false}`
-//! (one when the board's link state changes, not its detail; `initial`: the
-//! first line of each, the state when the subscription began, not a change),
+//! (one when the board's link state changes, not its detail),
+//! `{"v":1,"event":"touch","stepper":3,"touching":false,"error":null,"initial":false}`
+//! (`initial`, on snapshot, board and touch events: the first lines, the
+//! state when the subscription began, not a change),
 //! `{"v":1,"event":"operation","phase":"started"|"ended","kind":"bump_check",...}`;
 //! a sweep adds one event after every pass, `{"v":1,"event":"operation",
 //! "phase":"progress","kind":"sweep_left_right","operation_id":...,"x":110,

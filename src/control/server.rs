@@ -567,6 +567,7 @@ async fn stream_events(
         let (out, cancel) = (out.clone(), cancel.clone());
         forwarders.spawn(async move {
             let mut last: Vec<crate::sensors::TouchState> = Vec::new();
+            let mut initial = true;
             loop {
                 let now = rx.borrow_and_update().sensors.clone();
                 for s in now.iter().filter(|s| !last.contains(s)) {
@@ -576,6 +577,7 @@ async fn stream_events(
                             ("stepper", json!(s.stepper)),
                             ("touching", json!(s.touching)),
                             ("error", json!(s.error)),
+                            ("initial", json!(initial)),
                         ]),
                     );
                     if !push(&out, line, &cancel) {
@@ -583,6 +585,7 @@ async fn stream_events(
                     }
                 }
                 last = now;
+                initial = false;
                 if rx.changed().await.is_err() {
                     return;
                 }

@@ -233,7 +233,8 @@ pub fn event_line(ev: &Value) -> Option<String> {
                 (Some(false), None) => "clear".into(),
                 (None, None) => "unknown".into(),
             };
-            format!("sensor of stepper {}: {state}", scalar(&ev["stepper"]))
+            let now = if ev["initial"] == true { " (now)" } else { "" };
+            format!("sensor of stepper {}: {state}{now}", scalar(&ev["stepper"]))
         }
         _ => return None,
     })
