@@ -659,6 +659,28 @@ impl MotionGate {
         self.current(board, local, stepper, &origin)
     }
 
+    /// The rest `stepper` still has to wait before its next move (since its
+    /// previous one, whoever made it) and the setting that sets it (`x_rest`,
+    /// `z_rest` or `tune_rest`); `None` when nothing is left. What a manual
+    /// move will wait at least, for telling the operator.
+    pub fn rest_left(&self, stepper: usize) -> Option<(Duration, &'static str)> {
+        let last = self
+            .inner
+            .last_move
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stepper)
+            .copied()
+            .flatten()?;
+        let left = (last + self.rest_of(stepper)).checked_duration_since(Instant::now())?;
+        let setting = match self.inner.layout.role(stepper) {
+            Role::X => "x_rest",
+            Role::Tuner { .. } => "tune_rest",
+            _ => "z_rest",
+        };
+        (!left.is_zero()).then_some((left, setting))
+    }
+
     fn rest_of(&self, stepper: usize) -> Duration {
         let s = self.inner.settings.borrow();
         let secs = match self.inner.layout.role(stepper) {

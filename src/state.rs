@@ -449,7 +449,14 @@ impl StateFile {
         self.write(&s)
     }
 
-    /// Drops the overrides of settings the configuration file now changed.
+    /// The names of the settings changed at run time (kept across restarts).
+    pub fn overridden(&self) -> Vec<String> {
+        let s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        s.overrides.keys().cloned().collect()
+    }
+
+    /// Drops the overrides of settings the configuration file now changed
+    /// (or `unset` returned to the file's value).
     pub fn drop_overrides(&self, names: &[&str]) -> Result<(), String> {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let before = s.overrides.len();

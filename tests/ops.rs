@@ -81,7 +81,11 @@ async fn z_calibrate_leaves_every_stepper_just_clear_and_disables_one_that_canno
         !r.settings.borrow().enabled[3],
         "cannot reach its string: disabled"
     );
-    assert!(out.message.contains("3: cannot reach"), "{}", out.message);
+    let named = format!(
+        "3 ({}): cannot reach its string",
+        r.machine.layout.role(3).name().expect("a name")
+    );
+    assert!(out.message.contains(&named), "{}", out.message);
     let ev = events(&r.spool).await;
     let kinds: Vec<(OperationType, OperationStatus)> = ev
         .iter()

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Value};
+use stringdriverd::ctl::progress::{event_line, wait_line, Filter};
 use stringdriverd::state::SETTINGS;
 use stringdriverd::store::{OperationStatus, OperationType};
 
@@ -109,6 +110,13 @@ enum Cmd {
         /// The value, as JSON (`0.5`, `[1,2]`, `true`); otherwise taken as a string.
         value: String,
     },
+    /// Drop a setting's run-time change: the configuration file's value
+    /// applies again, now and after restarts.
+    Unset {
+        /// The setting's name.
+        #[arg(value_parser = setting_parser(), hide_possible_values = true)]
+        setting: String,
+    },
     /// Print the per-channel thresholds.
     Thresholds,
     /// Operations.
@@ -121,8 +129,23 @@ enum Cmd {
         #[command(subcommand)]
         motor: MotorCmd,
     },
-    /// Follow the daemon's events until interrupted.
-    Events,
+    /// Follow the daemon's events until interrupted, one readable line each
+    /// (--json: the raw event lines). Without a filter: operations, board
+    /// links and touch sensors; snapshots only with --snapshots.
+    Events {
+        /// Operations: started, steps, a sweep's passes, ended.
+        #[arg(long)]
+        operations: bool,
+        /// Board link changes.
+        #[arg(long)]
+        boards: bool,
+        /// Snapshot counters.
+        #[arg(long)]
+        snapshots: bool,
+        /// Touch sensor changes.
+        #[arg(long)]
+        touch: bool,
+    },
     /// Print a shell completion script on stdout, e.g.
     /// `stringdriverctl completions bash > /etc/bash_completion.d/stringdriverctl`.
     #[command(hide = true)]
@@ -261,6 +284,7 @@ fn request(cmd: &Cmd) -> Value {
             let v = serde_json::from_str::<Value>(value).unwrap_or_else(|_| json!(value));
             json!({"cmd": "set", "name": setting, "value": v})
         }
+        Cmd::Unset { setting } => json!({"cmd": "unset", "name": setting}),
         Cmd::Thresholds => json!({"cmd": "get"}),
         Cmd::Op { op } => match op {
             OpCmd::Run {
@@ -294,7 +318,7 @@ fn request(cmd: &Cmd) -> Value {
                 value,
             } => json!({"cmd": "motor_set", "target": target, "param": param, "value": value}),
         },
-        Cmd::Events => json!({"cmd": "events"}),
+        Cmd::Events { .. } => json!({"cmd": "events"}),
         // Answered by the client itself (`local`), never sent.
         Cmd::Completions { .. } | Cmd::Man { .. } => json!({}),
     };
@@ -380,7 +404,23 @@ fn print_readable(cmd: &Cmd, r: &Value) {
         ),
         Cmd::Steppers => print_steppers(r),
         Cmd::Snapshot => println!("snapshot {}", show(&r["state_id"])),
-        Cmd::Move { .. } | Cmd::SetPosition { .. } => println!(
+        Cmd::Move { .. } => {
+            if let Some(w) = r["rest"]["waited_s"].as_f64() {
+                eprintln!(
+                    "waited {:.1} s ({}) before moving stepper {}",
+                    w,
+                    show(&r["rest"]["setting"]),
+                    show(&r["stepper"])
+                );
+            }
+            println!(
+                "stepper {} at {} (board: {})",
+                show(&r["stepper"]),
+                show(&r["position"]),
+                show(&r["board_positions"])
+            )
+        }
+        Cmd::SetPosition { .. } => println!(
             "stepper {} at {} (board: {})",
             show(&r["stepper"]),
             show(&r["position"]),
@@ -430,14 +470,15 @@ fn print_readable(cmd: &Cmd, r: &Value) {
                 "disabled"
             }
         ),
-        Cmd::Get { setting: Some(_) } | Cmd::Set { .. } => {
-            println!("{} = {}", show(&r["name"]), r["value"])
+        Cmd::Get { setting: Some(_) } => {
+            println!("{}", stringdriverd::ctl::settings_view::setting_line(r))
         }
+        Cmd::Set { .. } => println!("{} = {}", show(&r["name"]), r["value"]),
+        Cmd::Unset { .. } => println!("{}", stringdriverd::ctl::settings_view::unset_line(r)),
         Cmd::Get { setting: None } => {
-            for (k, v) in r["settings"].as_object().into_iter().flatten() {
-                println!("{k} = {v}");
+            for l in stringdriverd::ctl::settings_view::all_lines(r) {
+                println!("{l}");
             }
-            println!("enabled = {}", r["enabled"]);
         }
         Cmd::Thresholds => {
             for k in [
@@ -491,55 +532,17 @@ fn print_readable(cmd: &Cmd, r: &Value) {
                 }
             }
         },
-        Cmd::Events => println!("{r}"),
+        Cmd::Events { .. } => println!("{r}"),
         // Answered locally before any connection (`local`).
         Cmd::Completions { .. } | Cmd::Man { .. } => {}
     }
 }
 
-/// A sweep's progress event as one readable line.
-fn sweep_line(ev: &Value) -> String {
-    let deltas: Vec<String> = ev["deltas"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| format!("{:.1}", d.as_f64().unwrap_or(f64::NAN)))
-        .collect();
-    let clean = match ev["clean"].as_bool() {
-        Some(true) => "clean",
-        Some(false) => "not clean",
-        None => "no pass",
-    };
-    let mut line = format!(
-        "{} X {} (position {}/{}) pass {}: {clean}, clean run {}/{}, z variance {}, deltas [{}]",
-        show(&ev["kind"]),
-        show(&ev["x"]),
-        show(&ev["position"]),
-        show(&ev["positions"]),
-        show(&ev["pass"]),
-        show(&ev["clean_run"]),
-        show(&ev["adjustment_level"]),
-        show(&ev["z_variance"]),
-        deltas.join(", "),
-    );
-    if ev["skipped"].as_array().is_some_and(|s| !s.is_empty()) {
-        line.push_str(&format!(", skipped channels {}", ev["skipped"]));
-    }
-    line.push_str(&format!(
-        ", calibrations {}; next: {}",
-        show(&ev["calibrations"]),
-        show(&ev["next"]).replace('_', " ")
-    ));
-    if let Some(r) = ev["reason"].as_str() {
-        line.push_str(&format!(" ({r})"));
-    }
-    line
-}
-
 /// Subscribes to the daemon's events and prints progress on stderr while
-/// an operation runs, from a second connection (snapshots taken, operations
-/// started and ended, a sweep's passes, board links; with `json` the
-/// operation events as they came, one JSON line each). The subscription is
+/// an operation runs, from a second connection (the operation's start,
+/// steps, a sweep's passes and its end, and board link changes, as
+/// [`stringdriverd::ctl::progress`] writes them; with `json` the operation
+/// events as they came, one JSON line each). The subscription is
 /// confirmed before the caller sends its request, so the operation's first
 /// event cannot be missed; the receiver hears when an operation's `ended`
 /// event has been printed. Best effort: without it the wait still works.
@@ -562,33 +565,16 @@ fn show_progress(socket: &std::path::Path, json: bool) -> Option<std::sync::mpsc
             let Ok(ev) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
+            // The operation and real board link changes: not the snapshot
+            // counters, not the links as they were when the wait began.
             let text = match ev["event"].as_str() {
                 Some("operation") if json => line.clone(),
                 _ if json => continue,
-                Some("operation") if ev["phase"] == "progress" => sweep_line(&ev),
-                Some("operation") if ev["phase"] == "run_ended" => format!(
-                    "operation {} run {} {}: {}",
-                    show(&ev["kind"]),
-                    show(&ev["run"]),
-                    show(&ev["outcome"]["status"]),
-                    show(&ev["outcome"]["message"])
-                ),
-                Some("operation") => format!(
-                    "operation {} {} {}",
-                    show(&ev["kind"]),
-                    show(&ev["phase"]),
-                    ev["status"]
-                        .as_str()
-                        .or(ev["message"].as_str())
-                        .unwrap_or("")
-                ),
-                Some("snapshot") => format!(
-                    "snapshots: {} timer, {} event",
-                    show(&ev["status"]["timer"]),
-                    show(&ev["status"]["events"])
-                ),
-                Some("board") => format!("board {} {}", show(&ev["board"]), show(&ev["link"])),
-                _ => continue,
+                _ if !Filter::WAIT.passes(&ev) => continue,
+                _ => match wait_line(&ev) {
+                    Some(t) => t,
+                    None => continue,
+                },
             };
             if json {
                 eprintln!("{text}");
@@ -882,12 +868,30 @@ fn main() -> ExitCode {
         // bound only matters if the events connection was lost.
         let _ = ended.recv_timeout(std::time::Duration::from_secs(2));
     }
-    if let Cmd::Events = cli.command {
+    if let Cmd::Events {
+        operations,
+        boards,
+        snapshots,
+        touch,
+    } = cli.command
+    {
         // Every further line is an event, until the daemon goes away.
+        let filter = Filter::events(operations, boards, snapshots, touch);
         let mut out = std::io::stdout().lock();
         for l in reader.lines() {
             let Ok(l) = l else { break };
-            if writeln!(out, "{l}").and_then(|_| out.flush()).is_err() {
+            let text = if cli.json {
+                l
+            } else {
+                match serde_json::from_str::<Value>(&l) {
+                    Ok(ev) if filter.passes(&ev) => match event_line(&ev) {
+                        Some(t) => t,
+                        None => continue,
+                    },
+                    _ => continue,
+                }
+            };
+            if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
                 break;
             }
         }

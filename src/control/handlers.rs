@@ -125,6 +125,7 @@ pub async fn handle(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> 
         "disable" => enable(sh, req, false),
         "get" => get(sh, req),
         "set" => set(sh, req).await,
+        "unset" => unset(sh, req).await,
         "op_run" => op_run(sh, req).await,
         "op_cancel" => op_cancel(sh).await,
         "op_wait" => op_wait(sh).await,
@@ -348,6 +349,9 @@ async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
     let delta = req.opt_i32("delta")?;
     let position = req.opt_i32("position")?;
     let gate = &sh.parts.gate;
+    // The rest still due when the request came: the move waits it (at
+    // least), and the reply says so (`rest`), so a slow move is explained.
+    let rest = gate.rest_left(stepper);
     let r = match (delta, position) {
         (Some(d), None) => gate.move_rel(&Origin::Manual, stepper, d).await,
         (None, Some(p)) => gate.move_abs(&Origin::Manual, stepper, p).await,
@@ -358,7 +362,12 @@ async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
             ))
         }
     };
-    r.map(|p| moved(sh, stepper, p)).map_err(gate_error)
+    let mut v = r.map(|p| moved(sh, stepper, p)).map_err(gate_error)?;
+    v["rest"] = match rest {
+        Some((left, setting)) => json!({"waited_s": left.as_secs_f64(), "setting": setting}),
+        None => Value::Null,
+    };
+    Ok(v)
 }
 
 async fn set_position(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
@@ -420,21 +429,96 @@ fn unknown_setting(name: &str) -> ApiError {
     )
 }
 
+/// Where a setting's value comes from: `run-time` (an override, kept
+/// across restarts) or `file`; `file` is the configuration file's value.
+fn setting_entry(sh: &Shared, name: &str, overridden: &[String]) -> Value {
+    let now = setting_value(&sh.parts.settings.borrow(), name);
+    let file = setting_value(&sh.parts.file_settings.borrow(), name);
+    let source = if overridden.iter().any(|o| o == name) {
+        "run-time"
+    } else {
+        "file"
+    };
+    json!({"name": name, "value": now, "source": source, "file": file})
+}
+
 fn get(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
-    let s = sh.parts.settings.borrow().clone();
+    let overridden = sh.parts.state.overridden();
     match req.opt_str("name")? {
         Some(name) if crate::state::SETTINGS.contains(&name) => {
-            Ok(json!({"name": name, "value": setting_value(&s, name)}))
+            Ok(setting_entry(sh, name, &overridden))
         }
         Some(name) => Err(unknown_setting(name)),
         None => {
+            let s = sh.parts.settings.borrow().clone();
+            let file = sh.parts.file_settings.borrow().clone();
             let all: Map<String, Value> = crate::state::SETTINGS
                 .iter()
                 .map(|n| (n.to_string(), setting_value(&s, n)))
                 .collect();
-            Ok(json!({"settings": all, "enabled": s.enabled}))
+            // Only the overridden ones: the others are the file's value.
+            let files: Map<String, Value> = crate::state::SETTINGS
+                .iter()
+                .filter(|n| overridden.iter().any(|o| o == *n))
+                .map(|n| (n.to_string(), setting_value(&file, n)))
+                .collect();
+            Ok(json!({"settings": all, "enabled": s.enabled, "overrides": files}))
         }
     }
+}
+
+/// Drops a setting's run-time override: the file's value applies again,
+/// now and after restarts.
+async fn unset(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
+    let name = req.str("name")?.to_string();
+    if !crate::state::SETTINGS.contains(&name.as_str()) {
+        return Err(unknown_setting(&name));
+    }
+    let was_overridden = sh.parts.state.overridden().contains(&name);
+    let file = setting_value(&sh.parts.file_settings.borrow(), &name);
+    let mut refused = None;
+    sh.parts.settings.send_if_modified(|s| {
+        let mut next = s.clone();
+        match crate::state::apply(&mut next, &name, &file) {
+            Ok(()) => {
+                let changed = *s != next;
+                *s = next;
+                changed
+            }
+            Err(e) => {
+                refused = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = refused {
+        // The file's value passed the same rules at load; only another
+        // setting changed since (x_start against x_finish) can refuse it.
+        return Err(ApiError::new(
+            "invalid_setting",
+            format!("the file's value of {name} does not apply now: {e}"),
+        ));
+    }
+    let state = sh.parts.state.clone();
+    let n = name.clone();
+    let saved = tokio::task::spawn_blocking(move || state.drop_overrides(&[n.as_str()]))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    if was_overridden {
+        sh.parts
+            .snapshots
+            .request(format!("setting {name} returned to the file's value"));
+    }
+    if let Err(e) = saved {
+        return Err(ApiError::new(
+            "not_persisted",
+            format!("{name} returned to the file's value but the override is still saved (it returns after a restart): {e}"),
+        ));
+    }
+    let mut r = setting_entry(sh, &name, &[]);
+    r["was_overridden"] = json!(was_overridden);
+    Ok(r)
 }
 
 async fn set(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
@@ -645,13 +729,19 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
     wait_done(&mut rx).await
 }
 
-/// A sweep's progress as an `operation` event with phase `progress`.
-fn publish_progress(sh: &Shared, p: &crate::ops::sweep::SweepProgress) {
-    let mut m = match serde_json::to_value(p) {
+/// A progress report as an `operation` event: a sweep's pass with phase
+/// `progress`, an operation's step with phase `step`.
+fn publish_progress(sh: &Shared, p: &crate::ops::progress::Progress) {
+    use crate::ops::progress::Progress;
+    let (v, phase) = match p {
+        Progress::Sweep(p) => (serde_json::to_value(p), "progress"),
+        Progress::Step(s) => (serde_json::to_value(s), "step"),
+    };
+    let mut m = match v {
         Ok(Value::Object(m)) => m,
         _ => return,
     };
-    m.insert("phase".into(), json!("progress"));
+    m.insert("phase".into(), json!(phase));
     let _ = sh.op_events.send(super::protocol::event("operation", m));
 }
 

@@ -44,13 +44,14 @@
 //! |---|---|---|
 //! | `status` | | boards, enables, settings, feed, spool, shipper, operation, snapshots |
 //! | `snapshot` | | `{state_id}` of an event snapshot, or `no_snapshot` with the reason |
-//! | `move` | `stepper`, `delta` or `position` | `{stepper, position, board_positions}` |
+//! | `move` | `stepper`, `delta` or `position` | `{stepper, position, board_positions, rest}` (`rest`: `{waited_s, setting}`, the stepper's rest — `x_rest`, `z_rest` or `tune_rest` — still due when the request came, which the move waited before it was sent; null when none was due) |
 //! | `stop` | — | the emergency stop: cancels the running operation, drops every move waiting in the gate, answers `{operation_cancelled, operation_ended, still_moving, waited_s}` once nothing of ours moves |
 //! | `steppers` | — | `{steppers: [{index, name, role, board, board_index, min, max, position, trusted, enabled, touching}]}` |
 //! | `set_position` | `stepper`, `position` | as `move` (sets the counter, nothing moves) |
 //! | `enable` / `disable` | `stepper` (or `"all"`: every stepper with a role) | `{stepper, enabled}` or `{steppers, enabled}` (persisted, event snapshot) |
-//! | `get` | `name`? | `{name, value}` or `{settings, enabled}` |
+//! | `get` | `name`? | `{name, value, source, file}` (`source`: `run-time` for a change made through `set` and kept across restarts, else `file`; `file`: the configuration file's value) or `{settings, enabled, overrides}` (`overrides`: the file's value of each setting changed at run time) |
 //! | `set` | `name`, `value` | `{name, value}` (persisted, event snapshot) |
+//! | `unset` | `name` | `{name, value, source, file, was_overridden}`: the run-time change dropped (from the state file too), the file's value in force again (event snapshot if it was overridden) |
 //! | `op_run` | `kind` (bump_check, z_calibrate, z_adjust, sweep_left_right, sweep_right_left, x_home, x_away, x_calibrate), `stepper`? (Z operations), `wait`?, `repeat`? | `{started}` (`{started, repeat: true}`), or with `wait` the outcome `{kind, operation_id, status, message}` (a repetition's: the last run's, `status` `cancelled` if cancelled between runs, and `repeat: {runs, ended}`) |
 //! | `op_cancel` | | `{cancelled}` (whether an operation was running); stops a repetition too |
 //! | `op_wait` | | the outcome of the running operation, or of the last one |
@@ -62,15 +63,27 @@
 //! A `stepper` is a global index (a number) or a name (a string: `x`,
 //! `z2in`, `z2out`, `tuner3`; [`Layout::stepper`](crate::config::Layout::stepper)).
 //! Moves and counter writes go through the motion gate as [`Origin::Manual`](crate::motion::Origin).
-//! Event lines look like `{"v":1,"event":"snapshot","status":{...}}`,
-//! `{"v":1,"event":"board","board":"carriage","link":"connected","detail":"connected"}`,
+//! Event lines look like `{"v":1,"event":"snapshot","status":{...},"initial":false}`,
+//! `{"v":1,"event":"board","board":"carriage","link":"connected","detail":"connected","initial":false}`
+//! (one when the board's link state changes, not its detail),
+//! `{"v":1,"event":"touch","stepper":3,"touching":false,"error":null,"initial":false}`
+//! (`initial`, on snapshot, board and touch events: the first lines, the
+//! state when the subscription began, not a change),
 //! `{"v":1,"event":"operation","phase":"started"|"ended","kind":"bump_check",...}`;
 //! a sweep adds one event after every pass, `{"v":1,"event":"operation",
 //! "phase":"progress","kind":"sweep_left_right","operation_id":...,"x":110,
 //! "position":2,"positions":3,"pass":1,"clean":true,"clean_run":1,
 //! "adjustment_level":4,"deltas":[...],"skipped":[...],"z_variance":0,
 //! "calibrations":0,"next":"pass"|"step_x"|"calibrate"|"done"|"fail","reason":null}`
-//! (`clean` null: a calibration called for before the pass); a repetition
+//! (`clean` null: a calibration called for before the pass); the other
+//! operations (and a sweep's nested ones) report their steps,
+//! `{"v":1,"event":"operation","phase":"step","kind":"z_calibrate","stepper":5,
+//! "name":"z2in","role":"Z in, string 2","done":3,"of":12,"doing":"descending","at":14}`
+//! (`doing`: `descending` {at} every 10 steps, `touched` {at, offset},
+//! `unreachable`, `lifting` {at}, `lifted` {at}, `still_touching` {at},
+//! `adjusting` {channel, delta, verdict}, `at_limit` {channel}, `searching`
+//! {end, at, moves} every 10 moves, `switch_found` {end, at, moves},
+//! `moving_back` {to}; `done`/`of` null where not counted); a repetition
 //! sends `"phase":"run_ended"` with `run` and `outcome` after each run.
 //!
 //! `op_run` is refused (`refused`, no `operations` row) when what the

@@ -20,6 +20,7 @@ pub const COMMANDS: &[&str] = &[
     "disable",
     "get",
     "set",
+    "unset",
     "op_run",
     "op_cancel",
     "op_wait",

@@ -543,9 +543,14 @@ async fn stream_events(
                 // pause reason are worth a line.
                 let key = (s.timer, s.events, s.unknown.clone());
                 if last.as_ref() != Some(&key) {
+                    // The first line is the state at subscription, not a change.
+                    let initial = last.is_none();
                     last = Some(key);
                     let status = serde_json::to_value(&s).unwrap_or(Value::Null);
-                    let line = protocol::event("snapshot", obj(vec![("status", status)]));
+                    let line = protocol::event(
+                        "snapshot",
+                        obj(vec![("status", status), ("initial", json!(initial))]),
+                    );
                     if !push(&out, line, &cancel) {
                         return;
                     }
@@ -562,6 +567,7 @@ async fn stream_events(
         let (out, cancel) = (out.clone(), cancel.clone());
         forwarders.spawn(async move {
             let mut last: Vec<crate::sensors::TouchState> = Vec::new();
+            let mut initial = true;
             loop {
                 let now = rx.borrow_and_update().sensors.clone();
                 for s in now.iter().filter(|s| !last.contains(s)) {
@@ -571,6 +577,7 @@ async fn stream_events(
                             ("stepper", json!(s.stepper)),
                             ("touching", json!(s.touching)),
                             ("error", json!(s.error)),
+                            ("initial", json!(initial)),
                         ]),
                     );
                     if !push(&out, line, &cancel) {
@@ -578,6 +585,7 @@ async fn stream_events(
                     }
                 }
                 last = now;
+                initial = false;
                 if rx.changed().await.is_err() {
                     return;
                 }
@@ -588,18 +596,23 @@ async fn stream_events(
         let mut rx = b.watch();
         let (out, cancel) = (out.clone(), cancel.clone());
         forwarders.spawn(async move {
-            let mut last: Option<String> = None;
+            // Keyed on the link's state, not its detail: a retry count or
+            // a missed poll more is not a change of link.
+            let mut last: Option<&'static str> = None;
             loop {
                 let s = rx.borrow_and_update().clone();
-                let link = s.link.to_string();
-                if last.as_ref() != Some(&link) {
-                    last = Some(link.clone());
+                let link = s.link.name();
+                if last != Some(link) {
+                    // The first line is the state at subscription, not a change.
+                    let initial = last.is_none();
+                    last = Some(link);
                     let line = protocol::event(
                         "board",
                         obj(vec![
                             ("board", json!(s.name)),
-                            ("link", json!(s.link.name())),
-                            ("detail", json!(link)),
+                            ("link", json!(link)),
+                            ("detail", json!(s.link.to_string())),
+                            ("initial", json!(initial)),
                         ]),
                     );
                     if !push(&out, line, &cancel) {

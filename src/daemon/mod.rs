@@ -95,6 +95,10 @@ pub struct Parts {
     pub settings: Arc<watch::Sender<Settings>>,
     /// Where run-time changes are kept across restarts.
     pub state: Arc<crate::state::StateFile>,
+    /// The settings as the configuration file alone gives them (no run-time
+    /// changes): what `get` shows beside an override and `unset` returns to.
+    /// Replaced on a reload.
+    pub file_settings: Arc<watch::Sender<Settings>>,
     /// Every Z sensor's state, read once a second outside operations.
     pub touch: watch::Receiver<crate::sensors::TouchStates>,
     /// What the stepper GUI's socket did (`status.compat`).
@@ -316,6 +320,7 @@ pub async fn run_with_shipping(
     };
     let (settings_tx, settings_rx) = watch::channel(restored_settings(&cfg, &saved));
     let settings_tx = Arc::new(settings_tx);
+    let file_settings = Arc::new(watch::Sender::new(settings_of(&cfg, initial_enables(&cfg))));
     // Enables persist whoever changes them (an operation disabling a stepper
     // for safety, an operator): saved on every change.
     let enables_task = {
@@ -442,6 +447,7 @@ pub async fn run_with_shipping(
         machine,
         settings: settings_tx.clone(),
         state: state.clone(),
+        file_settings: file_settings.clone(),
         touch: touch_rx,
         compat: Arc::new(watch::Sender::new(crate::compat::disabled_status())),
     };
@@ -522,6 +528,7 @@ pub async fn run_with_shipping(
                         let mut next = restored_settings(&new, &crate::state::Saved { enabled: None, ..saved });
                         next.enabled = enabled;
                         settings_tx.send_replace(next);
+                        file_settings.send_replace(settings_of(&new, initial_enables(&new)));
                         let _ = interval_tx.send(new.snapshot.interval);
                         let _ = max_age_tx.send(new.snapshot.link_max_age);
                         if !d.applied.is_empty() {

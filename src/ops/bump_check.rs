@@ -1,7 +1,9 @@
 //! bump_check: lift every touching enabled Z stepper just clear of its string.
 
+use super::progress::Doing;
 use super::{Machine, OpError, BUMP_ATTEMPTS};
 use crate::motion::OperationTicket;
+use crate::store::OperationType;
 
 /// What a bump_check found: the steppers it lifted clear and those it
 /// disabled (still touching). A sweep's pass is clean only when both are empty.
@@ -23,19 +25,34 @@ impl BumpReport {
         t
     }
 
-    /// The operation's message.
-    pub fn message(&self) -> String {
+    /// The operation's message, in words: "no stepper was touching its
+    /// string", "lifted clear: 3 (z1in), 5 (z2in)", and the steppers
+    /// disabled as CRITICAL.
+    pub fn message(&self, layout: &crate::config::Layout) -> String {
         if self.off {
             return "bump_check is disabled (bump_check_enable = false): nothing done".into();
         }
-        let mut msg = format!("lifted {:?}", self.lifted);
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(|z| super::named(layout, *z))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = Vec::new();
+        if !self.lifted.is_empty() {
+            parts.push(format!("lifted clear: {}", list(&self.lifted)));
+        }
         if !self.critical.is_empty() {
-            msg.push_str(&format!(
-                "; CRITICAL: disabled {:?} (still touching)",
-                self.critical
+            parts.push(format!(
+                "CRITICAL: still touching, disabled: {}",
+                list(&self.critical)
             ));
         }
-        msg
+        if parts.is_empty() {
+            "no stepper was touching its string".into()
+        } else {
+            parts.join("; ")
+        }
     }
 }
 
@@ -53,6 +70,7 @@ pub(super) async fn run(
     }
     let up = s.operations.z_up_step;
     let (mut lifted, mut critical) = (Vec::new(), Vec::new());
+    let report = |z: usize, doing: Doing| m.step(OperationType::BumpCheck, z, doing, None);
     for &z in steppers {
         if !m.settings().enabled.get(z).copied().unwrap_or(false) {
             continue;
@@ -61,6 +79,7 @@ pub(super) async fn run(
         if !m.sensors.read(z)? {
             continue;
         }
+        report(z, Doing::Lifting { at: m.counter(z) });
         let mut cleared = false;
         for _attempt in 0..BUMP_ATTEMPTS {
             if m.counter(z) + up > m.z_max(z) {
@@ -77,8 +96,10 @@ pub(super) async fn run(
         }
         if cleared {
             m.gate.set_counter(&t.origin(), z, up).await?;
+            report(z, Doing::Lifted { at: m.counter(z) });
             lifted.push(z);
         } else {
+            report(z, Doing::StillTouching { at: m.counter(z) });
             m.disable(
                 z,
                 "bump_check: still touching at its maximum or after 50 attempts",

@@ -31,6 +31,7 @@
 
 mod bump_check;
 pub mod preconditions;
+pub mod progress;
 pub mod sweep;
 pub mod x_homing;
 mod z_adjust;
@@ -163,6 +164,15 @@ pub struct Repeated {
     pub refused: bool,
 }
 
+/// A stepper in an operation's message: "3 (z1in)"; the index alone for a
+/// slot without a name.
+fn named(layout: &Layout, stepper: usize) -> String {
+    match layout.role(stepper).name() {
+        Some(n) => format!("{stepper} ({n})"),
+        None => stepper.to_string(),
+    }
+}
+
 /// What the operations work with.
 #[derive(Clone)]
 pub struct Machine {
@@ -184,10 +194,11 @@ pub struct Machine {
     pub spool: SpoolHandle,
     /// Current counters of every stepper (global index order).
     pub positions: Arc<dyn Fn() -> Vec<i32> + Send + Sync>,
-    /// A sweep's progress after every pass (the control socket forwards it
-    /// as `operation` events with phase `progress`); sending with nobody
-    /// listening is fine.
-    pub progress: broadcast::Sender<sweep::SweepProgress>,
+    /// Progress while an operation runs: a sweep's after every pass, the
+    /// steps of the others ([`progress::Progress`]; the control socket
+    /// forwards them as `operation` events); sending with nobody listening
+    /// is fine.
+    pub progress: broadcast::Sender<progress::Progress>,
 }
 
 impl Machine {
@@ -209,6 +220,27 @@ impl Machine {
             .filter(|g| only.is_none_or(|o| o == *g))
             .filter(|g| s.enabled.get(*g).copied().unwrap_or(false))
             .collect())
+    }
+
+    /// A stepper in an operation's message: "3 (z1in)"; the index alone for
+    /// a slot without a name.
+    fn named(&self, stepper: usize) -> String {
+        named(&self.layout, stepper)
+    }
+
+    /// Reports a step of `kind` on `stepper` (best effort).
+    fn step(
+        &self,
+        kind: OperationType,
+        stepper: usize,
+        doing: progress::Doing,
+        count: Option<(usize, usize)>,
+    ) {
+        let mut step = progress::Step::on(kind, stepper, self.layout.role(stepper), doing);
+        if let Some((done, of)) = count {
+            step = step.counted(done, of);
+        }
+        let _ = self.progress.send(progress::Progress::Step(step));
     }
 
     fn counter(&self, stepper: usize) -> i32 {
@@ -462,7 +494,7 @@ impl Machine {
                 .await
                 .map(|r| {
                     touching = r.touching();
-                    r.message()
+                    r.message(&self.layout)
                 }),
             OperationType::ZCalibrate => Box::pin(z_calibrate::run(self, ticket, &steppers)).await,
             OperationType::ZAdjust => Box::pin(z_adjust::run(self, ticket, skip)).await,

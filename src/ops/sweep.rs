@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::progress::Progress;
 use super::{Machine, OpError, Outcome};
 use crate::config::{OperationSettings, Thresholds};
 use crate::motion::{GateError, OperationTicket};
@@ -633,11 +634,11 @@ async fn sweep(
             let plan = match state.before_pass(&now) {
                 Before::Fail(why) => return Err(OpError::Sweep(why)),
                 Before::Calibrate { plan, reason } => {
-                    let _ = m.progress.send(SweepProgress {
+                    let _ = m.progress.send(Progress::Sweep(SweepProgress {
                         next: Next::Calibrate,
                         reason: Some(reason),
                         ..progress(state, &plan, passes, run)
-                    });
+                    }));
                     calibrate(m, t).await?;
                     continue;
                 }
@@ -663,12 +664,12 @@ async fn sweep(
                 After::Calibrate(r) => (Next::Calibrate, Some(r.clone())),
                 After::Fail(r) => (Next::Fail, Some(r.clone())),
             };
-            let _ = m.progress.send(SweepProgress {
+            let _ = m.progress.send(Progress::Sweep(SweepProgress {
                 clean: Some(done.clean),
                 next,
                 reason,
                 ..progress(state, &plan, done.pass, done.clean_run)
-            });
+            }));
             match done.next {
                 After::Again => {}
                 After::Advance => break,

@@ -49,6 +49,7 @@
 
 use std::time::Duration;
 
+use super::progress::{Doing, SEARCH_EVERY};
 use super::{Machine, OpError};
 use crate::config::{Role, XSwitchWiring};
 use crate::motion::{GateError, OperationTicket};
@@ -185,7 +186,7 @@ pub(super) async fn run(
         OperationType::XCalibrate => x.nearer_end(before),
         _ => XEnd::Home,
     };
-    let found = search(m, t, x, wiring, end, before).await?;
+    let found = search(m, t, kind, x, wiring, end, before).await?;
     // Where the carriage was when the search started, now that the switch
     // says where the counter's 0 (or X max) is.
     let was = match end {
@@ -202,6 +203,7 @@ pub(super) async fn run(
     );
     if kind == OperationType::XCalibrate {
         if was != m.counter(x.stepper) {
+            m.step(kind, x.stepper, Doing::MovingBack { to: was }, None);
             m.gate.move_abs(&t.origin(), x.stepper, was).await?;
             t.rest(x_rest(m)).await?;
         }
@@ -233,6 +235,7 @@ fn pressed(m: &Machine, end: XEnd) -> Result<bool, OpError> {
 async fn search(
     m: &Machine,
     t: &OperationTicket,
+    kind: OperationType,
     x: XTravel,
     wiring: XSwitchWiring,
     end: XEnd,
@@ -273,6 +276,18 @@ async fn search(
                 }
             )));
         }
+        if moves % SEARCH_EVERY == 0 {
+            m.step(
+                kind,
+                x.stepper,
+                Doing::Searching {
+                    end: end.to_string(),
+                    at: counter,
+                    moves,
+                },
+                None,
+            );
+        }
         m.gate.move_rel(&t.origin(), x.stepper, step).await?;
         moves += 1;
         // Read after the rest, when the carriage has settled.
@@ -284,6 +299,16 @@ async fn search(
         .set_counter(&t.origin(), x.stepper, x.at_switch(end))
         .await?;
     tracing::info!(stepper = x.stepper, %end, moves, travelled, "X limit switch found");
+    m.step(
+        kind,
+        x.stepper,
+        Doing::SwitchFound {
+            end: end.to_string(),
+            at: x.at_switch(end),
+            moves,
+        },
+        None,
+    );
     Ok(Found { moves, travelled })
 }
 

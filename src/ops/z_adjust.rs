@@ -1,5 +1,6 @@
 //! z_adjust: move each string's Z pair by the audio analysis.
 
+use super::progress::Doing;
 use super::{Machine, OpError};
 use crate::motion::{GateError, OperationTicket};
 use crate::store::OperationType;
@@ -118,11 +119,31 @@ pub(super) async fn run(
         let from = m.counter(z);
         let target = from as i64 + step as i64;
         if target < min as i64 || target > max as i64 {
+            m.step(
+                OperationType::ZAdjust,
+                z,
+                Doing::AtLimit { channel: c },
+                Some((c + 1, m.layout.strings())),
+            );
             report.push(format!(
                 "channel {c}: stepper {z} at its limit ({from}{step:+} outside {min} to {max}), skipped"
             ));
             continue;
         }
+        m.step(
+            OperationType::ZAdjust,
+            z,
+            Doing::Adjusting {
+                channel: c,
+                delta: step,
+                verdict: if verdict == Verdict::TooClose {
+                    "too_close"
+                } else {
+                    "too_far"
+                },
+            },
+            Some((c, m.layout.strings())),
+        );
         match m.gate.move_rel(&t.origin(), z, step).await {
             Ok(_) => {}
             // The gate's own limit check (the counter moved meanwhile): the same.

@@ -14,6 +14,7 @@
 //! the stepper is calibrated or its counter set), and the operation's
 //! message shows it ("left: 3 at 40 (untrusted)").
 
+use super::progress::{Doing, DESCENT_EVERY};
 use super::{Machine, OpError, FINAL_BUMP_ROUNDS};
 use crate::motion::OperationTicket;
 use crate::store::OperationType;
@@ -26,13 +27,29 @@ enum Found {
     Unreachable,
 }
 
-/// Descends `z` from its max until its sensor reads touching.
-async fn descend(m: &Machine, t: &OperationTicket, z: usize, max: i32) -> Result<Found, OpError> {
+/// Descends `z` from its max until its sensor reads touching; reports its
+/// start and every [`DESCENT_EVERY`] steps (`count`: steppers done of all).
+async fn descend(
+    m: &Machine,
+    t: &OperationTicket,
+    z: usize,
+    max: i32,
+    count: (usize, usize),
+) -> Result<Found, OpError> {
     let down = m.settings().operations.z_down_step;
     m.gate.set_counter(&t.origin(), z, max).await?;
     // From max to 0 in steps of |z_down_step|, plus one look at 0.
     let bound = (max.max(0) / down.abs().max(1)) as u32 + 2;
-    for _ in 0..bound {
+    for n in 0..bound {
+        if n % DESCENT_EVERY == 0 {
+            let at = m.counter(z);
+            m.step(
+                OperationType::ZCalibrate,
+                z,
+                Doing::Descending { at },
+                Some(count),
+            );
+        }
         // Rest z_rest since the last move, then read (operations.md).
         m.gate.settle(&t.origin(), z).await?;
         t.check()?;
@@ -54,14 +71,15 @@ pub(super) async fn run(
 ) -> Result<String, OpError> {
     m.nested(t, OperationType::BumpCheck, None, &[]).await?;
     let mut report = Vec::new();
-    for &z in steppers {
+    let of = steppers.len();
+    for (done, &z) in steppers.iter().enumerate() {
         t.check()?;
         if !m.settings().enabled.get(z).copied().unwrap_or(false) {
             continue;
         }
         let before = m.counter(z);
         let max = m.z_max(z);
-        let found = match descend(m, t, z, max).await {
+        let found = match descend(m, t, z, max, (done, of)).await {
             Ok(f) => f,
             Err(e) => {
                 // Its counter was (or may have been) set to max: no longer true.
@@ -81,11 +99,31 @@ pub(super) async fn run(
                 }
                 // In the old numbering the contact was at `before - (max - at_contact)`;
                 // now it is 0: that is how far the counter was off.
-                report.push(format!("{z}: offset {}", before - (max - at_contact)));
+                let offset = before - (max - at_contact);
+                m.step(
+                    OperationType::ZCalibrate,
+                    z,
+                    Doing::Touched {
+                        at: at_contact,
+                        offset,
+                    },
+                    Some((done + 1, of)),
+                );
+                report.push(format!(
+                    "{}: {}",
+                    m.named(z),
+                    super::progress::offset_words(offset as i64)
+                ));
             }
             Found::Unreachable => {
                 m.disable(z, "z_calibrate: reached 0 without touching its string");
-                report.push(format!("{z}: cannot reach its string, disabled"));
+                m.step(
+                    OperationType::ZCalibrate,
+                    z,
+                    Doing::Unreachable,
+                    Some((done + 1, of)),
+                );
+                report.push(format!("{}: cannot reach its string, disabled", m.named(z)));
             }
         }
     }
