@@ -53,6 +53,7 @@ for path in \
   ./usr/lib/tmpfiles.d/stringdriverd.conf \
   ./etc/stringdriver/stringdriver.toml \
   ./usr/share/doc/stringdriverd/INSTALL.md \
+  ./usr/share/doc/stringdriverd/OPERATIONS.md \
   ./usr/share/doc/stringdriverd/README.md; do
   if ! grep -qxF "$path" <<<"$contents"; then
     echo "missing from the package: $path" >&2
