@@ -57,6 +57,7 @@ for path in \
   ./usr/lib/tmpfiles.d/stringdriverd.conf \
   ./etc/stringdriver/stringdriver.toml \
   ./usr/share/doc/stringdriverd/INSTALL.md \
+  ./usr/share/doc/stringdriverd/OPERATIONS.md \
   ./usr/share/doc/stringdriverd/README.md \
   ./usr/share/bash-completion/completions/stringdriverctl \
   ./usr/share/zsh/vendor-completions/_stringdriverctl \
