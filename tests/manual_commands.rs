@@ -512,3 +512,17 @@ async fn status_check_exit_codes_follow_capturing_paused_and_unreachable() {
     let out = ctl(&rig.socket(), &["status", "--check"]).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_refused_while_paused_says_no_snapshot_once() {
+    use common::machine::{InProcess, SimMachine};
+    // No pose set: the boards' counters are untrusted, so no row can be built.
+    let rig = SimMachine::start(MachineOptions::new(HOST));
+    let run = InProcess::start(&rig).await;
+    let out = ctl(&rig.socket(), &["snapshot"]).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("no_snapshot: "), "{err}");
+    assert!(!err.contains("no snapshot"), "said twice: {err}");
+    run.stop().await;
+}

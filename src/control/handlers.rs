@@ -329,7 +329,8 @@ fn outcome_json(r: Result<Value, ApiError>) -> Value {
 async fn snapshot(sh: &Shared) -> Result<Value, ApiError> {
     match sh.parts.snapshots.snapshot("control request").await {
         Ok(id) => Ok(json!({"state_id": id})),
-        Err(e @ SnapshotError::Unknown(_)) => Err(ApiError::new("no_snapshot", e.to_string())),
+        // The kind says "no snapshot" already: the message is the reason.
+        Err(SnapshotError::Unknown(why)) => Err(ApiError::new("no_snapshot", why.to_string())),
         Err(e) => Err(ApiError::new("snapshot_failed", e.to_string())),
     }
 }
