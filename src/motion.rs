@@ -521,16 +521,9 @@ impl MotionGate {
     /// a cancelled (or stopped) operation gets its reason back at once.
     pub async fn settle(&self, origin: &Origin, stepper: usize) -> Result<(), GateError> {
         let cancel = self.check_origin(origin)?;
-        let since = self
-            .inner
-            .last_move
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stepper)
-            .copied()
-            .flatten();
-        let Some(last) = since else { return Ok(()) };
-        let until = last + self.rest_of(stepper);
+        let Some(until) = self.rest_ends(stepper) else {
+            return Ok(());
+        };
         match cancel {
             Some(c) => tokio::select! {
                 _ = c.cancelled() => {
@@ -664,6 +657,20 @@ impl MotionGate {
     /// `z_rest` or `tune_rest`); `None` when nothing is left. What a manual
     /// move will wait at least, for telling the operator.
     pub fn rest_left(&self, stepper: usize) -> Option<(Duration, &'static str)> {
+        let left = self
+            .rest_ends(stepper)?
+            .checked_duration_since(Instant::now())?;
+        let setting = match self.inner.layout.role(stepper) {
+            Role::X => "x_rest",
+            Role::Tuner { .. } => "tune_rest",
+            _ => "z_rest",
+        };
+        (!left.is_zero()).then_some((left, setting))
+    }
+
+    /// When `stepper`'s rest since its previous move (whoever made it)
+    /// ends; `None` if it has not moved since the daemon started.
+    fn rest_ends(&self, stepper: usize) -> Option<Instant> {
         let last = self
             .inner
             .last_move
@@ -672,13 +679,7 @@ impl MotionGate {
             .get(stepper)
             .copied()
             .flatten()?;
-        let left = (last + self.rest_of(stepper)).checked_duration_since(Instant::now())?;
-        let setting = match self.inner.layout.role(stepper) {
-            Role::X => "x_rest",
-            Role::Tuner { .. } => "tune_rest",
-            _ => "z_rest",
-        };
-        (!left.is_zero()).then_some((left, setting))
+        Some(last + self.rest_of(stepper))
     }
 
     fn rest_of(&self, stepper: usize) -> Duration {
@@ -756,16 +757,7 @@ impl MotionGate {
             });
         }
         // The rest since this stepper's previous move, whoever made it.
-        let since = self
-            .inner
-            .last_move
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stepper)
-            .copied()
-            .flatten();
-        if let Some(last) = since {
-            let until = last + self.rest_of(stepper);
+        if let Some(until) = self.rest_ends(stepper) {
             let cancelled = async {
                 match &cancel {
                     Some(c) => c.cancelled().await,
