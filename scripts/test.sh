@@ -73,6 +73,9 @@ if ! pg_answers; then
   fi
 fi
 
+# Chromium, chromedriver and pyarrow for the browser and dataset tests.
+scripts/ensure-test-tools.sh
+
 cargo test --doc
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-targets --no-fail-fast
