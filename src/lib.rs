@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod board;
 pub mod compat;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod ctl;
 pub mod daemon;

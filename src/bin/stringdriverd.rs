@@ -96,6 +96,29 @@ enum Cmd {
         /// default: `[control] socket` of the file.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Also start the operator console on this address (e.g.
+        /// 127.0.0.1:7125; port 0: any free port), a client of the demo's
+        /// control socket like `stringdriverd console`; its URL is printed.
+        #[arg(long, value_name = "ADDR:PORT")]
+        console: Option<std::net::SocketAddr>,
+    },
+    /// Serve the operator console: a web page on `[console] listen` that
+    /// talks to the daemon through its control socket only.
+    Console {
+        /// The TOML file (`[console]` and `[control] socket`).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Listen here instead of `console.listen` (port 0: any free port).
+        /// Any address but 127.0.0.1 and [::1] needs a token.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// The daemon's control socket instead of `control.socket`.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The login token's file instead of `console.token_file` (default
+        /// otherwise: the systemd credential `console-token`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Serve a simulated board on a pseudo-terminal linked at PATH.
     SimController {
@@ -290,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seconds,
             speed_scale,
             socket,
+            console,
         } => {
             if config.as_os_str() == DEMO_CONFIG && !config.exists() {
                 let here = std::env::current_dir()
@@ -321,16 +345,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::env::var("DATABASE_URL").ok(),
                 ),
             };
-            let summary = runtime()?.block_on(stringdriverd::demo::run(
-                cfg,
-                options,
-                stop_signal(seconds.map(Duration::from_secs)),
-            ))?;
+            let console = match console {
+                Some(listen) => Some(console_options(&cfg, Some(listen), None, None)?),
+                None => None,
+            };
+            let summary = runtime()?.block_on(async move {
+                // Beside the demo, not inside it: the console is only a
+                // client of the control socket, as in production.
+                let stop = tokio_util::sync::CancellationToken::new();
+                let served = match console {
+                    Some(opts) => {
+                        Some(tokio::spawn(start_console(opts).await?.serve(stop.clone())))
+                    }
+                    None => None,
+                };
+                let summary = stringdriverd::demo::run(
+                    cfg,
+                    options,
+                    stop_signal(seconds.map(Duration::from_secs)),
+                )
+                .await;
+                stop.cancel();
+                if let Some(task) = served {
+                    let _ = task.await;
+                }
+                anyhow::Ok(summary?)
+            })?;
             print!("{}", summary.render());
             // As sim-controller: a host that would corrupt the real firmware fails.
             if summary.violations > 0 {
                 return Ok(ExitCode::from(3));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Console {
+            config,
+            listen,
+            socket,
+            token_file,
+        } => {
+            let cfg = stringdriverd::config::load(&config)?;
+            stringdriverd::logging::init(&cfg.log.level);
+            let opts = console_options(&cfg, listen, socket, token_file)?;
+            runtime()?.block_on(async move {
+                let console = start_console(opts).await?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                let serving = tokio::spawn(console.serve(stop.clone()));
+                stop_signal(None).await;
+                stop.cancel();
+                serving.await.context("the console task")??;
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::SimController {
@@ -445,6 +510,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The console's options from the file, the command line and the unit's
+/// credentials directory.
+fn console_options(
+    cfg: &stringdriverd::config::Config,
+    listen: Option<std::net::SocketAddr>,
+    socket: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+) -> anyhow::Result<stringdriverd::console::ConsoleOptions> {
+    Ok(stringdriverd::console::options::resolve(
+        cfg,
+        listen,
+        socket,
+        token_file,
+        std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+    )?)
+}
+
+/// Binds the console and says where it is (stdout: the line a script or a
+/// person looks for).
+async fn start_console(
+    opts: stringdriverd::console::ConsoleOptions,
+) -> anyhow::Result<stringdriverd::console::Console> {
+    let login = if opts.token.is_some() {
+        " (log in with the token)"
+    } else {
+        ""
+    };
+    let console = stringdriverd::console::Console::bind(opts).await?;
+    println!("console: {}{login}", console.url()?);
+    Ok(console)
 }
 
 /// Resolves on Ctrl-C, SIGTERM, or after `limit`.

@@ -29,10 +29,10 @@ pub use motor::{
 };
 pub use resolve::defaults;
 pub use sections::{
-    read_secret, BoardConfig, ClientCert, CompatConfig, ControlConfig, DatabaseConfig,
-    DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LineBias, LogConfig,
-    OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig,
-    SslMode, Thresholds, XSwitchLines, XSwitchWiring,
+    read_secret, BoardConfig, ClientCert, CompatConfig, ConsoleConfig, ControlConfig,
+    DatabaseConfig, DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LineBias,
+    LogConfig, OperationSettings, SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink,
+    SpoolConfig, SslMode, Thresholds, XSwitchLines, XSwitchWiring,
 };
 
 /// A checked configuration with every default resolved.
@@ -63,6 +63,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// GUI compatibility sockets.
     pub compat: CompatConfig,
+    /// The operator console.
+    pub console: ConsoleConfig,
     /// Logging.
     pub log: LogConfig,
     /// Touch sensors.

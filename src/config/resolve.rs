@@ -7,14 +7,15 @@ use std::time::Duration;
 use super::error::Invalid;
 use super::layout::{self, Layout};
 use super::schema::{
-    ByteSize, HumanDuration, OctalMode, PerChannel, RawBoard, RawCompat, RawConfig, RawControl,
-    RawDatabase, RawFeed, RawLog, RawOperations, RawSensors, RawSnapshot, RawSpool, RawThresholds,
+    ByteSize, HumanDuration, OctalMode, PerChannel, RawBoard, RawCompat, RawConfig, RawConsole,
+    RawControl, RawDatabase, RawFeed, RawLog, RawOperations, RawSensors, RawSnapshot, RawSpool,
+    RawThresholds,
 };
 use super::sections::{
-    BoardConfig, ClientCert, CompatConfig, ControlConfig, DatabaseConfig, DatabaseTarget,
-    DatabaseTls, FeedConfig, GpioSensorsConfig, LogConfig, OperationSettings, SensorBackend,
-    SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig, SslMode, Thresholds, XSwitchLines,
-    XSwitchWiring,
+    BoardConfig, ClientCert, CompatConfig, ConsoleConfig, ControlConfig, DatabaseConfig,
+    DatabaseTarget, DatabaseTls, FeedConfig, GpioSensorsConfig, LogConfig, OperationSettings,
+    SensorBackend, SensorsConfig, SnapshotConfig, SnapshotLink, SpoolConfig, SslMode, Thresholds,
+    XSwitchLines, XSwitchWiring,
 };
 use super::Config;
 
@@ -48,6 +49,9 @@ pub mod defaults {
     pub const SPOOL_PATH: &str = "/var/lib/stringdriverd/spool.sqlite";
     /// Control socket.
     pub const CONTROL_SOCKET: &str = "/run/stringdriver/control.sock";
+    /// Where the operator console listens: loopback only, so that no
+    /// token is needed on the machine itself.
+    pub const CONSOLE_LISTEN: &str = "127.0.0.1:7125";
     /// Control socket permissions: owner and group.
     pub const CONTROL_MODE: u32 = 0o660;
     /// The stepper GUI's socket: the unit's RuntimeDirectory, which a tool
@@ -141,6 +145,7 @@ pub(crate) fn resolve(
         spool: spool(raw.spool).map_err(Resolve::Invalid)?,
         control: control(raw.control).map_err(Resolve::Invalid)?,
         compat: compat(raw.compat, &boards).map_err(Resolve::Invalid)?,
+        console: console(raw.console).map_err(Resolve::Invalid)?,
         log: log(raw.log).map_err(Resolve::Invalid)?,
         sensors: sensors(raw.sensors, &layout, boards.len()).map_err(Resolve::Invalid)?,
         boards,
@@ -1054,6 +1059,29 @@ fn control(raw: RawControl) -> R<ControlConfig> {
     })
 }
 
+fn console(raw: RawConsole) -> R<ConsoleConfig> {
+    let listen = match raw.listen {
+        None => defaults::CONSOLE_LISTEN
+            .parse()
+            .map_err(|_| Invalid::new("console.listen", "the default does not parse"))?,
+        Some(text) => text.trim().parse().map_err(|_| {
+            Invalid::new(
+                "console.listen",
+                format!(
+                    "`{text}` is not an address and port such as \"127.0.0.1:7125\" or \"[::1]:7125\""
+                ),
+            )
+        })?,
+    };
+    Ok(ConsoleConfig {
+        listen,
+        token_file: raw
+            .token_file
+            .map(|p| path("console.token_file", p))
+            .transpose()?,
+    })
+}
+
 /// Level names a bare `log.level` may be.
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
@@ -1461,6 +1489,10 @@ pub(crate) fn to_raw(config: &Config) -> RawConfig {
             board: Some(config.compat.board.clone()),
             port: Some(config.compat.port.clone()),
             dir: Some(config.compat.dir.clone()),
+        },
+        console: RawConsole {
+            listen: Some(config.console.listen.to_string()),
+            token_file: config.console.token_file.clone(),
         },
         log: RawLog {
             level: Some(config.log.level.clone()),

@@ -54,6 +54,9 @@ pub(crate) struct RawConfig {
     /// GUI compatibility sockets.
     #[serde(default)]
     pub compat: RawCompat,
+    /// The operator console (`stringdriverd console`).
+    #[serde(default)]
+    pub console: RawConsole,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -341,6 +344,18 @@ pub(crate) struct RawControl {
     /// See `ControlConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<HumanDuration>,
+}
+
+/// `[console]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsole {
+    /// See `ConsoleConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// See `ConsoleConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[compat]`.

@@ -411,6 +411,19 @@ pub struct ControlConfig {
     pub idle_timeout: Duration,
 }
 
+/// `[console]`: the operator console, a separate process
+/// (`stringdriverd console`) that serves a web page and talks to the daemon
+/// through the control socket only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Address and port the console listens on (default 127.0.0.1:7125).
+    pub listen: std::net::SocketAddr,
+    /// File holding the login token; never the token itself. Required
+    /// (here or as the systemd credential `console-token`) when `listen`
+    /// is not a loopback address.
+    pub token_file: Option<PathBuf>,
+}
+
 /// `[compat]`: the stepper GUI's socket (the older tools' text protocol,
 /// see `crate::compat`), for one board.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,30 @@
+//! The page's files, embedded in the binary: the console serves everything
+//! itself (no CDN, no build step; the lab's browsers may be offline).
+
+/// One embedded file.
+#[derive(Debug, Clone, Copy)]
+pub struct Asset {
+    /// Its name under `/assets/` (`console.html` is served at `/`).
+    pub name: &'static str,
+    /// Its Content-Type.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub body: &'static str,
+}
+
+/// Every embedded file.
+pub const ASSETS: &[Asset] = &[];
+
+/// The page served at `/` until the real page is embedded.
+const FALLBACK_PAGE: &str = "<!doctype html><meta charset=utf-8><title>stringdriver console</title>\
+<p>The console's page is not built into this binary; the API is at /api/meta, /api/call and /api/events.";
+
+/// The file named `name`.
+pub fn get(name: &str) -> Option<&'static Asset> {
+    ASSETS.iter().find(|a| a.name == name)
+}
+
+/// The page (`console.html`).
+pub fn page() -> &'static str {
+    get("console.html").map_or(FALLBACK_PAGE, |a| a.body)
+}
