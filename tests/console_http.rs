@@ -114,3 +114,312 @@ async fn a_move_through_the_console_moves_the_stepper_and_refusals_pass_verbatim
     assert_eq!(rig.machine.violations(), 0);
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_answered_clearly_and_move_nothing() {
+    let rig = ConsoleRig::start(MachineOptions::new("console-bad")).await;
+    let http = rig.http();
+    let before = stepper(&rig.socket(), "z1in").await["position"].clone();
+    let mv = json!({"cmd":"move","stepper":"z1in","delta":5}).to_string();
+
+    let r = http.post_json("/api/call", b"{\"cmd\":\"move\",").await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (400, "bad_json"),
+        "{}",
+        r.text()
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("not valid JSON"));
+    let r = http.post_json("/api/call", b"[1,2]").await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (400, "bad_request"),
+        "{}",
+        r.text()
+    );
+    let r = http.call(json!({"stepper":"z1in"})).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (400, "bad_request"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("`cmd`"), "{}", r.text());
+    let r = http.call(json!({"cmd":"fly","stepper":"z1in"})).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (400, "unknown_command"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("\\\"fly\\\"") && r.text().contains("move"),
+        "{}",
+        r.text()
+    );
+    let r = http.call(json!({"cmd":"events"})).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (400, "not_allowed"),
+        "{}",
+        r.text()
+    );
+    // A daemon-level mistake is the daemon's answer: an unknown operation kind.
+    let v = http
+        .call(json!({"cmd":"op_run","kind":"z_levitate"}))
+        .await
+        .json();
+    assert_eq!(v["ok"], json!(false), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("z_levitate"),
+        "{v}"
+    );
+
+    // Cross-site requests: no custom header (a form), a form's type, a foreign Origin.
+    let r = http
+        .request(
+            "POST",
+            "/api/call",
+            &[("content-type", "application/json")],
+            mv.as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (403, "csrf"),
+        "{}",
+        r.text()
+    );
+    let r = http
+        .request(
+            "POST",
+            "/api/call",
+            &[
+                ("content-type", "text/plain"),
+                ("x-stringdriver-console", "1"),
+            ],
+            mv.as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (403, "csrf"),
+        "{}",
+        r.text()
+    );
+    let r = http
+        .request(
+            "POST",
+            "/api/call",
+            &[
+                ("content-type", "application/json"),
+                ("x-stringdriver-console", "1"),
+                ("origin", "http://evil.example"),
+            ],
+            mv.as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (403, "csrf"),
+        "{}",
+        r.text()
+    );
+    // A page reaching the console by DNS rebinding names its own host.
+    let r = http
+        .request(
+            "POST",
+            "/api/call",
+            &[
+                ("content-type", "application/json"),
+                ("x-stringdriver-console", "1"),
+                ("host", "evil.example:7125"),
+                ("origin", "http://evil.example:7125"),
+            ],
+            mv.as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (403, "host"),
+        "{}",
+        r.text()
+    );
+    // GET cannot change anything.
+    let r = http.get("/api/call").await;
+    assert_eq!(r.status, 405, "{}", r.text());
+    let big = format!("{{\"cmd\":\"status\",\"pad\":\"{}\"}}", "x".repeat(100_000));
+    let r = http.post_json("/api/call", big.as_bytes()).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (413, "too_large"),
+        "{}",
+        r.text()
+    );
+
+    assert_eq!(stepper(&rig.socket(), "z1in").await["position"], before);
+    // The daemon is unaffected: a good request still works.
+    http.ok(json!({"cmd":"status"})).await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_listener_answers_401_without_the_token_and_changes_nothing() {
+    let rig = ConsoleRig::start_with_token(MachineOptions::new("console-auth"), TOKEN).await;
+    assert!(rig.url.starts_with("http://127.0.0.2:"), "{}", rig.url);
+    let mut http = rig.http();
+    let before = stepper(&rig.socket(), "z1in").await["position"].clone();
+    for path in ["/api/meta", "/api/events", "/assets/console.js"] {
+        let r = http.get(path).await;
+        assert_eq!(
+            (r.status, r.error_kind().as_str()),
+            (401, "unauthorized"),
+            "{path}"
+        );
+    }
+    let r = http
+        .call(json!({"cmd":"move","stepper":"z1in","delta":5}))
+        .await;
+    assert_eq!((r.status, r.error_kind().as_str()), (401, "unauthorized"));
+    let page = http.get("/").await;
+    assert_eq!(page.status, 401);
+    assert!(page.text().contains("href=/login"), "{}", page.text());
+    // A forged cookie is no session.
+    http.cookie = Some("sd_console=00ff".into());
+    assert_eq!(http.get("/api/meta").await.status, 401);
+    http.cookie = None;
+
+    let r = http.login("wrong-token-0123456789").await;
+    assert_eq!(r.status, 401);
+    assert!(http.cookie.is_none());
+    let r = http.login(TOKEN).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let set = r.headers["set-cookie"].to_str().expect("ascii");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert_eq!(stepper(&rig.socket(), "z1in").await["position"], before);
+    let m = http.get("/api/meta").await.json();
+    assert_eq!(m["auth"]["required"], json!(true));
+    let r = http
+        .ok(json!({"cmd":"move","stepper":"z1in","delta":5}))
+        .await;
+    assert_eq!(r["position"], json!(before.as_i64().expect("pos") + 5));
+    // Another client without the cookie is still refused.
+    let other = Http::new(&rig.url);
+    assert_eq!(other.get("/api/meta").await.status, 401);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_listener_without_a_token_does_not_start() {
+    let machine = machine::SimMachine::start(MachineOptions::new("console-notoken"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+        .arg("console")
+        .arg("--config")
+        .arg(&machine.cfg_path)
+        .args(["--listen", "127.0.0.2:0"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("stringdriverd runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("127.0.0.2:0") && err.contains("token is required"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_as_sse_hello_then_daemon_events_and_status() {
+    let rig = ConsoleRig::start(MachineOptions::new("console-sse")).await;
+    let http = rig.http();
+    let mut events = http.events().await;
+    let (name, hello) = events.next().await;
+    assert_eq!(name, "hello", "{hello}");
+    assert!(control::boards_connected(&hello), "{hello}");
+    let z1in = stepper(&rig.socket(), "z1in").await;
+    let (index, before) = (
+        z1in["index"].as_u64().expect("index") as usize,
+        z1in["position"].as_i64().expect("pos"),
+    );
+    http.ok(json!({"cmd":"move","stepper":"z1in","delta":5}))
+        .await;
+    // The daemon's own event lines, verbatim: the snapshot timer's.
+    let snap = events
+        .until("a daemon snapshot event", |n, d| {
+            n == "daemon" && d["event"] == "snapshot"
+        })
+        .await;
+    assert_eq!(snap["v"], json!(1), "{snap}");
+    // The position, from the console's status polls.
+    events
+        .until("a status with z1in moved", |n, d| {
+            n == "status" && board_position(d, index) == Some(before + 5)
+        })
+        .await;
+    rig.stop().await;
+}
+
+/// Global stepper `index`'s position in a `status` result (boards in order).
+fn board_position(status: &Value, index: usize) -> Option<i64> {
+    let all: Vec<i64> = status["boards"]
+        .as_array()?
+        .iter()
+        .flat_map(|b| {
+            b["positions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| p.as_i64())
+        })
+        .collect();
+    all.get(index).copied()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_survives_the_daemon_going_away_and_reconnects() {
+    let (machine, run) = machine::started(MachineOptions::new("console-relink")).await;
+    let console = ServedConsole::start(machine.socket(), "127.0.0.1", None).await;
+    let http = Http::new(&console.url);
+    let mut events = http.events().await;
+    assert_eq!(events.next().await.0, "hello");
+
+    run.stop().await;
+    let lost = events
+        .until("link lost", |n, d| {
+            n == "link" && d["connected"] == json!(false)
+        })
+        .await;
+    assert!(
+        lost["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{lost}"
+    );
+    let r = http.call(json!({"cmd":"status"})).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (502, "daemon_unreachable"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(http.get("/api/meta").await.status, 200);
+
+    let run = machine::InProcess::start(&machine).await;
+    events
+        .until("link back", |n, d| {
+            n == "link" && d["connected"] == json!(true)
+        })
+        .await;
+    let hello = events.until("a fresh hello", |n, _| n == "hello").await;
+    assert!(hello["boards"].is_array(), "{hello}");
+    http.ok(json!({"cmd":"status"})).await;
+    console.stop().await;
+    run.stop().await;
+}
