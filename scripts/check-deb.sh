@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package with `cargo deb` (installs cargo-deb from
 # crates.io, --locked, when it is missing) and checks what it holds: both
-# binaries, the unit, the sysusers and tmpfiles entries under /usr/lib, the
+# binaries, the units (daemon, console), the sysusers and tmpfiles entries under /usr/lib, the
 # configuration as a conffile under /etc/stringdriver, the docs, the shell
 # completions and manual pages (generated first by scripts/deb-assets.sh) and
 # the maintainer scripts. Prints the package's path; exits non-zero on the first
@@ -53,6 +53,7 @@ for path in \
   ./usr/bin/stringdriverd \
   ./usr/bin/stringdriverctl \
   ./usr/lib/systemd/system/stringdriverd.service \
+  ./usr/lib/systemd/system/stringdriverd-console.service \
   ./usr/lib/sysusers.d/stringdriverd.conf \
   ./usr/lib/tmpfiles.d/stringdriverd.conf \
   ./etc/stringdriver/stringdriver.toml \

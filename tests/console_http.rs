@@ -423,3 +423,34 @@ async fn the_console_survives_the_daemon_going_away_and_reconnects() {
     console.stop().await;
     run.stop().await;
 }
+
+#[test]
+fn the_console_section_is_validated_and_defaults_to_the_loopback() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/stringdriver.example.toml");
+    let text = std::fs::read_to_string(&path).expect("example");
+    let cfg = stringdriverd::config::parse(&text, &path).expect("the example is valid");
+    assert_eq!(cfg.console.listen.to_string(), "127.0.0.1:7125");
+    assert_eq!(cfg.console.token_file, None);
+    // Printed and read back (check-config's output is a valid file).
+    let again = stringdriverd::config::parse(&cfg.to_toml_string(), &path).expect("round trip");
+    assert_eq!(again.console, cfg.console);
+
+    let bad = text.replacen(
+        "listen = \"127.0.0.1:7125\"",
+        "listen = \"localhost:seventy\"",
+        1,
+    );
+    let e = stringdriverd::config::parse(&bad, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("console.listen") && e.contains("localhost:seventy"),
+        "{e}"
+    );
+    let bad = text.replacen("[console]\n", "[console]\ntoken = \"secret\"\n", 1);
+    let e = stringdriverd::config::parse(&bad, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token"), "{e}");
+}
