@@ -605,7 +605,7 @@
     const perChannel = [];
     for (const info of S.meta.settings || []) {
       const v = status.settings ? status.settings[info.name] : undefined;
-      if (Array.isArray(v)) { perChannel.push(info); continue; }
+      if (info.per_channel || Array.isArray(v)) { perChannel.push(info); continue; }
       const input = el('input', { type: 'text', class: 'num', size: '8', 'data-testid': 'setting-' + info.name, 'aria-label': info.name });
       input.addEventListener('input', () => { input.dataset.dirty = '1'; });
       const msg = el('span', { class: 'msg', 'data-testid': 'msg-setting-' + info.name });
@@ -931,6 +931,22 @@
       setLink(false, 'console unreachable, retrying');
     };
   }
+
+  // A script error is counted on <body> (the browser tests read it) and
+  // logged for the operator; the page goes on with the next update.
+  window.addEventListener('error', (e) => {
+    const b = document.body;
+    if (!b) return;
+    b.dataset.scriptErrors = String(Number(b.dataset.scriptErrors || 0) + 1);
+    b.dataset.lastScriptError = String(e.message);
+    try { log('bad', 'page error: ' + e.message); } catch (err) { /* the log itself failed */ }
+  });
+  window.addEventListener('unhandledrejection', (e) => {
+    const b = document.body;
+    if (!b) return;
+    b.dataset.scriptErrors = String(Number(b.dataset.scriptErrors || 0) + 1);
+    b.dataset.lastScriptError = String(e.reason);
+  });
 
   // ---- start ----
 
