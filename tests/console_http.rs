@@ -55,6 +55,30 @@ async fn meta_lists_every_kind_and_setting_from_the_library() {
         .to_str()
         .expect("ascii")
         .starts_with("text/html"));
+    assert!(
+        page.text().contains("/assets/console.js"),
+        "the page, not a fallback"
+    );
+    let csp = page.headers["content-security-policy"]
+        .to_str()
+        .expect("ascii");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    for (name, ty) in [
+        ("console.js", "text/javascript"),
+        ("console.css", "text/css"),
+    ] {
+        let a = http.get(&format!("/assets/{name}")).await;
+        assert_eq!(a.status, 200, "{name}");
+        assert!(
+            a.headers["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with(ty),
+            "{name}"
+        );
+    }
+    let r = http.get("/assets/nothing.js").await;
+    assert_eq!((r.status, r.error_kind().as_str()), (404, "not_found"));
     rig.stop().await;
 }
 

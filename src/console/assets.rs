@@ -12,10 +12,26 @@ pub struct Asset {
     pub body: &'static str,
 }
 
-/// Every embedded file.
-pub const ASSETS: &[Asset] = &[];
+/// Every embedded file (src/console/assets/).
+pub const ASSETS: &[Asset] = &[
+    Asset {
+        name: "console.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("assets/console.html"),
+    },
+    Asset {
+        name: "console.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("assets/console.js"),
+    },
+    Asset {
+        name: "console.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("assets/console.css"),
+    },
+];
 
-/// The page served at `/` until the real page is embedded.
+/// The page served at `/` should `console.html` ever be left out.
 const FALLBACK_PAGE: &str = "<!doctype html><meta charset=utf-8><title>stringdriver console</title>\
 <p>The console's page is not built into this binary; the API is at /api/meta, /api/call and /api/events.";
 
