@@ -2,8 +2,9 @@
 # Checks the Debian package under a real systemd: boots a Debian 12 container
 # (systemd-nspawn, systemd as PID 1, PostgreSQL inside), installs the .deb,
 # serves two simulated boards (stringdriverd sim-controller) and runs the
-# service on them. Prints one line per check and a table at the end; exits
-# non-zero naming the first check that failed (with the end of the journal).
+# service on them, and the operator console's unit beside it. Prints one
+# line per check and a table at the end; exits non-zero naming the first
+# check that failed (with the end of the journal).
 #
 #   scripts/check-systemd.sh                # the newest target/debian/*.deb
 #   scripts/check-systemd.sh --deb FILE     # that package
@@ -429,6 +430,37 @@ done
 shipped_some() { [ "$(spool_field shipped_snapshots)" -gt 0 ]; }
 wait_for 30 shipped_some || fail "nothing was shipped to PostgreSQL ($(show StatusText))"
 pass "shipped $(spool_field shipped_snapshots)"
+
+begin "operator console: its unit serves the page and reaches the daemon"
+[ "$(ct systemctl is-enabled stringdriverd-console 2>/dev/null || true)" = disabled ] ||
+  fail "the package enabled the console"
+ct systemctl start stringdriverd-console || fail "systemctl start stringdriverd-console failed"
+# HTTP/1.1 by hand over bash's /dev/tcp (the container has no curl): one
+# request, the whole reply (Connection: close).
+console_http() { # method path body
+  ct bash -c 'exec 3<>/dev/tcp/127.0.0.1/7125 || exit 1
+    printf "%s %s HTTP/1.1\r\nHost: 127.0.0.1:7125\r\nConnection: close\r\nContent-Type: application/json\r\nX-Stringdriver-Console: 1\r\nContent-Length: %s\r\n\r\n%s" \
+      "$1" "$2" "${#3}" "$3" >&3
+    cat <&3' _ "$1" "$2" "${3:-}"
+}
+console_up() { console_http GET /api/meta | grep -q '"z_calibrate"'; }
+wait_for 20 console_up || {
+  ct journalctl -u stringdriverd-console --no-pager -n 20 >&2
+  fail "the console does not answer /api/meta on 127.0.0.1:7125"
+}
+# Through the console to the daemon's control socket: the dynamic user in
+# the group stringdriver, under the sandbox, is let in by the daemon.
+reply=$(console_http POST /api/call '{"cmd":"status"}')
+grep -q '"ok":true' <<<"$reply" && grep -q '"boards"' <<<"$reply" || {
+  ct journalctl -u stringdriverd-console --no-pager -n 20 >&2
+  fail "status through the console failed: $reply"
+}
+console_security=$(ct systemd-analyze security --no-pager stringdriverd-console 2>&1) || true
+console_score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$console_security")
+[ -n "$console_score" ] && awk -v s="$console_score" 'BEGIN { exit !(s <= 2.5) }' ||
+  fail "console exposure ${console_score:-unknown}, at most 2.5 allowed"
+ct systemctl stop stringdriverd-console || fail "systemctl stop stringdriverd-console failed"
+pass "exposure $console_score"
 
 begin "reload: a changed file applies"
 pid=$(show MainPID)
