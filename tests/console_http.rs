@@ -478,3 +478,53 @@ fn the_console_section_is_validated_and_defaults_to_the_loopback() {
         .to_string();
     assert!(e.contains("token"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_starts_the_console_and_prints_its_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = common::demo_config(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+        .args([
+            "demo",
+            "--seconds",
+            "60",
+            "--speed-scale",
+            "5",
+            "--console",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    })
+    .await
+    .expect("join")
+    .expect("the demo's first line");
+    // The line's URL field: `console: http://ADDR:PORT/`.
+    let url = line
+        .strip_prefix("console: ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no console URL in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    let http = Http::new(&url);
+    let mut events = http.events().await;
+    // The demo's boards come up after the console: wait on the status data.
+    events
+        .until("both demo boards connected", |n, d| {
+            (n == "hello" || n == "status") && control::boards_connected(d)
+        })
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
