@@ -94,9 +94,9 @@ impl Browser {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("{CHROMEDRIVER} starts ({e}); scripts/ensure-test-tools.sh installs it"));
+            let child = cmd.spawn().unwrap_or_else(|e| {
+                panic!("{CHROMEDRIVER} starts ({e}); scripts/ensure-test-tools.sh installs it")
+            });
             let mut driver = Driver { child, port };
             match connect(&mut driver, &profile).await {
                 Ok(client) => {
@@ -199,10 +199,15 @@ impl Browser {
 
     /// Waits until `[data-testid=ID]` is on the page and clicks it.
     pub async fn click(&self, id: &str) {
-        let e = self.wait_present(id).await;
+        self.click_css(&testid(id)).await;
+    }
+
+    /// Waits until the CSS selector matches and clicks the element.
+    pub async fn click_css(&self, css: &str) {
+        let e = self.wait_css(css, &format!("{css} on the page")).await;
         e.click()
             .await
-            .unwrap_or_else(|e| panic!("click {id}: {e}"));
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
     /// Replaces the content of the input `[data-testid=ID]` with `text` as
@@ -210,8 +215,16 @@ impl Browser {
     /// sees the same focus and input events, and leaves a focused field
     /// alone while updates arrive).
     pub async fn type_into(&self, id: &str, text: &str) {
-        let e = self.wait_present(id).await;
-        e.click().await.unwrap_or_else(|e| panic!("click {id}: {e}"));
+        self.type_css(&testid(id), text).await;
+    }
+
+    /// [`Browser::type_into`] for the element the CSS selector matches.
+    pub async fn type_css(&self, css: &str, text: &str) {
+        let id = css;
+        let e = self.wait_css(css, &format!("{css} on the page")).await;
+        e.click()
+            .await
+            .unwrap_or_else(|e| panic!("click {id}: {e}"));
         let keys: String = [
             char::from(Key::Control),
             'a',

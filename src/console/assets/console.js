@@ -10,7 +10,7 @@
   // buffers are allocated once, so memory does not grow with time.
   const PLOT_CAPACITY = 6000;
   const PLOT_WINDOW_MS = 5 * 60 * 1000;
-  const PLOT_MIN_SPAN_MS = 30 * 1000;
+  const PLOT_MIN_SPAN_MS = 10 * 1000;
   const PLOT_REDRAW_MS = 250;
   const LOG_LINES = 200;
   const PROGRESS_LINES = 200;
@@ -608,17 +608,20 @@
       if (info.per_channel || Array.isArray(v)) { perChannel.push(info); continue; }
       const input = el('input', { type: 'text', class: 'num', size: '8', 'data-testid': 'setting-' + info.name, 'aria-label': info.name });
       input.addEventListener('input', () => { input.dataset.dirty = '1'; });
-      const msg = el('span', { class: 'msg', 'data-testid': 'msg-setting-' + info.name });
+      const msg = el('div', { class: 'msg', 'data-testid': 'msg-setting-' + info.name });
       const source = el('span', { class: 'source dim', 'data-testid': 'source-' + info.name });
       const set = el('button', { type: 'button', 'data-testid': 'set-' + info.name, text: 'set' });
       set.addEventListener('click', () => setSetting(info.name, parseValue(input.value), msg, [input]));
       input.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') set.click(); });
       const unset = el('button', { type: 'button', 'data-testid': 'unset-' + info.name, text: 'file', title: "return to the configuration file's value" });
       unset.addEventListener('click', () => unsetSetting(info.name, msg, [input]));
-      tb.appendChild(el('tr', { 'data-setting': info.name }, [
-        el('th', { text: info.name, title: info.about || '' }),
-        el('td', null, [input]), el('td', { class: 'small dim', text: unitText(info) }), el('td', null, [source]),
-        el('td', null, [set, unset]), el('td', null, [msg]),
+      // name | value | set, file | unit and where the value comes from,
+      // and under them the daemon's answer.
+      tb.appendChild(el('div', { class: 'setting', 'data-setting': info.name }, [
+        el('span', { class: 'name', text: info.name, title: info.about || '' }),
+        input,
+        el('span', { class: 'buttons' }, [set, unset]),
+        el('span', { class: 'info' }, [el('span', { class: 'dim', text: unitText(info), title: info.about || '' }), source, msg]),
       ]));
       S.settingInputs[info.name] = { inputs: [input], source };
     }
@@ -940,6 +943,13 @@
     b.dataset.scriptErrors = String(Number(b.dataset.scriptErrors || 0) + 1);
     b.dataset.lastScriptError = String(e.message);
     try { log('bad', 'page error: ' + e.message); } catch (err) { /* the log itself failed */ }
+  });
+  // A file or connection the console's Content-Security-Policy refused.
+  document.addEventListener('securitypolicyviolation', (e) => {
+    const b = document.body;
+    if (!b) return;
+    b.dataset.scriptErrors = String(Number(b.dataset.scriptErrors || 0) + 1);
+    b.dataset.lastScriptError = 'blocked by the page policy: ' + e.violatedDirective + ' ' + e.blockedURI;
   });
   window.addEventListener('unhandledrejection', (e) => {
     const b = document.body;
