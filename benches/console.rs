@@ -25,7 +25,7 @@
 //! SSE clients, default 5, one of which is measured).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::io::BufRead;
@@ -49,28 +49,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Resident KiB and CPU seconds (user + system) of a process.
-fn sample(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / ticks;
-    (rss, cpu)
 }
 
 /// The demo's configuration with its files under `dir` and snapshots every 50 ms.
@@ -194,13 +172,19 @@ fn main() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let st = common::control::status(&socket).await;
-            if st.as_ref().is_some_and(|s| s["snapshots"]["timer"].as_u64().unwrap_or(0) > 5) {
+            if st
+                .as_ref()
+                .is_some_and(|s| s["snapshots"]["timer"].as_u64().unwrap_or(0) > 5)
+            {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the demo never captured");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the demo never captured"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (rss_idle, cpu0) = sample(pid);
+        let (cpu0, rss_idle) = common::procstat::sample(pid);
         let window = Duration::from_secs(secs);
         let idle: Vec<_> = (1..clients)
             .map(|_| tokio::spawn(through_console(url.clone(), window)))
@@ -209,7 +193,7 @@ fn main() {
             direct(socket.clone(), window),
             through_console(url.clone(), window)
         );
-        let (rss_after, cpu1) = sample(pid);
+        let (cpu1, rss_after) = common::procstat::sample(pid);
         for t in idle {
             let _ = t.await;
         }

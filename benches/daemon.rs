@@ -8,6 +8,10 @@
 //! `cargo build --release && cargo bench --bench daemon`
 //! (`DAEMON_BENCH_SECS` sets the measuring window, default 20 s).
 
+#[path = "../tests/common/procstat.rs"]
+mod procstat;
+
+use procstat::sample;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,29 +24,6 @@ fn bin() -> std::path::PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/stringdriverd");
     assert!(p.exists(), "build it first: cargo build --release");
     p
-}
-
-/// (user + system CPU seconds, resident KiB) of a process.
-fn sample(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss)
 }
 
 fn config(dir: &Path, db_url: &str, interval: &str) -> String {

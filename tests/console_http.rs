@@ -78,7 +78,7 @@ async fn meta_lists_every_kind_and_setting_from_the_library() {
         );
     }
     let r = http.get("/assets/nothing.js").await;
-    assert_eq!((r.status, r.error_kind().as_str()), (404, "not_found"));
+    r.assert_error(404, "not_found");
     rig.stop().await;
 }
 
@@ -147,50 +147,25 @@ async fn bad_requests_are_answered_clearly_and_move_nothing() {
     let mv = json!({"cmd":"move","stepper":"z1in","delta":5}).to_string();
 
     let r = http.post_json("/api/call", b"{\"cmd\":\"move\",").await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (400, "bad_json"),
-        "{}",
-        r.text()
-    );
+    r.assert_error(400, "bad_json");
     assert!(r.json()["error"]["message"]
         .as_str()
         .expect("msg")
         .contains("not valid JSON"));
     let r = http.post_json("/api/call", b"[1,2]").await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (400, "bad_request"),
-        "{}",
-        r.text()
-    );
+    r.assert_error(400, "bad_request");
     let r = http.call(json!({"stepper":"z1in"})).await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (400, "bad_request"),
-        "{}",
-        r.text()
-    );
+    r.assert_error(400, "bad_request");
     assert!(r.text().contains("`cmd`"), "{}", r.text());
     let r = http.call(json!({"cmd":"fly","stepper":"z1in"})).await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (400, "unknown_command"),
-        "{}",
-        r.text()
-    );
+    r.assert_error(400, "unknown_command");
     assert!(
         r.text().contains("\\\"fly\\\"") && r.text().contains("move"),
         "{}",
         r.text()
     );
     let r = http.call(json!({"cmd":"events"})).await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (400, "not_allowed"),
-        "{}",
-        r.text()
-    );
+    r.assert_error(400, "not_allowed");
     // A daemon-level mistake is the daemon's answer: an unknown operation kind.
     let v = http
         .call(json!({"cmd":"op_run","kind":"z_levitate"}))
@@ -205,87 +180,40 @@ async fn bad_requests_are_answered_clearly_and_move_nothing() {
         "{v}"
     );
 
-    // Cross-site requests: no custom header (a form), a form's type, a foreign Origin.
-    let r = http
-        .request(
-            "POST",
-            "/api/call",
-            &[("content-type", "application/json")],
-            mv.as_bytes(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (403, "csrf"),
-        "{}",
-        r.text()
-    );
-    let r = http
-        .request(
-            "POST",
-            "/api/call",
+    // Cross-site requests: no custom header (a form), a form's type, a
+    // foreign Origin, and a page reaching the console by DNS rebinding
+    // (its own host name as Host and Origin).
+    let json_type = ("content-type", "application/json");
+    let csrf = ("x-stringdriver-console", "1");
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[json_type], "csrf"),
+        (&[("content-type", "text/plain"), csrf], "csrf"),
+        (
+            &[json_type, csrf, ("origin", "http://evil.example")],
+            "csrf",
+        ),
+        (
             &[
-                ("content-type", "text/plain"),
-                ("x-stringdriver-console", "1"),
-            ],
-            mv.as_bytes(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (403, "csrf"),
-        "{}",
-        r.text()
-    );
-    let r = http
-        .request(
-            "POST",
-            "/api/call",
-            &[
-                ("content-type", "application/json"),
-                ("x-stringdriver-console", "1"),
-                ("origin", "http://evil.example"),
-            ],
-            mv.as_bytes(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (403, "csrf"),
-        "{}",
-        r.text()
-    );
-    // A page reaching the console by DNS rebinding names its own host.
-    let r = http
-        .request(
-            "POST",
-            "/api/call",
-            &[
-                ("content-type", "application/json"),
-                ("x-stringdriver-console", "1"),
+                json_type,
+                csrf,
                 ("host", "evil.example:7125"),
                 ("origin", "http://evil.example:7125"),
             ],
-            mv.as_bytes(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (403, "host"),
-        "{}",
-        r.text()
-    );
+            "host",
+        ),
+    ];
+    for (headers, kind) in cases {
+        let r = http
+            .request("POST", "/api/call", headers, mv.as_bytes())
+            .await;
+        r.assert_error(403, kind);
+    }
     // GET cannot change anything.
     let r = http.get("/api/call").await;
     assert_eq!(r.status, 405, "{}", r.text());
     let big = format!("{{\"cmd\":\"status\",\"pad\":\"{}\"}}", "x".repeat(100_000));
     let r = http.post_json("/api/call", big.as_bytes()).await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (413, "too_large"),
-        "{}",
-        r.text()
-    );
+    r.assert_error(413, "too_large");
 
     assert_eq!(stepper(&rig.socket(), "z1in").await["position"], before);
     // The daemon is unaffected: a good request still works.
@@ -310,7 +238,7 @@ async fn a_network_listener_answers_401_without_the_token_and_changes_nothing() 
     let r = http
         .call(json!({"cmd":"move","stepper":"z1in","delta":5}))
         .await;
-    assert_eq!((r.status, r.error_kind().as_str()), (401, "unauthorized"));
+    r.assert_error(401, "unauthorized");
     let page = http.get("/").await;
     assert_eq!(page.status, 401);
     assert!(page.text().contains("href=/login"), "{}", page.text());
@@ -427,12 +355,7 @@ async fn the_console_survives_the_daemon_going_away_and_reconnects() {
         "{lost}"
     );
     let r = http.call(json!({"cmd":"status"})).await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (502, "daemon_unreachable"),
-        "{}",
-        r.text()
-    );
+    r.assert_error(502, "daemon_unreachable");
     assert_eq!(http.get("/api/meta").await.status, 200);
 
     let run = machine::InProcess::start(&machine).await;

@@ -146,6 +146,16 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// Fails the test unless this is the console's error `kind` with `status`.
+    pub fn assert_error(&self, status: u16, kind: &str) {
+        assert_eq!(
+            (self.status, self.error_kind().as_str()),
+            (status, kind),
+            "{}",
+            self.text()
+        );
+    }
+
     /// The console's error kind (`{"error":{"kind"}}`).
     pub fn error_kind(&self) -> String {
         self.json()["error"]["kind"]

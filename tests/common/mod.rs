@@ -9,6 +9,7 @@ pub mod gui;
 pub mod machine;
 pub mod ops_rig;
 pub mod pg;
+pub mod procstat;
 pub mod proxy;
 pub mod raw;
 pub mod records;
