@@ -182,3 +182,78 @@ fn same_origin_post(headers: &HeaderMap) -> Result<(), ApiFailure> {
     }
     origin_matches(headers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn cookies_are_found_by_name_across_headers() {
+        let h = headers(&[("cookie", "a=1; sd_console=abc"), ("cookie", "b=2")]);
+        assert_eq!(cookie(&h, COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "sd"), None);
+    }
+
+    #[test]
+    fn a_token_less_console_answers_loopback_names_only() {
+        let auth = Auth::new(None);
+        for host in [
+            "127.0.0.1:7125",
+            "localhost:7125",
+            "[::1]:7125",
+            "localhost",
+        ] {
+            assert!(
+                auth.check(&Method::GET, &headers(&[("host", host)]))
+                    .is_ok(),
+                "{host}"
+            );
+        }
+        for host in [
+            "evil.example:7125",
+            "127.0.0.1.evil.example",
+            "10.0.0.5:7125",
+        ] {
+            let e = auth
+                .check(&Method::GET, &headers(&[("host", host)]))
+                .unwrap_err();
+            assert_eq!(e.kind, "host", "{host}");
+        }
+    }
+
+    #[test]
+    fn a_login_makes_a_fresh_session_and_a_wrong_token_none() {
+        let auth = Auth::new(Some(Token::new("0123456789abcdef").expect("token")));
+        assert!(auth.login("0123456789abcdeX").is_none());
+        let a = auth.login("0123456789abcdef").expect("cookie");
+        let b = auth.login("0123456789abcdef").expect("cookie");
+        assert_ne!(a, b);
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(a.contains(attr), "{a}");
+        }
+        let id = a
+            .split(';')
+            .next()
+            .and_then(|kv| kv.split_once('='))
+            .map(|(_, v)| v.to_string())
+            .expect("id");
+        assert_eq!(id.len(), 64);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            HeaderValue::from_str(&format!("{COOKIE}={id}")).expect("ascii"),
+        );
+        assert!(auth.has_session(&h));
+        assert!(!auth.has_session(&headers(&[("cookie", "sd_console=00")])));
+    }
+}
