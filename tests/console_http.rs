@@ -247,6 +247,21 @@ async fn a_network_listener_answers_401_without_the_token_and_changes_nothing() 
     assert_eq!(http.get("/api/meta").await.status, 401);
     http.cookie = None;
 
+    // Another site's form posting the right token is refused: login CSRF.
+    let body = format!("token={TOKEN}");
+    let r = http
+        .request(
+            "POST",
+            "/login",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", "http://evil.example"),
+            ],
+            body.as_bytes(),
+        )
+        .await;
+    r.assert_error(403, "csrf");
+    assert!(r.headers.get("set-cookie").is_none());
     let r = http.login("wrong-token-0123456789").await;
     assert_eq!(r.status, 401);
     assert!(http.cookie.is_none());
