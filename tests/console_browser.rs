@@ -6,14 +6,14 @@
 //! a screenshot under `target/console/`; `console.png` (after a z_calibrate
 //! run from the page) is the full page.
 
-mod common;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
 
 use browser::Browser;
-use common::console::ConsoleRig;
+use common::console::{ConsoleRig, TOKEN};
 use common::control::{self, ctl};
-use common::machine::MachineOptions;
+use common::machine::{FeedMode, MachineOptions};
 use common::ops_rig::wait_rows;
 use common::pg::TestDb;
 use serde_json::{json, Value};
@@ -80,7 +80,11 @@ async fn answered(b: &Browser, id: &str) -> (String, String, String) {
 /// The page checks its own script: no error was counted.
 async fn no_script_errors(b: &Browser) {
     let errors = b.script_errors().await;
-    assert_eq!(errors["count"], json!(0), "the page's script failed: {errors}");
+    assert_eq!(
+        errors["count"],
+        json!(0),
+        "the page's script failed: {errors}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,13 +114,6 @@ async fn the_page_loads_with_every_board_connected_and_every_stepper_where_the_d
         )
         .await;
     }
-    b.wait_attr(
-        "feed",
-        "data-state",
-        "the feed shown ok",
-        |v| v == "ok",
-    )
-    .await;
     // The operation kinds are the daemon's list, as data.
     let kinds = b
         .find_all_css("[data-testid=\"op-kind\"] option")
@@ -226,6 +223,8 @@ async fn z_calibrate_run_from_the_page_shows_its_progress_ends_completed_and_its
     o.db_url = Some(db.url());
     o.sensors = true;
     o.demo_physics = true;
+    // The channels follow the strings' Z steppers, as on the demo.
+    o.feed = FeedMode::Live;
     let (rig, b) = page(o).await;
 
     b.select("op-kind", "z_calibrate").await;
@@ -239,7 +238,11 @@ async fn z_calibrate_run_from_the_page_shows_its_progress_ends_completed_and_its
             "z_calibrate's row in the page's last operations",
         )
         .await;
-    let status = row.attr("data-status").await.expect("status").unwrap_or_default();
+    let status = row
+        .attr("data-status")
+        .await
+        .expect("status")
+        .unwrap_or_default();
     let id = row
         .attr("data-operation-id")
         .await
@@ -247,27 +250,45 @@ async fn z_calibrate_run_from_the_page_shows_its_progress_ends_completed_and_its
         .unwrap_or_default();
     assert_eq!(status, "completed", "operation {id}");
     let steps = b
-        .find_all_css("[data-testid=\"op-progress\"] [data-phase=\"step\"][data-kind=\"z_calibrate\"]")
+        .find_all_css(
+            "[data-testid=\"op-progress\"] [data-phase=\"step\"][data-kind=\"z_calibrate\"]",
+        )
         .await;
-    assert!(!steps.is_empty(), "z_calibrate's steps are shown as they come");
     assert!(
-        b.find_css("[data-testid=\"op-progress\"] [data-phase=\"ended\"][data-kind=\"z_calibrate\"]")
-            .await
-            .is_some(),
+        !steps.is_empty(),
+        "z_calibrate's steps are shown as they come"
+    );
+    assert!(
+        b.find_css(
+            "[data-testid=\"op-progress\"] [data-phase=\"ended\"][data-kind=\"z_calibrate\"]"
+        )
+        .await
+        .is_some(),
         "its end is shown"
     );
-    b.wait_attr("op-running", "data-running", "no operation shown running", |v| {
-        v.is_empty()
-    })
+    b.wait_attr(
+        "op-running",
+        "data-running",
+        "no operation shown running",
+        |v| v.is_empty(),
+    )
     .await;
 
     let client = db.client().await;
-    let rows = wait_rows(&client, HOST, "the page's z_calibrate row shipped", |rows| {
-        rows.iter()
-            .any(|r| r.id.to_string() == id && r.status == "completed")
-    })
+    let rows = wait_rows(
+        &client,
+        HOST,
+        "the page's z_calibrate row shipped",
+        |rows| {
+            rows.iter()
+                .any(|r| r.id.to_string() == id && r.status == "completed")
+        },
+    )
     .await;
-    let r = rows.iter().find(|r| r.id.to_string() == id).expect("the row");
+    let r = rows
+        .iter()
+        .find(|r| r.id.to_string() == id)
+        .expect("the row");
     assert_eq!(r.kind, "z_calibrate");
 
     // The screenshot for the note: the whole page after the run.
@@ -295,9 +316,12 @@ async fn a_setting_and_a_threshold_changed_on_the_page_are_what_stringdriverctl_
     let after = ctl_get(&rig, "x_step").await;
     assert_eq!(after["value"], json!(new), "{after}");
     assert_eq!(after["source"], "run-time", "{after}");
-    b.wait_attr("source-x_step", "data-source", "x_step shown changed at run time", |v| {
-        v == "run-time"
-    })
+    b.wait_attr(
+        "source-x_step",
+        "data-source",
+        "x_step shown changed at run time",
+        |v| v == "run-time",
+    )
     .await;
 
     // A threshold of one channel, in the per-channel grid.
@@ -309,14 +333,12 @@ async fn a_setting_and_a_threshold_changed_on_the_page_are_what_stringdriverctl_
         .map(|v| v.as_i64().expect("integer"))
         .collect();
     want[3] += 1;
-    b.type_into("thr-voice_count_min-3", &want[3].to_string()).await;
+    b.type_into("thr-voice_count_min-3", &want[3].to_string())
+        .await;
     b.click("set-voice_count_min").await;
     let (state, _, text) = answered(&b, "setting-voice_count_min").await;
     assert_eq!(state, "ok", "{text}");
-    assert_eq!(
-        ctl_get(&rig, "voice_count_min").await["value"],
-        json!(want)
-    );
+    assert_eq!(ctl_get(&rig, "voice_count_min").await["value"], json!(want));
     b.screenshot("setting").await;
     no_script_errors(&b).await;
     b.close().await;
@@ -335,7 +357,10 @@ async fn a_bad_value_typed_into_a_setting_shows_the_daemons_error_and_changes_no
     b.type_into("setting-z_up_step", "abc").await;
     b.click("set-z_up_step").await;
     let (state, kind, text) = answered(&b, "setting-z_up_step").await;
-    assert_eq!((state.as_str(), kind.as_str()), ("error", "invalid_setting"));
+    assert_eq!(
+        (state.as_str(), kind.as_str()),
+        ("error", "invalid_setting")
+    );
     let mut c = control::Client::connect(&rig.socket()).await;
     let said = c
         .err(
@@ -357,8 +382,47 @@ async fn a_bad_value_typed_into_a_setting_shows_the_daemons_error_and_changes_no
         "{text}"
     );
     assert!(text.contains("amp_sum_max"), "names the setting: {text}");
-    assert_eq!(ctl_get(&rig, "amp_sum_max").await, amp_before, "nothing changed");
+    assert_eq!(
+        ctl_get(&rig, "amp_sum_max").await,
+        amp_before,
+        "nothing changed"
+    );
     b.screenshot("bad-setting").await;
+    no_script_errors(&b).await;
+    b.close().await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_token_the_page_asks_for_a_login_and_after_it_jogs_through_its_cookie() {
+    let (rig, b) = tokio::join!(
+        ConsoleRig::start_with_token(MachineOptions::new("console-browser-login"), TOKEN),
+        Browser::start()
+    );
+    b.open(&format!("{}/", rig.url)).await;
+    // The 401 page: a login form, not the console.
+    b.wait_css("#token", "the login form").await;
+    assert!(b.find("link").await.is_none(), "no console without a login");
+    b.type_css("#token", TOKEN).await;
+    b.click_css("button[type=submit]").await;
+    b.wait_attr("link", "data-connected", "the page's event stream", |v| {
+        v == "true"
+    })
+    .await;
+
+    // A state change through the session cookie (HttpOnly: the page never
+    // reads it; the browser sends it).
+    let st = daemon_status(&rig).await;
+    let from = stepper(&st, "z0in")["position"].as_i64().expect("position");
+    let up = st["settings"]["z_up_step"].as_i64().expect("z_up_step");
+    b.click("jog-z0in-plus").await;
+    let (state, _, text) = answered(&b, "z0in").await;
+    assert_eq!(state, "ok", "{text}");
+    let st = daemon_status(&rig).await;
+    assert_eq!(stepper(&st, "z0in")["position"], json!(from + up));
+    let cookie_seen = b.eval("return document.cookie", vec![]).await;
+    assert_eq!(cookie_seen, json!(""), "the session cookie is HttpOnly");
+    b.screenshot("login").await;
     no_script_errors(&b).await;
     b.close().await;
     rig.stop().await;

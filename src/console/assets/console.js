@@ -10,7 +10,7 @@
   // buffers are allocated once, so memory does not grow with time.
   const PLOT_CAPACITY = 6000;
   const PLOT_WINDOW_MS = 5 * 60 * 1000;
-  const PLOT_MIN_SPAN_MS = 10 * 1000;
+  const PLOT_MIN_SPAN_MS = 2 * 1000;
   const PLOT_REDRAW_MS = 250;
   const LOG_LINES = 200;
   const PROGRESS_LINES = 200;
@@ -291,6 +291,8 @@
     S.renderQueued = false;
     const st = S.status;
     if (!st) return;
+    S.renders = (S.renders || 0) + 1;
+    document.body.dataset.renders = String(S.renders);
     build(st);
     renderHeader(st);
     renderSteppers(st);
@@ -852,6 +854,10 @@
   // ---- the events stream ----
 
   function onStatus(st) {
+    // How many status updates arrived and how many were drawn (several
+    // arriving within one frame are drawn once): for tests and benchmarks.
+    S.updates = (S.updates || 0) + 1;
+    document.body.dataset.updates = String(S.updates);
     S.status = st;
     S.steppers = st.steppers || [];
     if (!S.ring || S.layoutKey === '') build(st);
