@@ -28,6 +28,11 @@ pub const RING: usize = 512;
 /// Longest time between two `status` messages while browsers listen.
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 
+/// Shortest time between two `status` requests: at most 20 a second,
+/// the snapshot rate the page is built for, however many events arrive
+/// (an operation's steps, a burst of touch changes).
+pub const STATUS_MIN_GAP: Duration = Duration::from_millis(50);
+
 /// One Server-Sent Event: its name and its JSON data on one line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -179,8 +184,9 @@ async fn follow(
     }
 }
 
-/// Publishes a fresh `status` after each burst of events and at least every
-/// [`STATUS_EVERY`], while a browser listens and the link is up.
+/// Publishes a fresh `status` after each burst of events (at most one per
+/// [`STATUS_MIN_GAP`]) and at least every [`STATUS_EVERY`], while a
+/// browser listens and the link is up.
 async fn poll_status(hub: Hub) {
     loop {
         tokio::select! {
@@ -192,8 +198,13 @@ async fn poll_status(hub: Hub) {
         if hub.tx.receiver_count() == 0 || hub.link.borrow().is_err() {
             continue;
         }
+        let started = tokio::time::Instant::now();
         if let Ok(status) = hub.daemon.result("status").await {
             hub.publish(Message::new("status", status.to_string()));
+        }
+        tokio::select! {
+            _ = hub.stop.cancelled() => return,
+            _ = tokio::time::sleep_until(started + STATUS_MIN_GAP) => {}
         }
     }
 }
