@@ -168,6 +168,58 @@ async fn a_jog_button_moves_the_simulated_stepper_and_the_page_shows_the_daemons
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_x_target_moves_the_carriage_there_and_a_counter_set_on_the_page_moves_nothing() {
+    let (rig, b) = page(MachineOptions::new("console-browser-target")).await;
+    let st = daemon_status(&rig).await;
+    let x = stepper(&st, "x")["position"].as_i64().expect("X position");
+    let target = x + 40;
+    // X is stepper 0 of the carriage board, tuner0 stepper 0 of the tuner board.
+    let x_physical = rig.machine.sims[0].physical()[0];
+    b.type_into("target-x", &target.to_string()).await;
+    b.click("goto-x").await;
+    let (state, _, text) = answered(&b, "x").await;
+    assert_eq!(state, "ok", "{text}");
+    b.wait_attr("pos-x", "data-value", "X at the target", |v| {
+        v == target.to_string()
+    })
+    .await;
+    b.wait_attr(
+        "rail",
+        "data-position",
+        "the carriage drawn at the target",
+        |v| v == target.to_string(),
+    )
+    .await;
+    assert_eq!(
+        rig.machine.sims[0].physical()[0],
+        x_physical + (target - x),
+        "the simulated carriage moved to the target"
+    );
+
+    let tuners = rig.machine.sims[1].physical();
+    let counter = stepper(&st, "tuner0")["position"].as_i64().expect("tuner0") + 500;
+    b.type_into("counter-tuner0", &counter.to_string()).await;
+    b.click("setpos-tuner0").await;
+    let (state, _, text) = answered(&b, "tuner0").await;
+    assert_eq!(state, "ok", "{text}");
+    b.wait_attr("pos-tuner0", "data-value", "tuner0's new counter", |v| {
+        v == counter.to_string()
+    })
+    .await;
+    let st = daemon_status(&rig).await;
+    assert_eq!(stepper(&st, "tuner0")["position"], json!(counter));
+    assert_eq!(
+        rig.machine.sims[1].physical(),
+        tuners,
+        "a counter set moves nothing"
+    );
+    b.screenshot("target").await;
+    no_script_errors(&b).await;
+    b.close().await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jog_of_a_stepper_disabled_on_the_page_shows_the_gates_refusal_beside_its_buttons() {
     let (rig, b) = page(MachineOptions::new("console-browser-refusal")).await;
     b.wait_attr("flags-z1in", "data-enabled", "z1in enabled", |v| {
