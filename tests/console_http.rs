@@ -79,6 +79,7 @@ async fn meta_lists_every_kind_and_setting_from_the_library() {
     }
     let r = http.get("/assets/nothing.js").await;
     r.assert_error(404, "not_found");
+    http.get("/nowhere").await.assert_error(404, "not_found");
     rig.stop().await;
 }
 

@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/login", get(login_page).post(login))
         .merge(guarded)
+        .fallback(not_found)
         .layer(middleware::map_response(security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -67,6 +68,14 @@ async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response
             .into_response(),
         Err(f) => f.into_response(),
     }
+}
+
+async fn not_found(req: Request) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such page: {}", req.uri().path()),
+    )
 }
 
 async fn page() -> Response {
