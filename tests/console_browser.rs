@@ -352,6 +352,52 @@ async fn z_calibrate_run_from_the_page_shows_its_progress_ends_completed_and_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_repeated_from_the_page_lists_each_run_and_cancel_on_the_page_stops_it() {
+    let mut o = MachineOptions::new("console-browser-repeat");
+    o.sensors = true;
+    o.demo_physics = true;
+    let (rig, b) = page(o).await;
+    b.select("op-kind", "bump_check").await;
+    b.click("op-repeat").await;
+    b.click("op-run").await;
+    let (state, _, text) = answered(&b, "op").await;
+    assert_eq!(state, "ok", "{text}");
+    b.wait_attr(
+        "op-running",
+        "data-running",
+        "bump_check shown running",
+        |v| v == "bump_check",
+    )
+    .await;
+    // Runs follow each other: wait for two in the last operations.
+    b.wait_count(
+        "[data-testid=\"op-history\"] tr[data-kind=\"bump_check\"][data-status=\"completed\"]",
+        "two runs of the repetition listed",
+        |n| n >= 2,
+    )
+    .await;
+
+    b.click("op-cancel").await;
+    let (state, _, text) = answered(&b, "op").await;
+    assert_eq!(state, "ok", "{text}");
+    b.wait_attr("op-running", "data-running", "nothing shown running", |v| {
+        v.is_empty()
+    })
+    .await;
+    let st = daemon_status(&rig).await;
+    assert_eq!(
+        st["operation"]["running"],
+        Value::Null,
+        "{}",
+        st["operation"]
+    );
+    b.screenshot("repeat").await;
+    no_script_errors(&b).await;
+    b.close().await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setting_and_a_threshold_changed_on_the_page_are_what_stringdriverctl_get_reports() {
     let (rig, b) = page(MachineOptions::new("console-browser-set")).await;
     let before = ctl_get(&rig, "x_step").await;

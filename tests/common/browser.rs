@@ -151,6 +151,26 @@ impl Browser {
         }
     }
 
+    /// Waits until the number of elements the CSS selector matches
+    /// satisfies `pred`; returns them.
+    pub async fn wait_count(
+        &self,
+        css: &str,
+        what: &str,
+        pred: impl Fn(usize) -> bool,
+    ) -> Vec<Element> {
+        let deadline = tokio::time::Instant::now() + PAGE_WAIT;
+        loop {
+            let all = self.find_all_css(css).await;
+            if pred(all.len()) {
+                return all;
+            }
+            self.fail_after(deadline, what, &format!("{} of {css}", all.len()))
+                .await;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Waits until attribute `attr` of `[data-testid=ID]` satisfies `pred`;
     /// returns its value.
     pub async fn wait_attr(

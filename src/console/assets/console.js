@@ -574,6 +574,9 @@
   function addHistory(o, endedAt) {
     const tb = $('op-history');
     const status = o.status || (o.error ? 'refused' : '');
+    // A repetition's end repeats its last run's outcome: one row for it.
+    const top = tb.rows[0];
+    if (top && o.operation_id && top.dataset.operationId === o.operation_id && top.dataset.status === status) return;
     tb.insertBefore(el('tr', {
       'data-kind': o.kind || '', 'data-status': status, 'data-operation-id': o.operation_id || '', class: status,
     }, [
@@ -888,6 +891,8 @@
       case 'operation':
         addProgress(ev);
         if (ev.phase === 'started') log('op', ev.kind + ' started' + (ev.repeat ? ' (repeat)' : ''));
+        // Each run of a repetition is one of the last operations too.
+        if (ev.phase === 'run_ended' && ev.outcome) addHistory(ev.outcome, null);
         if (ev.phase === 'ended') {
           log(ev.outcome && ev.outcome.status === 'completed' ? 'good' : 'bad', ev.kind + ' ended: ' + outcomeText(ev.outcome));
           if (ev.outcome) addHistory(ev.outcome, null);
