@@ -908,6 +908,9 @@
   }
 
   function setLink(connected, text) {
+    // While the daemon is away what the page shows is its last word:
+    // dimmed (CSS on body[data-daemon="lost"]).
+    document.body.dataset.daemon = connected ? 'connected' : 'lost';
     const l = $('link');
     setData(l, 'connected', connected ? 'true' : 'false');
     setText(l, text);
