@@ -367,11 +367,18 @@ impl Browser {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        let shot = self.screenshot(&format!("failed-{name}")).await;
-        panic!(
-            "waited {PAGE_WAIT:?} for {what}; last seen: {seen}; screenshot {}",
-            shot.display()
-        );
+        // Best effort: a broken session must not hide what was awaited.
+        let shot = match self.client.screenshot().await {
+            Ok(png) => {
+                let path = screenshot_dir().join(format!("failed-{name}.png"));
+                match std::fs::write(&path, png) {
+                    Ok(()) => format!("screenshot {}", path.display()),
+                    Err(e) => format!("no screenshot ({e})"),
+                }
+            }
+            Err(e) => format!("no screenshot ({e})"),
+        };
+        panic!("waited {PAGE_WAIT:?} for {what}; last seen: {seen}; {shot}");
     }
 }
 
