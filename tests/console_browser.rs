@@ -77,14 +77,33 @@ async fn answered(b: &Browser, id: &str) -> (String, String, String) {
     (state, kind, text)
 }
 
-/// The page checks its own script: no error was counted.
-async fn no_script_errors(b: &Browser) {
+/// Types `value` into the field `input`, clicks `button` and returns the
+/// answer shown in `msg-AREA` (as [`answered`]).
+async fn enter(
+    b: &Browser,
+    input: &str,
+    value: &str,
+    button: &str,
+    area: &str,
+) -> (String, String, String) {
+    b.type_into(input, value).await;
+    b.click(button).await;
+    answered(b, area).await
+}
+
+/// The end of every test: a screenshot `target/console/NAME.png` (the
+/// visible part), the page's script met no error, the browser and the rig
+/// stopped.
+async fn finish(rig: ConsoleRig, b: Browser, name: &str) {
+    b.screenshot(name).await;
     let errors = b.script_errors().await;
     assert_eq!(
         errors["count"],
         json!(0),
         "the page's script failed: {errors}"
     );
+    b.close().await;
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,10 +139,7 @@ async fn the_page_loads_with_every_board_connected_and_every_stepper_where_the_d
         .await
         .len();
     assert_eq!(kinds, 8, "every operation kind is offered");
-    b.screenshot("loads").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "loads").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,10 +177,7 @@ async fn a_jog_button_moves_the_simulated_stepper_and_the_page_shows_the_daemons
         physical + up,
         "the simulated mechanism moved by z_up_step"
     );
-    b.screenshot("jog").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "jog").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,9 +188,7 @@ async fn the_x_target_moves_the_carriage_there_and_a_counter_set_on_the_page_mov
     let target = x + 40;
     // X is stepper 0 of the carriage board, tuner0 stepper 0 of the tuner board.
     let x_physical = rig.machine.sims[0].physical()[0];
-    b.type_into("target-x", &target.to_string()).await;
-    b.click("goto-x").await;
-    let (state, _, text) = answered(&b, "x").await;
+    let (state, _, text) = enter(&b, "target-x", &target.to_string(), "goto-x", "x").await;
     assert_eq!(state, "ok", "{text}");
     b.wait_attr("pos-x", "data-value", "X at the target", |v| {
         v == target.to_string()
@@ -198,9 +209,14 @@ async fn the_x_target_moves_the_carriage_there_and_a_counter_set_on_the_page_mov
 
     let tuners = rig.machine.sims[1].physical();
     let counter = stepper(&st, "tuner0")["position"].as_i64().expect("tuner0") + 500;
-    b.type_into("counter-tuner0", &counter.to_string()).await;
-    b.click("setpos-tuner0").await;
-    let (state, _, text) = answered(&b, "tuner0").await;
+    let (state, _, text) = enter(
+        &b,
+        "counter-tuner0",
+        &counter.to_string(),
+        "setpos-tuner0",
+        "tuner0",
+    )
+    .await;
     assert_eq!(state, "ok", "{text}");
     b.wait_attr("pos-tuner0", "data-value", "tuner0's new counter", |v| {
         v == counter.to_string()
@@ -213,10 +229,7 @@ async fn the_x_target_moves_the_carriage_there_and_a_counter_set_on_the_page_mov
         tuners,
         "a counter set moves nothing"
     );
-    b.screenshot("target").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "target").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,10 +273,7 @@ async fn a_jog_of_a_stepper_disabled_on_the_page_shows_the_gates_refusal_beside_
     let st = daemon_status(&rig).await;
     assert_eq!(stepper(&st, "z1in")["position"], position, "nothing moved");
     assert_eq!(rig.machine.sims[0].physical(), physical, "nothing moved");
-    b.screenshot("refusal").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "refusal").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,9 +356,7 @@ async fn z_calibrate_run_from_the_page_shows_its_progress_ends_completed_and_its
     // The screenshot for the note: the whole page after the run.
     let shot = b.full_page_screenshot("console").await;
     eprintln!("screenshot: {}", shot.display());
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "z_calibrate").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,10 +399,7 @@ async fn an_operation_repeated_from_the_page_lists_each_run_and_cancel_on_the_pa
         "{}",
         st["operation"]
     );
-    b.screenshot("repeat").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "repeat").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,9 +412,14 @@ async fn a_setting_and_a_threshold_changed_on_the_page_are_what_stringdriverctl_
     })
     .await;
     let new = old + 7;
-    b.type_into("setting-x_step", &new.to_string()).await;
-    b.click("set-x_step").await;
-    let (state, _, text) = answered(&b, "setting-x_step").await;
+    let (state, _, text) = enter(
+        &b,
+        "setting-x_step",
+        &new.to_string(),
+        "set-x_step",
+        "setting-x_step",
+    )
+    .await;
     assert_eq!(state, "ok", "{text}");
     let after = ctl_get(&rig, "x_step").await;
     assert_eq!(after["value"], json!(new), "{after}");
@@ -431,16 +441,17 @@ async fn a_setting_and_a_threshold_changed_on_the_page_are_what_stringdriverctl_
         .map(|v| v.as_i64().expect("integer"))
         .collect();
     want[3] += 1;
-    b.type_into("thr-voice_count_min-3", &want[3].to_string())
-        .await;
-    b.click("set-voice_count_min").await;
-    let (state, _, text) = answered(&b, "setting-voice_count_min").await;
+    let (state, _, text) = enter(
+        &b,
+        "thr-voice_count_min-3",
+        &want[3].to_string(),
+        "set-voice_count_min",
+        "setting-voice_count_min",
+    )
+    .await;
     assert_eq!(state, "ok", "{text}");
     assert_eq!(ctl_get(&rig, "voice_count_min").await["value"], json!(want));
-    b.screenshot("setting").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "setting").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,9 +463,14 @@ async fn a_bad_value_typed_into_a_setting_shows_the_daemons_error_and_changes_no
         v == shown
     })
     .await;
-    b.type_into("setting-z_up_step", "abc").await;
-    b.click("set-z_up_step").await;
-    let (state, kind, text) = answered(&b, "setting-z_up_step").await;
+    let (state, kind, text) = enter(
+        &b,
+        "setting-z_up_step",
+        "abc",
+        "set-z_up_step",
+        "setting-z_up_step",
+    )
+    .await;
     assert_eq!(
         (state.as_str(), kind.as_str()),
         ("error", "invalid_setting")
@@ -471,9 +487,14 @@ async fn a_bad_value_typed_into_a_setting_shows_the_daemons_error_and_changes_no
 
     // One bad entry in the per-channel grid: the whole list is refused.
     let amp_before = ctl_get(&rig, "amp_sum_max").await;
-    b.type_into("thr-amp_sum_max-0", "loud").await;
-    b.click("set-amp_sum_max").await;
-    let (state, kind, text) = answered(&b, "setting-amp_sum_max").await;
+    let (state, kind, text) = enter(
+        &b,
+        "thr-amp_sum_max-0",
+        "loud",
+        "set-amp_sum_max",
+        "setting-amp_sum_max",
+    )
+    .await;
     assert_eq!(
         (state.as_str(), kind.as_str()),
         ("error", "invalid_setting"),
@@ -485,10 +506,7 @@ async fn a_bad_value_typed_into_a_setting_shows_the_daemons_error_and_changes_no
         amp_before,
         "nothing changed"
     );
-    b.screenshot("bad-setting").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "bad-setting").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,8 +538,5 @@ async fn behind_a_token_the_page_asks_for_a_login_and_after_it_jogs_through_its_
     assert_eq!(stepper(&st, "z0in")["position"], json!(from + up));
     let cookie_seen = b.eval("return document.cookie", vec![]).await;
     assert_eq!(cookie_seen, json!(""), "the session cookie is HttpOnly");
-    b.screenshot("login").await;
-    no_script_errors(&b).await;
-    b.close().await;
-    rig.stop().await;
+    finish(rig, b, "login").await;
 }

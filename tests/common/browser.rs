@@ -172,7 +172,7 @@ impl Browser {
     }
 
     /// Waits until attribute `attr` of `[data-testid=ID]` satisfies `pred`;
-    /// returns its value.
+    /// returns its value (an absent attribute reads as "").
     pub async fn wait_attr(
         &self,
         id: &str,
@@ -180,38 +180,40 @@ impl Browser {
         what: &str,
         pred: impl Fn(&str) -> bool,
     ) -> String {
+        self.wait_read(id, Some(attr), what, pred).await
+    }
+
+    /// Waits until the text of `[data-testid=ID]` satisfies `pred`; returns it.
+    pub async fn wait_text(&self, id: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_read(id, None, what, pred).await
+    }
+
+    /// Reads attribute `attr` (or the text, for `None`) of `[data-testid=ID]`
+    /// until it satisfies `pred`.
+    async fn wait_read(
+        &self,
+        id: &str,
+        attr: Option<&str>,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = tokio::time::Instant::now() + PAGE_WAIT;
         let mut seen = None;
         loop {
             if let Some(e) = self.find(id).await {
-                if let Ok(v) = e.attr(attr).await {
-                    let v = v.unwrap_or_default();
+                let read = match attr {
+                    Some(a) => e.attr(a).await.map(Option::unwrap_or_default),
+                    None => e.text().await,
+                };
+                if let Ok(v) = read {
                     if pred(&v) {
                         return v;
                     }
                     seen = Some(v);
                 }
             }
-            self.fail_after(deadline, what, &format!("{id} {attr}={seen:?}"))
-                .await;
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Waits until the text of `[data-testid=ID]` satisfies `pred`; returns it.
-    pub async fn wait_text(&self, id: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + PAGE_WAIT;
-        let mut seen = None;
-        loop {
-            if let Some(e) = self.find(id).await {
-                if let Ok(t) = e.text().await {
-                    if pred(&t) {
-                        return t;
-                    }
-                    seen = Some(t);
-                }
-            }
-            self.fail_after(deadline, what, &format!("{id} text={seen:?}"))
+            let reading = attr.unwrap_or("text");
+            self.fail_after(deadline, what, &format!("{id} {reading}={seen:?}"))
                 .await;
             tokio::time::sleep(POLL).await;
         }
