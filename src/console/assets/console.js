@@ -319,7 +319,8 @@
     const op = st.operation || {};
     parts.push('operation: ' + (op.running ? op.running + (op.repeat ? ' (repeat, run ' + op.run + ')' : '') : 'none'));
     parts.push('boards: ' + (st.boards || []).map((b) => b.name + ' ' + b.link).join(', '));
-    parts.push('feed: ' + (st.feed ? st.feed.detail : '–'));
+    // The feed's state only: its reason is in Links (and in PAUSED above).
+    parts.push('feed: ' + (st.feed ? st.feed.state : '–'));
     const sp = st.spool || {};
     const db = st.shipper || {};
     parts.push('spool backlog ' + fmt(sp.backlog) + '; database ' + (db.connected ? 'connected' : 'not connected'));
