@@ -15,6 +15,7 @@
   const LOG_LINES = 200;
   const PROGRESS_LINES = 200;
   const HISTORY_ROWS = 12;
+  const PAUSE_LOG_MS = 3000;
 
   const S = {
     meta: null,
@@ -25,7 +26,9 @@
     cells: {}, // per stepper name: the elements that show its state
     renderQueued: false,
     plotDirty: false,
-    lastUnknown: undefined, // the snapshot engine's pause reason, to log changes
+    lastUnknown: null, // the snapshot engine's pause reason, to log lasting pauses
+    pauseTimer: 0,
+    pauseLogged: false,
     source: null,
   };
 
@@ -872,9 +875,18 @@
   function onDaemonEvent(ev) {
     switch (ev.event) {
       case 'snapshot': {
+        // A pause is logged once it has lasted PAUSE_LOG_MS: every move
+        // pauses capture for a moment, which the status line shows, and
+        // would flood the log.
         const unknown = ev.status ? ev.status.unknown : null;
-        if (S.lastUnknown !== undefined && unknown !== S.lastUnknown) {
-          log(unknown ? 'bad' : 'good', unknown ? 'PAUSED: ' + unknown : 'capturing again');
+        if (unknown !== S.lastUnknown) {
+          clearTimeout(S.pauseTimer);
+          if (unknown) {
+            S.pauseTimer = setTimeout(() => { S.pauseLogged = true; log('bad', 'PAUSED: ' + unknown); }, PAUSE_LOG_MS);
+          } else if (S.pauseLogged) {
+            S.pauseLogged = false;
+            log('good', 'capturing again');
+          }
         }
         S.lastUnknown = unknown;
         break;
