@@ -27,6 +27,8 @@
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;
+#[path = "../tests/common/console.rs"]
+mod console;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::console::Http;
+use console::Http;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

@@ -4,10 +4,12 @@
 //! network listener needs the token, and the events arrive as SSE.
 
 mod common;
+#[path = "common/console.rs"]
+mod console;
 
-use common::console::{ConsoleRig, Http, ServedConsole, TOKEN};
 use common::control;
 use common::machine::{self, MachineOptions};
+use console::{ConsoleRig, Http, ServedConsole, TOKEN};
 use serde_json::{json, Value};
 
 /// The stepper named `name` as the daemon reports it (asked on the

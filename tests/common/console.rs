@@ -2,7 +2,10 @@
 //! in-process and a console (`stringdriverd::console`) on a free port of a
 //! loopback address, and a small HTTP client for it — requests, the login
 //! cookie, and the Server-Sent Events read as data (event name and JSON),
-//! never matched as text. The HTTP and browser tests share them.
+//! never matched as text. The HTTP and browser tests and the console
+//! benchmark share them; they include it with `#[path]` (beside `mod
+//! common`), so that the other test binaries do not build an HTTP client.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ use serde_json::{json, Value};
 use stringdriverd::console::{Console, ConsoleOptions, Token};
 use tokio_util::sync::CancellationToken;
 
-use super::machine::{started, InProcess, MachineOptions, SimMachine, WAIT};
+use crate::common::machine::{started, InProcess, MachineOptions, SimMachine, WAIT};
 
 /// A token for the tests' network listeners (long enough to be accepted).
 pub const TOKEN: &str = "test-token-0123456789abcdef";

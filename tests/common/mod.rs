@@ -2,7 +2,6 @@
 //! pseudo-terminals in a per-test temporary directory, and drivers for them.
 #![allow(dead_code)]
 
-pub mod console;
 pub mod control;
 pub mod feed;
 pub mod gui;
