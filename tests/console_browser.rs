@@ -9,13 +9,15 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/console.rs"]
+mod console;
 
 use browser::Browser;
-use common::console::{ConsoleRig, TOKEN};
 use common::control::{self, ctl};
 use common::machine::{FeedMode, MachineOptions};
 use common::ops_rig::wait_rows;
 use common::pg::TestDb;
+use console::{ConsoleRig, TOKEN};
 use serde_json::{json, Value};
 use stringdriverd::store::OperationType;
 
