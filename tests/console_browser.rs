@@ -243,7 +243,8 @@ async fn the_x_target_moves_the_carriage_there_and_a_counter_set_on_the_page_mov
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jog_of_a_stepper_disabled_on_the_page_shows_the_gates_refusal_beside_its_buttons() {
+async fn a_jog_of_a_stepper_disabled_on_the_page_shows_the_gates_refusal_beside_its_buttons_and_enable_all_frees_it(
+) {
     let (rig, b) = page(MachineOptions::new("console-browser-refusal")).await;
     b.wait_attr("flags-z1in", "data-enabled", "z1in enabled", |v| {
         v == "true"
@@ -283,7 +284,27 @@ async fn a_jog_of_a_stepper_disabled_on_the_page_shows_the_gates_refusal_beside_
     let st = daemon_status(&rig).await;
     assert_eq!(stepper(&st, "z1in")["position"], position, "nothing moved");
     assert_eq!(rig.machine.sims[0].physical(), physical, "nothing moved");
-    finish(rig, b, "refusal").await;
+    b.screenshot("refusal").await;
+
+    // Every stepper at once, from the header: off, then on again.
+    for (button, on) in [("disable-all", false), ("enable-all", true)] {
+        b.click(button).await;
+        let (state, _, text) = answered(&b, "stop").await;
+        assert_eq!(state, "ok", "{text}");
+        let st = daemon_status(&rig).await;
+        assert!(
+            st["enabled"]
+                .as_array()
+                .is_some_and(|e| e.iter().all(|v| *v == json!(on))),
+            "{button}: {}",
+            st["enabled"]
+        );
+        b.wait_attr("flags-z1in", "data-enabled", "z1in's enable shown", |v| {
+            v == on.to_string()
+        })
+        .await;
+    }
+    finish(rig, b, "enable-all").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

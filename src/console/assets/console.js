@@ -990,6 +990,10 @@
   async function start() {
     $('stop').addEventListener('click', () => send($('msg-stop'), { cmd: 'stop' }, (r) =>
       'stopped' + (r.operation_cancelled ? ', operation cancelled' : '') + (r.still_moving && r.still_moving.length ? ', still moving: ' + r.still_moving.join(', ') : '')));
+    for (const [id, cmd] of [['disable-all', 'disable'], ['enable-all', 'enable']]) {
+      $(id).addEventListener('click', () => send($('msg-stop'), { cmd, stepper: 'all' }, (r) =>
+        (r.enabled ? 'enabled' : 'disabled') + ': ' + (r.steppers || []).length + ' steppers'));
+    }
     let meta = null;
     try {
       const r = await fetch('/api/meta', { credentials: 'same-origin' });
