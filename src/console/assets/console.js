@@ -171,6 +171,13 @@
     return [null, null];
   }
 
+  // A move's answer: where the stepper is, and the rest it waited first
+  // (so that a slow move is explained).
+  function movedText(r) {
+    const rest = r.rest && r.rest.waited_s > 0.05 ? ' (waited ' + r.rest.waited_s.toFixed(1) + ' s of ' + r.rest.setting + ')' : '';
+    return 'at ' + r.position + rest;
+  }
+
   // ---- building the page for this machine's steppers ----
 
   function stepperCell(st) {
@@ -183,7 +190,7 @@
     const jog = (i) => async () => {
       const d = jogSteps(name)[i];
       if (typeof d !== 'number') return;
-      await send(msg, { cmd: 'move', stepper: name, delta: d }, (r) => 'at ' + r.position);
+      await send(msg, { cmd: 'move', stepper: name, delta: d }, movedText);
     };
     minus.addEventListener('click', jog(0));
     plus.addEventListener('click', jog(1));
@@ -261,7 +268,7 @@
       const target = el('input', { type: 'text', inputmode: 'numeric', class: 'num', size: '6', 'data-testid': 'target-x', 'aria-label': 'X target', placeholder: 'target' });
       const go = el('button', { type: 'button', 'data-testid': 'goto-x', text: 'go to' });
       go.addEventListener('click', async () => {
-        await send(S.cells.x.msg, { cmd: 'move', stepper: 'x', position: parseValue(target.value) }, (r) => 'at ' + r.position);
+        await send(S.cells.x.msg, { cmd: 'move', stepper: 'x', position: parseValue(target.value) }, movedText);
       });
       cell.insertBefore(el('div', { class: 'row' }, [target, go]), S.cells.x.msg);
       xc.appendChild(cell);
