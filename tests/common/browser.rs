@@ -43,12 +43,20 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // chromedriver runs in its own process group with the browser it
         // started: the whole group goes, so no chromium outlives a test.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let group = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            // Until the group is gone (its profile directory is removed
+            // next); bounded, a Drop must not hang.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while nix::sys::signal::killpg(group, None).is_ok()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
