@@ -14,7 +14,7 @@ mod console;
 
 use browser::Browser;
 use common::control::{self, ctl};
-use common::machine::{FeedMode, MachineOptions};
+use common::machine::{set_pose, FeedMode, InProcess, MachineOptions};
 use common::ops_rig::wait_rows;
 use common::pg::TestDb;
 use console::{ConsoleRig, TOKEN};
@@ -558,6 +558,47 @@ async fn a_bad_value_typed_into_a_setting_shows_the_daemons_error_and_changes_no
         "nothing changed"
     );
     finish(rig, b, "bad-setting").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_daemon_gone_and_is_live_again_by_itself_when_it_is_back() {
+    let (rig, b) = page(MachineOptions::new("console-browser-relink")).await;
+    let ConsoleRig {
+        machine,
+        run,
+        console,
+        url,
+    } = rig;
+    run.stop().await;
+    b.wait_attr("link", "data-connected", "the daemon shown away", |v| {
+        v == "false"
+    })
+    .await;
+    b.wait_css("body[data-daemon=\"lost\"]", "the page dimmed")
+        .await;
+
+    // The daemon again (its counters set as after a calibration): the page
+    // follows without a reload, and its controls work.
+    let run = InProcess::start(&machine).await;
+    set_pose(&run.parts).await;
+    let rig = ConsoleRig {
+        machine,
+        run,
+        console,
+        url,
+    };
+    b.wait_attr("link", "data-connected", "the daemon shown back", |v| {
+        v == "true"
+    })
+    .await;
+    b.click("jog-z0in-plus").await;
+    expect_ok(&rig, answered(&b, "z0in").await).await;
+    let want = stepper(&daemon_status(&rig).await, "z0in")["position"].to_string();
+    b.wait_attr("pos-z0in", "data-value", "z0in's new position", |v| {
+        v == want
+    })
+    .await;
+    finish(rig, b, "relink").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
