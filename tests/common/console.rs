@@ -270,6 +270,18 @@ impl Http {
         v["result"].clone()
     }
 
+    /// The daemon's refusal of `request`, passed on by the console (HTTP
+    /// 200, `ok` false) with a message naming `needle`: the reply.
+    pub async fn refused(&self, request: Value, needle: &str) -> Value {
+        let r = self.call(request.clone()).await;
+        assert_eq!(r.status, 200, "{request} -> {}", r.text());
+        let v = r.json();
+        assert_eq!(v["ok"], json!(false), "{request} -> {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{request} -> {v}");
+        v
+    }
+
     /// Logs in with `token` through the form; keeps the cookie on success.
     pub async fn login(&mut self, token: &str) -> Reply {
         let body = format!("token={token}");
