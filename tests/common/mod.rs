@@ -10,6 +10,7 @@ pub mod ops_rig;
 pub mod pg;
 pub mod proxy;
 pub mod raw;
+pub mod recordings;
 pub mod records;
 pub mod shipping;
 
