@@ -224,8 +224,8 @@ impl Summary {
             line(
                 "audmon frames",
                 format!(
-                    "{} written to controls ({} partials rows), {} lost while the database \
-                     was away or behind",
+                    "{} written to controls ({} partials rows), {} lost (no database session: \
+                     away, behind, or its tables not created yet)",
                     a.written, a.partials, a.dropped
                 ),
             );

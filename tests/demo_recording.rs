@@ -7,6 +7,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use stringdriverd::sim::audmon_db;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +27,7 @@ fn summary_number(summary: &str, key: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn demo_records_controls_with_partials_and_links_its_snapshots_to_them() {
+async fn a_demo_run_records_audmon_frames_linked_to_its_snapshots_and_reports_them() {
     let db = common::pg::TestDb::create().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = common::demo_config(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
@@ -97,6 +99,42 @@ async fn demo_records_controls_with_partials_and_links_its_snapshots_to_them() {
     )
     .await;
     assert_eq!(far, 0);
+
+    // What a new user does next: a report of what the demo recorded.
+    let (since, until): (DateTime<Utc>, DateTime<Utc>) = {
+        let r = client
+            .query_one(
+                "SELECT min(recorded_at), max(recorded_at) FROM controls",
+                &[],
+            )
+            .await
+            .expect("span");
+        (r.get(0), r.get(1))
+    };
+    let out = dir.path().join("report.html");
+    let summary = stringdriverd::report::run(stringdriverd::report::ReportArgs {
+        config: dir.path().join("stringdriver.toml"),
+        host: None,
+        since: since - chrono::Duration::seconds(1),
+        until: until + chrono::Duration::seconds(1),
+        out: out.clone(),
+        database_url: Some(db.url()),
+    })
+    .await
+    .expect("report");
+    assert_eq!(summary.host, "stringdriver-demo");
+    assert_eq!(summary.machine_state_rows as i64, states);
+    assert_eq!(summary.controls_rows as i64, controls);
+    let html = std::fs::read_to_string(&out).expect("report");
+    for c in 0..CHANNELS {
+        for attr in [
+            format!("data-chart=\"positions\" data-string=\"{c}\""),
+            format!("data-chart=\"voice_count\" data-channel=\"{c}\""),
+            format!("data-chart=\"amp_sum\" data-channel=\"{c}\""),
+        ] {
+            assert_eq!(html.matches(&attr).count(), 1, "{attr}");
+        }
+    }
 }
 
 #[tokio::test]
