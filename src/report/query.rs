@@ -396,7 +396,8 @@ async fn gaps(
 ) -> Result<Gaps, ReportError> {
     const WHAT: &str = "finding gaps in recording";
     // For machine_state gaps, whether audmon logged frames meanwhile; for
-    // controls gaps, whether the daemon captured snapshots meanwhile.
+    // controls gaps, whether the daemon captured snapshots meanwhile: looked
+    // up for the listed gaps only, after the totals are counted.
     let other = if table == "machine_state" {
         "controls"
     } else {
@@ -408,11 +409,14 @@ async fn gaps(
              WHERE host = $1 AND recorded_at >= $2 AND recorded_at < $3 \
             UNION ALL SELECT $2 UNION ALL SELECT $3), \
          g AS (SELECT lag(at) OVER (ORDER BY at) AS a, at AS b FROM t), \
-         big AS (SELECT a, b FROM g WHERE extract(epoch FROM b - a)::float8 >= $4) \
-         SELECT a, b, count(*) OVER (), sum(extract(epoch FROM b - a)::float8) OVER (), \
+         big AS (SELECT a, b FROM g WHERE extract(epoch FROM b - a)::float8 >= $4), \
+         listed AS (SELECT a, b, count(*) OVER () AS n, \
+                           sum(extract(epoch FROM b - a)::float8) OVER () AS s \
+                      FROM big ORDER BY a LIMIT $5) \
+         SELECT a, b, n, s, \
                 EXISTS (SELECT 1 FROM {other} o WHERE o.host = $1 \
-                        AND o.recorded_at > big.a AND o.recorded_at < big.b) \
-           FROM big ORDER BY a LIMIT $5"
+                        AND o.recorded_at > listed.a AND o.recorded_at < listed.b) \
+           FROM listed ORDER BY a"
     );
     let gap = w.gap.as_secs_f64();
     let mut out = Gaps::default();
