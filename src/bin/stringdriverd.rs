@@ -97,6 +97,39 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Export a host's recordings over a time window as a dataset for machine
+    /// learning: Parquet (or CSV) frames of audio partials with the machine
+    /// state in force, meta/info.json, meta/episodes.jsonl, meta/stats.json.
+    Export {
+        /// The TOML file (host and [database]).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Host to export; default: the configuration's host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Window start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// Window end, exclusive (RFC 3339).
+        #[arg(long)]
+        until: chrono::DateTime<chrono::Utc>,
+        /// The dataset directory: new or empty.
+        #[arg(long)]
+        out: PathBuf,
+        /// Data file format.
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: stringdriverd::export::Format,
+        /// Oldest machine_state (before the frame) that may describe a frame
+        /// with no state linked to it by controls_id.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        tolerance: Duration,
+        /// PostgreSQL URL (no password in it) instead of the file's [database].
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Frames per data file before the next file is started.
+        #[arg(long, default_value_t = stringdriverd::export::args::DEFAULT_FRAMES_PER_FILE)]
+        frames_per_file: u64,
+    },
     /// Serve a simulated board on a pseudo-terminal linked at PATH.
     SimController {
         /// Where to put the symlink to the pseudo-terminal.
@@ -331,6 +364,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if summary.violations > 0 {
                 return Ok(ExitCode::from(3));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Export {
+            config,
+            host,
+            since,
+            until,
+            out,
+            format,
+            tolerance,
+            database_url,
+            frames_per_file,
+        } => {
+            let args = stringdriverd::export::ExportArgs {
+                config,
+                host,
+                since,
+                until,
+                out,
+                format,
+                tolerance,
+                database_url,
+                frames_per_file,
+            };
+            let summary = runtime()?.block_on(stringdriverd::export::run(args))?;
+            print!("{}", summary.render());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::SimController {
