@@ -130,6 +130,29 @@ enum Cmd {
         #[arg(long, default_value_t = stringdriverd::export::args::DEFAULT_FRAMES_PER_FILE)]
         frames_per_file: u64,
     },
+    /// Write one self-contained HTML page (no network needed to open it) of
+    /// what a host recorded in a time window: positions, voice_count and
+    /// amp_sum with their thresholds, the operations, the gaps.
+    Report {
+        /// The TOML file (host, [database], snapshot interval).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Host to plot; default: the configuration's host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Window start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// Window end, exclusive (RFC 3339).
+        #[arg(long)]
+        until: chrono::DateTime<chrono::Utc>,
+        /// The HTML file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// PostgreSQL URL (no password in it) instead of the file's [database].
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Serve a simulated board on a pseudo-terminal linked at PATH.
     SimController {
         /// Where to put the symlink to the pseudo-terminal.
@@ -389,6 +412,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 frames_per_file,
             };
             let summary = runtime()?.block_on(stringdriverd::export::run(args))?;
+            print!("{}", summary.render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Report {
+            config,
+            host,
+            since,
+            until,
+            out,
+            database_url,
+        } => {
+            let args = stringdriverd::report::ReportArgs {
+                config,
+                host,
+                since,
+                until,
+                out,
+                database_url,
+            };
+            let summary = runtime()?.block_on(stringdriverd::report::run(args))?;
             print!("{}", summary.render());
             Ok(ExitCode::SUCCESS)
         }

@@ -353,7 +353,11 @@ pub async fn insert(client: &Client, rec: &Recording) -> Inserted {
 
     let mut copy = Copy::start(client, STATE_COLUMNS).await;
     // Timer snapshots over the whole span of the frames.
-    let period_us = rec.state_period.num_microseconds().unwrap_or(1_000_000).max(1);
+    let period_us = rec
+        .state_period
+        .num_microseconds()
+        .unwrap_or(1_000_000)
+        .max(1);
     let span_us = (rec.end() - rec.start).num_microseconds().unwrap_or(0);
     let mut states = 0;
     for k in 0..=(span_us / period_us) as u64 {
@@ -415,7 +419,11 @@ pub fn operations(rec: &Recording) -> Vec<Op> {
         let (end, status, message) = if last {
             (None, "started", None)
         } else if s % 2 == 0 {
-            (Some(start + len), "completed", Some("sweep done".to_string()))
+            (
+                Some(start + len),
+                "completed",
+                Some("sweep done".to_string()),
+            )
         } else {
             (
                 Some(start + len),
@@ -454,7 +462,14 @@ pub fn operations(rec: &Recording) -> Vec<Op> {
             None,
             zs.clone(),
         ));
-        ops.push(("z_adjust", at(75), Some(at(90)), "cancelled", None, zs.clone()));
+        ops.push((
+            "z_adjust",
+            at(75),
+            Some(at(90)),
+            "cancelled",
+            None,
+            zs.clone(),
+        ));
     }
     ops
 }
@@ -521,9 +536,7 @@ async fn insert_roles(client: &Client, rec: &Recording) {
 
 /// A fresh migrated test database with `recordings` inserted, and what each
 /// wrote.
-pub async fn database_with(
-    recordings: &[Recording],
-) -> (super::pg::TestDb, Client, Vec<Inserted>) {
+pub async fn database_with(recordings: &[Recording]) -> (super::pg::TestDb, Client, Vec<Inserted>) {
     let db = super::pg::TestDb::create().await;
     let mut client = db.client().await;
     stringdriverd::store::migrate::migrate(&mut client)
