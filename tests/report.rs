@@ -207,6 +207,8 @@ async fn report_counts_every_row_operation_and_gap_of_the_host_and_renders_offli
 
     // The gaps, as computed here from the rows.
     assert_eq!(v["gap_threshold_seconds"], 3.0);
+    assert_eq!(v["gaps"]["machine_state"]["threshold_seconds"], 3.0);
+    assert_eq!(v["gaps"]["controls"]["threshold_seconds"], 3.0);
     let min = Duration::seconds(3);
     let want = expected_gaps(
         times(&client, "machine_state", &rec.host).await,
@@ -392,4 +394,31 @@ async fn bad_arguments_are_refused_naming_what_is_wrong() {
         .expect_err("no server");
     assert!(matches!(e, ReportError::Connect(_)), "{e:?}");
     assert!(!out.exists());
+}
+
+#[tokio::test]
+async fn audio_frames_sparser_than_the_gap_threshold_are_not_a_gap_each() {
+    // One audmon frame every 4 s (longer than the configured 3 s), one
+    // pause of a minute: only the pause (and the window's ends) are gaps.
+    let mut rec = Recording::small("sparse", 60, 5);
+    rec.fps = 0.25;
+    rec.frame_gaps = vec![(30, Duration::seconds(60))];
+    rec.sweeps = 0;
+    let (db, _client, _) = recordings::database_with(std::slice::from_ref(&rec)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::demo_config(dir.path(), &db.url());
+    let out = dir.path().join("sparse.html");
+    let since = rec.start - Duration::seconds(60);
+    let until = rec.end() + Duration::seconds(60);
+    report::run(args(&config, "sparse", since, until, &out))
+        .await
+        .expect("report");
+    let v = data_block(&std::fs::read_to_string(&out).expect("written"));
+    let controls = &v["gaps"]["controls"];
+    assert_eq!(controls["threshold_seconds"], 12.0, "{controls}");
+    let got = listed_gaps(controls);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].0, since);
+    assert_eq!(got[1].1, rec.frame_time(30));
+    assert_eq!(got[2].1, until);
 }

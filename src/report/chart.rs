@@ -267,7 +267,11 @@ impl Chart<'_> {
                 for (k, line) in self.lines.iter().enumerate() {
                     // Later lines dashed: where two lines coincide (a Z pair
                     // at the same height) both stay visible.
-                    let dash = if k > 0 { r#" stroke-dasharray="5 4""# } else { "" };
+                    let dash = if k > 0 {
+                        r#" stroke-dasharray="5 4""#
+                    } else {
+                        ""
+                    };
                     let _ = write!(
                         s,
                         r#"<path class="line" d="{}" fill="{c}" fill-opacity="0.25" stroke="{c}" stroke-width="1.4" stroke-linejoin="round"{dash}/>"#,

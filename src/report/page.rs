@@ -56,7 +56,7 @@ pub fn render(w: &Window, data: &ReportData) -> String {
             esc(&w.host)
         );
     }
-    summary_table(&mut body, w, data);
+    summary_table(&mut body, data);
     operations_section(&mut body, data, &axis, &gaps);
     gaps_section(&mut body, "machine_state", &data.state_gaps);
     gaps_section(&mut body, "controls (audmon frames)", &data.audio_gaps);
@@ -123,6 +123,7 @@ fn duration_text(seconds: f64) -> String {
 
 fn gaps_json(g: &Gaps) -> serde_json::Value {
     json!({
+        "threshold_seconds": g.threshold,
         "total": g.total,
         "seconds": g.seconds,
         "listed": g.listed.iter().map(|g| json!({
@@ -135,7 +136,7 @@ fn gaps_json(g: &Gaps) -> serde_json::Value {
     })
 }
 
-fn summary_table(body: &mut String, w: &Window, data: &ReportData) {
+fn summary_table(body: &mut String, data: &ReportData) {
     let c = &data.counts;
     let opt = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("—".to_string(), rfc3339);
     let rows: Vec<(&str, String)> = vec![
@@ -159,15 +160,16 @@ fn summary_table(body: &mut String, w: &Window, data: &ReportData) {
                 "{} ({} without snapshots; a gap is {} or more without a row)",
                 data.state_gaps.total,
                 duration_text(data.state_gaps.seconds),
-                duration_text(w.gap.as_secs_f64())
+                duration_text(data.state_gaps.threshold)
             ),
         ),
         (
             "gaps in controls",
             format!(
-                "{} ({} without audmon frames)",
+                "{} ({} without audmon frames; a gap is {} or more without a row)",
                 data.audio_gaps.total,
-                duration_text(data.audio_gaps.seconds)
+                duration_text(data.audio_gaps.seconds),
+                duration_text(data.audio_gaps.threshold)
             ),
         ),
         (

@@ -3,6 +3,7 @@
 //! whatever the window.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,7 +35,8 @@ pub struct Window {
     pub until: DateTime<Utc>,
     /// Time buckets of the charts.
     pub buckets: usize,
-    /// Shortest span without rows that counts as a gap.
+    /// Shortest span without rows that counts as a gap (longer where the
+    /// table's rows are sparser, see [`Gaps::threshold`]).
     pub gap: Duration,
 }
 
@@ -95,6 +97,10 @@ pub struct Counts {
     pub first: Option<DateTime<Utc>>,
     /// Last `machine_state` row.
     pub last: Option<DateTime<Utc>>,
+    /// Longest `stepper_positions` array.
+    pub steppers: usize,
+    /// Longest `voice_count` array.
+    pub channels: usize,
 }
 
 /// A span of the window without rows.
@@ -119,6 +125,9 @@ pub struct Gaps {
     pub seconds: f64,
     /// The first [`MAX_GAPS`] in time order.
     pub listed: Vec<Gap>,
+    /// Shortest span counted as a gap, seconds: the window's `gap`, or three
+    /// times the table's median interval between rows if longer.
+    pub threshold: f64,
 }
 
 /// One operation row.
@@ -217,8 +226,7 @@ pub async fn fetch(
             None => (Vec::new(), "nowhere (no stepper_roles rows for the host)"),
         },
     };
-    let positions = positions(client, w).await?;
-    let channels = channels(client, w).await?;
+    let (positions, channels) = series(client, w, counts.steppers, counts.channels).await?;
     let state_gaps = gaps(client, w, "machine_state", now).await?;
     let audio_gaps = gaps(client, w, "controls", now).await?;
     let ops = operations(client, w).await?;
@@ -240,7 +248,8 @@ async fn counts(client: &Client, w: &Window) -> Result<Counts, ReportError> {
         client,
         WHAT,
         "SELECT count(*), count(controls_id), min(recorded_at), max(recorded_at), \
-         (SELECT count(*) FROM controls WHERE host = $1 AND recorded_at >= $2 AND recorded_at < $3) \
+         (SELECT count(*) FROM controls WHERE host = $1 AND recorded_at >= $2 AND recorded_at < $3), \
+         coalesce(max(cardinality(stepper_positions)), 0), coalesce(max(cardinality(voice_count)), 0) \
          FROM machine_state WHERE host = $1 AND recorded_at >= $2 AND recorded_at < $3",
         &[&w.host, &w.since, &w.until],
     )
@@ -254,6 +263,8 @@ async fn counts(client: &Client, w: &Window) -> Result<Counts, ReportError> {
         first: get(r, WHAT, 2)?,
         last: get(r, WHAT, 3)?,
         controls: get::<i64>(r, WHAT, 4)?.max(0) as u64,
+        steppers: get::<i32>(r, WHAT, 5)?.max(0) as usize,
+        channels: get::<i32>(r, WHAT, 6)?.max(0) as usize,
     })
 }
 
@@ -298,17 +309,19 @@ fn layout_roles(layout: &Layout) -> Vec<StepperRole> {
 const BUCKET: &str =
     "LEAST(GREATEST(floor(extract(epoch FROM m.recorded_at - $2)::float8 / $4)::int4, 0), $5 - 1)";
 
-/// Puts `(bucket, index, span)` into per-index series.
-fn place(out: &mut Vec<Series>, buckets: usize, index: usize, bucket: usize, span: Option<Span>) {
-    // A malformed row (an index in the millions) must not allocate millions.
-    if index > 4096 || bucket >= buckets {
-        return;
-    }
-    if out.len() <= index {
-        out.resize(index + 1, vec![None; buckets]);
-    }
-    out[index][bucket] = span;
-}
+/// Most steppers and channels charted: the query has two columns per value
+/// and element, and a malformed row must not make it enormous.
+const MAX_STEPPERS: usize = 128;
+const MAX_CHANNELS: usize = 32;
+
+/// The per-channel arrays, in the order of [`Channel`]'s fields: the value
+/// and the band's lower and upper edge.
+const CHANNEL_ARRAYS: [(&str, &str); 4] = [
+    ("voice_count", "voice_count"),
+    ("amp_sum", "amp_sum"),
+    ("voice_count_min", "voice_count_max"),
+    ("amp_sum_min", "amp_sum_max"),
+];
 
 fn span(min: Option<f64>, max: Option<f64>) -> Option<Span> {
     Some(Span {
@@ -317,73 +330,76 @@ fn span(min: Option<f64>, max: Option<f64>) -> Option<Span> {
     })
 }
 
-async fn positions(client: &Client, w: &Window) -> Result<Vec<Series>, ReportError> {
-    const WHAT: &str = "reading the positions";
+/// Every charted value's min and max per bucket, in one pass over the
+/// window's `machine_state` rows: one `min(a[k])`, `max(a[k])` pair per
+/// array element, grouped by bucket (a few hundred groups, whatever the
+/// number of rows). Elements past a row's array length are NULL and do not
+/// count.
+async fn series(
+    client: &Client,
+    w: &Window,
+    steppers: usize,
+    channels: usize,
+) -> Result<(Vec<Series>, Vec<Channel>), ReportError> {
+    const WHAT: &str = "reading positions, voice_count and amp_sum";
+    let steppers = steppers.min(MAX_STEPPERS);
+    let channels = channels.min(MAX_CHANNELS);
+    let mut cols = String::new();
+    for k in 1..=steppers {
+        let _ = write!(
+            cols,
+            ", min(m.stepper_positions[{k}])::float8, max(m.stepper_positions[{k}])::float8"
+        );
+    }
+    for c in 1..=channels {
+        for (lo, hi) in CHANNEL_ARRAYS {
+            let _ = write!(cols, ", min(m.{lo}[{c}])::float8, max(m.{hi}[{c}])::float8");
+        }
+    }
     let sql = format!(
-        "SELECT {BUCKET} AS b, (u.i - 1)::int4, min(u.p)::float8, max(u.p)::float8 \
-         FROM machine_state m, unnest(m.stepper_positions) WITH ORDINALITY AS u(p, i) \
+        "SELECT {BUCKET} AS b{cols} FROM machine_state m \
          WHERE m.host = $1 AND m.recorded_at >= $2 AND m.recorded_at < $3 \
-         GROUP BY 1, 2 ORDER BY 1, 2"
+         GROUP BY 1 ORDER BY 1"
     );
     let buckets = i32::try_from(w.buckets).unwrap_or(i32::MAX);
-    let mut out = Vec::new();
-    for r in rows(
-        client,
-        WHAT,
-        &sql,
-        &[&w.host, &w.since, &w.until, &w.bucket_seconds(), &buckets],
-    )
-    .await?
-    {
-        let b = get::<i32>(&r, WHAT, 0)?.max(0) as usize;
-        let i = get::<i32>(&r, WHAT, 1)?.max(0) as usize;
-        let s = span(get(&r, WHAT, 2)?, get(&r, WHAT, 3)?);
-        place(&mut out, w.buckets, i, b, s);
-    }
-    Ok(out)
-}
-
-async fn channels(client: &Client, w: &Window) -> Result<Vec<Channel>, ReportError> {
-    const WHAT: &str = "reading voice_count and amp_sum";
-    let sql = format!(
-        "SELECT {BUCKET} AS b, (u.ch - 1)::int4, \
-         min(u.vc)::float8, max(u.vc)::float8, min(u.amp)::float8, max(u.amp)::float8, \
-         min(u.vmin)::float8, max(u.vmax)::float8, min(u.amin)::float8, max(u.amax)::float8 \
-         FROM machine_state m, unnest(m.voice_count, m.amp_sum, m.voice_count_min, \
-         m.voice_count_max, m.amp_sum_min, m.amp_sum_max) \
-         WITH ORDINALITY AS u(vc, amp, vmin, vmax, amin, amax, ch) \
-         WHERE m.host = $1 AND m.recorded_at >= $2 AND m.recorded_at < $3 \
-         GROUP BY 1, 2 ORDER BY 1, 2"
-    );
-    let buckets = i32::try_from(w.buckets).unwrap_or(i32::MAX);
-    let (mut vc, mut amp, mut vband, mut aband) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for r in rows(
-        client,
-        WHAT,
-        &sql,
-        &[&w.host, &w.since, &w.until, &w.bucket_seconds(), &buckets],
-    )
-    .await?
-    {
-        let b = get::<i32>(&r, WHAT, 0)?.max(0) as usize;
-        let c = get::<i32>(&r, WHAT, 1)?.max(0) as usize;
-        let f = |i| get::<Option<f64>>(&r, WHAT, i);
-        place(&mut vc, w.buckets, c, b, span(f(2)?, f(3)?));
-        place(&mut amp, w.buckets, c, b, span(f(4)?, f(5)?));
-        place(&mut vband, w.buckets, c, b, span(f(6)?, f(7)?));
-        place(&mut aband, w.buckets, c, b, span(f(8)?, f(9)?));
-    }
-    let n = vc.len().max(amp.len()).max(vband.len()).max(aband.len());
     let empty = vec![None; w.buckets];
-    let at = |v: &Vec<Series>, c: usize| v.get(c).cloned().unwrap_or_else(|| empty.clone());
-    Ok((0..n)
-        .map(|c| Channel {
-            voice_count: at(&vc, c),
-            amp_sum: at(&amp, c),
-            voice_band: at(&vband, c),
-            amp_band: at(&aband, c),
-        })
-        .collect())
+    let mut positions = vec![empty.clone(); steppers];
+    let mut chans = vec![
+        Channel {
+            voice_count: empty.clone(),
+            amp_sum: empty.clone(),
+            voice_band: empty.clone(),
+            amp_band: empty.clone(),
+        };
+        channels
+    ];
+    for r in rows(
+        client,
+        WHAT,
+        &sql,
+        &[&w.host, &w.since, &w.until, &w.bucket_seconds(), &buckets],
+    )
+    .await?
+    {
+        let b = get::<i32>(&r, WHAT, 0)?.max(0) as usize;
+        if b >= w.buckets {
+            continue;
+        }
+        let pair = |i: usize| -> Result<Option<Span>, ReportError> {
+            Ok(span(get(&r, WHAT, 1 + 2 * i)?, get(&r, WHAT, 2 + 2 * i)?))
+        };
+        for (k, p) in positions.iter_mut().enumerate() {
+            p[b] = pair(k)?;
+        }
+        for (c, ch) in chans.iter_mut().enumerate() {
+            let at = steppers + 4 * c;
+            ch.voice_count[b] = pair(at)?;
+            ch.amp_sum[b] = pair(at + 1)?;
+            ch.voice_band[b] = pair(at + 2)?;
+            ch.amp_band[b] = pair(at + 3)?;
+        }
+    }
+    Ok((positions, chans))
 }
 
 /// Spans of at least `w.gap` without a row of `table` (the window's ends
@@ -403,23 +419,35 @@ async fn gaps(
     } else {
         "machine_state"
     };
+    // The threshold is the configured one, or three times the table's
+    // median interval between rows if longer (audmon logging one frame every
+    // 4 s has no gap every 4 s); the window's ends are not rows and do not
+    // count in the median. `th` always has one row, so the threshold comes
+    // back even when there is no gap.
     let sql = format!(
         "WITH t AS ( \
-            SELECT recorded_at AS at FROM {table} \
+            SELECT recorded_at AS at, false AS edge FROM {table} \
              WHERE host = $1 AND recorded_at >= $2 AND recorded_at < $3 \
-            UNION ALL SELECT $2 UNION ALL SELECT $3), \
-         g AS (SELECT lag(at) OVER (ORDER BY at) AS a, at AS b FROM t), \
-         big AS (SELECT a, b FROM g WHERE extract(epoch FROM b - a)::float8 >= $4), \
+            UNION ALL SELECT $2, true UNION ALL SELECT $3, true), \
+         g AS (SELECT lag(at) OVER w AS a, at AS b, lag(edge) OVER w OR edge AS edge \
+                 FROM t WINDOW w AS (ORDER BY at)), \
+         th AS (SELECT greatest($4, 3 * coalesce(percentile_cont(0.5) WITHIN GROUP \
+                       (ORDER BY extract(epoch FROM b - a)::float8), 0)) AS s \
+                  FROM g WHERE a IS NOT NULL AND NOT edge), \
+         big AS (SELECT a, b FROM g, th WHERE extract(epoch FROM b - a)::float8 >= th.s), \
          listed AS (SELECT a, b, count(*) OVER () AS n, \
                            sum(extract(epoch FROM b - a)::float8) OVER () AS s \
                       FROM big ORDER BY a LIMIT $5) \
-         SELECT a, b, n, s, \
+         SELECT th.s, listed.a, listed.b, listed.n, listed.s, \
                 EXISTS (SELECT 1 FROM {other} o WHERE o.host = $1 \
                         AND o.recorded_at > listed.a AND o.recorded_at < listed.b) \
-           FROM listed ORDER BY a"
+           FROM th LEFT JOIN listed ON true ORDER BY listed.a"
     );
     let gap = w.gap.as_secs_f64();
-    let mut out = Gaps::default();
+    let mut out = Gaps {
+        threshold: gap,
+        ..Gaps::default()
+    };
     for r in rows(
         client,
         WHAT,
@@ -428,11 +456,16 @@ async fn gaps(
     )
     .await?
     {
-        let from: DateTime<Utc> = get(&r, WHAT, 0)?;
-        let to: DateTime<Utc> = get(&r, WHAT, 1)?;
-        out.total = get::<i64>(&r, WHAT, 2)?.max(0) as u64;
-        out.seconds = get::<Option<f64>>(&r, WHAT, 3)?.unwrap_or(0.0);
-        let other_rows: bool = get(&r, WHAT, 4)?;
+        out.threshold = get::<Option<f64>>(&r, WHAT, 0)?.unwrap_or(gap);
+        let (Some(from), Some(to)) = (
+            get::<Option<DateTime<Utc>>>(&r, WHAT, 1)?,
+            get::<Option<DateTime<Utc>>>(&r, WHAT, 2)?,
+        ) else {
+            continue;
+        };
+        out.total = get::<Option<i64>>(&r, WHAT, 3)?.unwrap_or(0).max(0) as u64;
+        out.seconds = get::<Option<f64>>(&r, WHAT, 4)?.unwrap_or(0.0);
+        let other_rows: bool = get(&r, WHAT, 5)?;
         let (kind, reason) = reason(table, w, from, to, other_rows, now);
         out.listed.push(Gap {
             from,
