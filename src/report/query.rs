@@ -305,10 +305,6 @@ fn layout_roles(layout: &Layout) -> Vec<StepperRole> {
         .collect()
 }
 
-/// `$4` seconds per bucket, `$5` buckets: the bucket of `recorded_at`.
-const BUCKET: &str =
-    "LEAST(GREATEST(floor(extract(epoch FROM m.recorded_at - $2)::float8 / $4)::int4, 0), $5 - 1)";
-
 /// Most steppers and channels charted: the query has two columns per value
 /// and element, and a malformed row must not make it enormous.
 const MAX_STEPPERS: usize = 128;
@@ -356,10 +352,17 @@ async fn series(
             let _ = write!(cols, ", min(m.{lo}[{c}])::float8, max(m.{hi}[{c}])::float8");
         }
     }
+    // The bucket of a row is computed, and joined to generate_series: the
+    // planner then knows there are at most `$5` groups and aggregates in a
+    // small (parallel) hash table over a scan, where grouping by the
+    // computed bucket alone made it expect a group per row and sort the
+    // whole window on disk (3x slower on a million rows).
     let sql = format!(
-        "SELECT {BUCKET} AS b{cols} FROM machine_state m \
+        "SELECT b.i{cols} FROM machine_state m \
+         JOIN generate_series(0, $5 - 1) AS b(i) ON b.i = LEAST(GREATEST( \
+              floor(extract(epoch FROM m.recorded_at - $2)::float8 / $4)::int4, 0), $5 - 1) \
          WHERE m.host = $1 AND m.recorded_at >= $2 AND m.recorded_at < $3 \
-         GROUP BY 1 ORDER BY 1"
+         GROUP BY b.i ORDER BY b.i"
     );
     let buckets = i32::try_from(w.buckets).unwrap_or(i32::MAX);
     let empty = vec![None; w.buckets];
