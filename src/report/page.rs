@@ -16,7 +16,7 @@ pub const FORMAT: u32 = 1;
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:16px 24px;color:#222}\
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 6px;border-bottom:1px solid #ddd}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}\
-th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}td.t{white-space:nowrap}\
+th{background:#f4f4f4}summary{cursor:pointer;font-size:13px;margin:4px 0}td.n{text-align:right;font-variant-numeric:tabular-nums}td.t{white-space:nowrap}\
 .row{display:flex;flex-wrap:nowrap;gap:4px}.muted{color:#666;font-size:13px}\
 .empty{font-size:16px;padding:12px;background:#fff3e0;border:1px solid #ffb74d}\
 svg .t{font-size:13px;font-weight:600;fill:#222}svg .l{font-size:11px;fill:#555}svg .b{font-size:11px;fill:#fff}\
@@ -58,13 +58,13 @@ pub fn render(w: &Window, data: &ReportData) -> String {
     }
     summary_table(&mut body, data);
     operations_section(&mut body, data, &axis, &gaps);
-    gaps_section(&mut body, "machine_state", &data.state_gaps);
-    gaps_section(&mut body, "controls (audmon frames)", &data.audio_gaps);
-
     let mut charts = Vec::new();
     if data.counts.machine_state > 0 {
         charts_section(&mut body, w, data, &axis, &gaps, &mut charts);
     }
+    // After the charts: a long list would push them out of sight.
+    gaps_section(&mut body, "machine_state", &data.state_gaps);
+    gaps_section(&mut body, "controls (audmon frames)", &data.audio_gaps);
 
     let block = json!({
         "format": FORMAT,
@@ -112,7 +112,11 @@ pub fn render(w: &Window, data: &ReportData) -> String {
 }
 
 fn duration_text(seconds: f64) -> String {
-    if seconds >= 120.0 {
+    if seconds >= 2.0 * 86_400.0 {
+        format!("{:.1} days", seconds / 86_400.0)
+    } else if seconds >= 2.0 * 3600.0 {
+        format!("{:.1} h", seconds / 3600.0)
+    } else if seconds >= 120.0 {
         format!("{:.1} min", seconds / 60.0)
     } else if seconds >= 1.0 {
         format!("{seconds:.1} s")
@@ -238,14 +242,19 @@ fn gaps_section(body: &mut String, what: &str, g: &Gaps) {
         body.push_str("<p class=\"muted\">None.</p>");
         return;
     }
-    if (g.listed.len() as u64) < g.total {
-        let _ = write!(
-            body,
-            "<p class=\"muted\">The first {} of {} gaps.</p>",
-            g.listed.len(),
-            g.total
-        );
-    }
+    // Folded when long (a <details> element: no script).
+    let _ = write!(
+        body,
+        "<details{}><summary>{} gaps, {} in all{}</summary>",
+        if g.listed.len() <= 10 { " open" } else { "" },
+        g.total,
+        duration_text(g.seconds),
+        if (g.listed.len() as u64) < g.total {
+            format!("; the first {} listed", g.listed.len())
+        } else {
+            String::new()
+        }
+    );
     body.push_str("<table><tr><th>from</th><th>to</th><th>length</th><th>why (as far as the data can say)</th></tr>");
     for gap in &g.listed {
         let _ = write!(
@@ -257,7 +266,7 @@ fn gaps_section(body: &mut String, what: &str, g: &Gaps) {
             esc(&gap.reason)
         );
     }
-    body.push_str("</table>");
+    body.push_str("</table></details>");
 }
 
 fn charts_section(
