@@ -102,6 +102,81 @@ fn artefact(name: &str) -> PathBuf {
     target.join(name)
 }
 
+/// Opens `page` in headless Chromium (every host name unresolvable, the
+/// browser's own background services off), saves a 1400×2000 screenshot at
+/// `png` and the network log at `net`.
+async fn chromium(page: &Path, png: &Path, net: &Path) -> std::process::Output {
+    let mut cmd = Command::new("/usr/bin/chromium");
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--no-first-run",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--window-size=1400,2000",
+    ])
+    .arg(format!("--log-net-log={}", net.display()))
+    .arg(format!("--screenshot={}", png.display()))
+    .arg(format!("file://{}", page.display()));
+    tokio::task::spawn_blocking(move || {
+        cmd.output()
+            .expect("chromium runs (scripts/ensure-test-tools.sh installs it)")
+    })
+    .await
+    .expect("join")
+}
+
+/// The http(s) URLs in a Chromium network log, but for the browser's own
+/// services (clock, updates, accounts), which it asks whatever the page.
+fn page_requests(net: &Path) -> Vec<String> {
+    let log = std::fs::read_to_string(net).expect("network log written");
+    let mut urls: Vec<String> = log
+        .split("\"url\":\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .filter(|u| {
+            let host = u.split('/').nth(2).unwrap_or("");
+            !["google.com", "googleapis.com", "gvt1.com"]
+                .iter()
+                .any(|own| host == *own || host.ends_with(&format!(".{own}")))
+        })
+        .map(str::to_string)
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+#[tokio::test]
+async fn the_network_check_sees_a_page_that_fetches_something() {
+    // The control of the offline check above: the same browser run on a
+    // page with one remote image must log its request.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let page = dir.path().join("remote.html");
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html><html><body><img src=\"https://example.com/x.png\"></body></html>",
+    )
+    .expect("page");
+    let net = dir.path().join("net.json");
+    let run = chromium(&page, &dir.path().join("remote.png"), &net).await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        page_requests(&net),
+        vec!["https://example.com/x.png".to_string()]
+    );
+}
+
 /// Width and height of a PNG, from its IHDR chunk.
 fn png_size(bytes: &[u8]) -> (u32, u32) {
     assert!(
@@ -254,32 +329,17 @@ async fn report_counts_every_row_operation_and_gap_of_the_host_and_renders_offli
     }
 
     // A real browser, with every host name unresolvable: the page must
-    // render all the same.
+    // render all the same, and its network log must show no request.
     let png = artefact("report.png");
     let _ = std::fs::remove_file(&png);
-    let url = format!("file://{}", out.display());
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("/usr/bin/chromium")
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                "--host-resolver-rules=MAP * ~NOTFOUND",
-                "--window-size=1400,2000",
-            ])
-            .arg(format!("--screenshot={}", artefact("report.png").display()))
-            .arg(url)
-            .output()
-            .expect("chromium runs (scripts/ensure-test-tools.sh installs it)")
-    })
-    .await
-    .expect("join");
+    let net = dir.path().join("net.json");
+    let run = chromium(&out, &png, &net).await;
     assert!(
         run.status.success(),
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    assert_eq!(page_requests(&net), Vec::<String>::new());
     let bytes = std::fs::read(&png).expect("screenshot written");
     assert_eq!(png_size(&bytes), (1400, 2000));
     // A blank page compresses to a few kB; charts and tables do not.
@@ -421,4 +481,47 @@ async fn audio_frames_sparser_than_the_gap_threshold_are_not_a_gap_each() {
     assert_eq!(got[0].0, since);
     assert_eq!(got[1].1, rec.frame_time(30));
     assert_eq!(got[2].1, until);
+}
+
+#[tokio::test]
+async fn report_subcommand_writes_the_page_and_refuses_a_reversed_window() {
+    let rec = Recording::small("host-c", 80, 9);
+    let (db, _client, inserted) = recordings::database_with(std::slice::from_ref(&rec)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The file's database is nowhere: --database-url must win.
+    let config = common::demo_config(dir.path(), "postgres://postgres@127.0.0.1:1/nothing");
+    let out = dir.path().join("cli.html");
+    let run = |since: DateTime<Utc>, until: DateTime<Utc>| {
+        Command::new(env!("CARGO_BIN_EXE_stringdriverd"))
+            .arg("report")
+            .arg("--config")
+            .arg(&config)
+            .args(["--host", "host-c", "--database-url", &db.url()])
+            .args([
+                "--since",
+                &report::rfc3339(since),
+                "--until",
+                &report::rfc3339(until),
+            ])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("stringdriverd runs")
+    };
+    let o = run(rec.start, rec.end() + Duration::seconds(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let v = data_block(&std::fs::read_to_string(&out).expect("written"));
+    assert_eq!(v["counts"]["machine_state"], inserted[0].states);
+    assert_eq!(v["counts"]["controls"], inserted[0].frames);
+
+    std::fs::remove_file(&out).expect("rm");
+    let o = run(rec.end(), rec.start);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("--until") && stderr.contains("--since"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
 }
