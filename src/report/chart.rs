@@ -58,6 +58,24 @@ impl TimeAxis {
         ((t - self.since).num_milliseconds() as f64 / total).clamp(0.0, 1.0)
     }
 
+    /// `parts + 1` time labels evenly along a plot `width` wide, at `y`.
+    fn labels(&self, s: &mut String, parts: u32, width: f64, y: f64) {
+        for k in 0..=parts {
+            let f = f64::from(k) / f64::from(parts);
+            let anchor = match k {
+                0 => "start",
+                k if k == parts => "end",
+                _ => "middle",
+            };
+            let _ = write!(
+                s,
+                r#"<text x="{:.0}" y="{y:.0}" class="l" text-anchor="{anchor}">{}</text>"#,
+                LEFT + f * width,
+                self.label(f)
+            );
+        }
+    }
+
     fn label(&self, f: f64) -> String {
         let total = (self.until - self.since).num_milliseconds();
         let t = self.since + chrono::TimeDelta::milliseconds((total as f64 * f) as i64);
@@ -281,15 +299,7 @@ impl Chart<'_> {
                 }
             }
         }
-        for (f, anchor) in [(0.0, "start"), (0.5, "middle"), (1.0, "end")] {
-            let _ = write!(
-                s,
-                r#"<text x="{:.0}" y="{:.0}" class="l" text-anchor="{anchor}">{}</text>"#,
-                LEFT + f * PLOT_WIDTH,
-                TOP + PLOT_HEIGHT + 15.0,
-                axis.label(f)
-            );
-        }
+        axis.labels(&mut s, 2, PLOT_WIDTH, TOP + PLOT_HEIGHT + 15.0);
         s.push_str("</svg>");
         s
     }
@@ -392,21 +402,7 @@ pub fn timeline(ops: &[Operation], axis: &TimeAxis, gaps: &[(f64, f64)]) -> Stri
         }
         let _ = write!(s, "<title>{}</title></g>", esc(&title));
     }
-    for k in 0..=4 {
-        let f = k as f64 / 4.0;
-        let anchor = match k {
-            0 => "start",
-            4 => "end",
-            _ => "middle",
-        };
-        let _ = write!(
-            s,
-            r#"<text x="{:.0}" y="{:.0}" class="l" text-anchor="{anchor}">{}</text>"#,
-            LEFT + f * TIMELINE_WIDTH,
-            TOP + plot_h + 15.0,
-            axis.label(f)
-        );
-    }
+    axis.labels(&mut s, 4, TIMELINE_WIDTH, TOP + plot_h + 15.0);
     s.push_str("</svg>");
     s
 }
