@@ -140,6 +140,16 @@ fn gaps_json(g: &Gaps) -> serde_json::Value {
     })
 }
 
+/// A summary line about `g`, the gaps in rows of `what`.
+fn gaps_line(g: &Gaps, what: &str) -> String {
+    format!(
+        "{} ({} without {what}; a gap is {} or more without a row)",
+        g.total,
+        duration_text(g.seconds),
+        duration_text(g.threshold)
+    )
+}
+
 fn summary_table(body: &mut String, data: &ReportData) {
     let c = &data.counts;
     let opt = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("—".to_string(), rfc3339);
@@ -160,21 +170,11 @@ fn summary_table(body: &mut String, data: &ReportData) {
         ),
         (
             "gaps in machine_state",
-            format!(
-                "{} ({} without snapshots; a gap is {} or more without a row)",
-                data.state_gaps.total,
-                duration_text(data.state_gaps.seconds),
-                duration_text(data.state_gaps.threshold)
-            ),
+            gaps_line(&data.state_gaps, "snapshots"),
         ),
         (
             "gaps in controls",
-            format!(
-                "{} ({} without audmon frames; a gap is {} or more without a row)",
-                data.audio_gaps.total,
-                duration_text(data.audio_gaps.seconds),
-                duration_text(data.audio_gaps.threshold)
-            ),
+            gaps_line(&data.audio_gaps, "audmon frames"),
         ),
         (
             "resets and disconnections",
