@@ -46,9 +46,11 @@ const INSERT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the task may flush what is queued once told to stop.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Reconnect delays.
+/// Reconnect delays. Short: at the demo's start the tables appear only
+/// once the daemon has migrated the database, and every second waited is a
+/// second of frames lost and snapshots without a frame to link to.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// One analysis frame: when audmon wrote it, and per channel its
 /// (frequency, amplitude) slots.
