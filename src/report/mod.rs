@@ -167,9 +167,7 @@ pub async fn run(args: ReportArgs) -> Result<ReportSummary, ReportError> {
     }
     let target = pg::pg_config(&cfg.database)?;
     let client = pg::connect(&target).await?;
-    crate::store::migrate::check_migrated(&client)
-        .await
-        .map_err(|e| ReportError::Schema(e.to_string()))?;
+    check_schema(&client).await?;
 
     let gap = cfg
         .snapshot
@@ -195,6 +193,33 @@ pub async fn run(args: ReportArgs) -> Result<ReportSummary, ReportError> {
         operations: data.ops.total,
         gaps: data.state_gaps.total,
     })
+}
+
+/// The oldest schema the queries read: V2 added `operations.completed_at`
+/// and `stepper_roles`.
+const OLDEST_SCHEMA: i32 = 2;
+
+/// The report only reads: a schema behind this build (V3 adds indexes only)
+/// or ahead of it is read with a warning, a schema without the tables it
+/// reads is an error naming the command that fixes it.
+async fn check_schema(client: &tokio_postgres::Client) -> Result<(), ReportError> {
+    use crate::store::migrate::{check_migrated, MigrateError};
+    match check_migrated(client).await {
+        Ok(_) => Ok(()),
+        Err(
+            e @ MigrateError::NotMigrated {
+                current: Some(v), ..
+            },
+        ) if v >= OLDEST_SCHEMA => {
+            tracing::warn!(error = %e, "reading an older schema: the report may be slower without the newer indexes");
+            Ok(())
+        }
+        Err(e @ MigrateError::Ahead { .. }) => {
+            tracing::warn!(error = %e, "reading a newer schema: the report reads only the columns it knows");
+            Ok(())
+        }
+        Err(e) => Err(ReportError::Schema(e.to_string())),
+    }
 }
 
 /// Writes through a temporary file and a rename: a reader never sees half a report.

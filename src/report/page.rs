@@ -245,9 +245,10 @@ fn gaps_section(body: &mut String, what: &str, g: &Gaps) {
     // Folded when long (a <details> element: no script).
     let _ = write!(
         body,
-        "<details{}><summary>{} gaps, {} in all{}</summary>",
+        "<details{}><summary>{} gap{}, {} in all{}</summary>",
         if g.listed.len() <= 10 { " open" } else { "" },
         g.total,
+        if g.total == 1 { "" } else { "s" },
         duration_text(g.seconds),
         if (g.listed.len() as u64) < g.total {
             format!("; the first {} listed", g.listed.len())
