@@ -525,3 +525,33 @@ async fn report_subcommand_writes_the_page_and_refuses_a_reversed_window() {
     );
     assert!(!out.exists());
 }
+
+#[tokio::test]
+async fn a_schema_behind_this_build_is_read_down_to_v2_and_refused_below() {
+    let rec = Recording::small("host-d", 40, 11);
+    let (db, client, inserted) = recordings::database_with(std::slice::from_ref(&rec)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::demo_config(dir.path(), &db.url());
+    let out = dir.path().join("old.html");
+    let window = (rec.start, rec.end() + Duration::seconds(1));
+    // As a database migrated by an older stringdriverd looks: V3 (indexes
+    // only) not applied. The report only reads, so it reads it.
+    client
+        .batch_execute("DELETE FROM refinery_schema_history WHERE version > 2")
+        .await
+        .expect("forget V3");
+    let s = report::run(args(&config, "host-d", window.0, window.1, &out))
+        .await
+        .expect("a V2 schema is read");
+    assert_eq!(s.machine_state_rows, inserted[0].states);
+    // Before V2 there is no stepper_roles nor completed_at: refused, naming the fix.
+    client
+        .batch_execute("DELETE FROM refinery_schema_history WHERE version > 1")
+        .await
+        .expect("forget V2");
+    let e = report::run(args(&config, "host-d", window.0, window.1, &out))
+        .await
+        .expect_err("a V1 schema is refused");
+    assert!(matches!(e, ReportError::Schema(_)), "{e:?}");
+    assert!(e.to_string().contains("stringdriverd migrate"), "{e}");
+}
