@@ -101,18 +101,8 @@ enum Cmd {
     /// learning: Parquet (or CSV) frames of audio partials with the machine
     /// state in force, meta/info.json, meta/episodes.jsonl, meta/stats.json.
     Export {
-        /// The TOML file (host and [database]).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Host to export; default: the configuration's host.
-        #[arg(long)]
-        host: Option<String>,
-        /// Window start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00Z).
-        #[arg(long)]
-        since: chrono::DateTime<chrono::Utc>,
-        /// Window end, exclusive (RFC 3339).
-        #[arg(long)]
-        until: chrono::DateTime<chrono::Utc>,
+        #[command(flatten)]
+        window: WindowArgs,
         /// The dataset directory: new or empty.
         #[arg(long)]
         out: PathBuf,
@@ -123,9 +113,6 @@ enum Cmd {
         /// with no state linked to it by controls_id.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         tolerance: Duration,
-        /// PostgreSQL URL (no password in it) instead of the file's [database].
-        #[arg(long)]
-        database_url: Option<String>,
         /// Frames per data file before the next file is started.
         #[arg(long, default_value_t = stringdriverd::export::args::DEFAULT_FRAMES_PER_FILE)]
         frames_per_file: u64,
@@ -134,24 +121,11 @@ enum Cmd {
     /// what a host recorded in a time window: positions, voice_count and
     /// amp_sum with their thresholds, the operations, the gaps.
     Report {
-        /// The TOML file (host, [database], snapshot interval).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Host to plot; default: the configuration's host.
-        #[arg(long)]
-        host: Option<String>,
-        /// Window start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00Z).
-        #[arg(long)]
-        since: chrono::DateTime<chrono::Utc>,
-        /// Window end, exclusive (RFC 3339).
-        #[arg(long)]
-        until: chrono::DateTime<chrono::Utc>,
+        #[command(flatten)]
+        window: WindowArgs,
         /// The HTML file to write.
         #[arg(long)]
         out: PathBuf,
-        /// PostgreSQL URL (no password in it) instead of the file's [database].
-        #[arg(long)]
-        database_url: Option<String>,
     },
     /// Serve a simulated board on a pseudo-terminal linked at PATH.
     SimController {
@@ -211,6 +185,26 @@ enum Cmd {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// What `export` and `report` read: a host's rows in a time window.
+#[derive(clap::Args)]
+struct WindowArgs {
+    /// The TOML file (host, [database]).
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Host to read; default: the configuration's host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Window start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long)]
+    since: chrono::DateTime<chrono::Utc>,
+    /// Window end, exclusive (RFC 3339).
+    #[arg(long)]
+    until: chrono::DateTime<chrono::Utc>,
+    /// PostgreSQL URL (no password in it) instead of the file's [database].
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 /// The firmware profiles as clap's possible values (listed in --help,
@@ -390,46 +384,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Export {
-            config,
-            host,
-            since,
-            until,
+            window,
             out,
             format,
             tolerance,
-            database_url,
             frames_per_file,
         } => {
             let args = stringdriverd::export::ExportArgs {
-                config,
-                host,
-                since,
-                until,
+                config: window.config,
+                host: window.host,
+                since: window.since,
+                until: window.until,
                 out,
                 format,
                 tolerance,
-                database_url,
+                database_url: window.database_url,
                 frames_per_file,
             };
             let summary = runtime()?.block_on(stringdriverd::export::run(args))?;
             print!("{}", summary.render());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Report {
-            config,
-            host,
-            since,
-            until,
-            out,
-            database_url,
-        } => {
+        Cmd::Report { window, out } => {
             let args = stringdriverd::report::ReportArgs {
-                config,
-                host,
-                since,
-                until,
+                config: window.config,
+                host: window.host,
+                since: window.since,
+                until: window.until,
                 out,
-                database_url,
+                database_url: window.database_url,
             };
             let summary = runtime()?.block_on(stringdriverd::report::run(args))?;
             print!("{}", summary.render());

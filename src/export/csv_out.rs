@@ -46,11 +46,7 @@ impl CsvSink {
 
     fn open_next(&mut self) -> Result<(), ExportError> {
         self.close_current()?;
-        let path = super::data_path(&self.out, self.files.len() as u64, "csv");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ExportError::write(dir, e))?;
-        }
-        let file = File::create(&path).map_err(|e| ExportError::write(&path, e))?;
+        let (path, file) = super::create_data_file(&self.out, self.files.len() as u64, "csv")?;
         let mut w = BufWriter::with_capacity(1 << 16, file);
         w.write_all(self.header.as_bytes())
             .map_err(|e| ExportError::write(&path, e))?;

@@ -274,3 +274,17 @@ pub fn data_path(out: &std::path::Path, n: u64, ext: &str) -> PathBuf {
         .join(format!("chunk-{:03}", n / 1000))
         .join(format!("file-{:03}.{ext}", n % 1000))
 }
+
+/// Creates data file number `n` ([`data_path`]) and its chunk directory.
+pub fn create_data_file(
+    out: &std::path::Path,
+    n: u64,
+    ext: &str,
+) -> Result<(PathBuf, std::fs::File), ExportError> {
+    let path = data_path(out, n, ext);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ExportError::write(dir, e))?;
+    }
+    let file = std::fs::File::create(&path).map_err(|e| ExportError::write(&path, e))?;
+    Ok((path, file))
+}

@@ -62,11 +62,7 @@ impl ParquetSink {
 
     fn open_next(&mut self) -> Result<(), ExportError> {
         self.close_current()?;
-        let path = super::data_path(&self.out, self.files.len() as u64, "parquet");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ExportError::write(dir, e))?;
-        }
-        let file = File::create(&path).map_err(|e| ExportError::write(&path, e))?;
+        let (path, file) = super::create_data_file(&self.out, self.files.len() as u64, "parquet")?;
         let level = ZstdLevel::try_new(ZSTD_LEVEL).map_err(|e| ExportError::write(&path, e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
