@@ -7,6 +7,10 @@
 //!   string and [`PARTIALS`] partials, whose channel c follows the simulated
 //!   Z steppers of string c ([`crate::sim::feed::partials_for_distance`] of
 //!   the smaller of the pair's two counters);
+//! - with a database, the simulated audmon's `controls` and `partials` rows:
+//!   one `controls` row per frame written to the feed, its partials linked
+//!   by `controls_id` ([`crate::sim::audmon_db`], a task of its own that
+//!   drops and counts frames while the database is away, as audmon does);
 //! - the daemon itself, in-process ([`daemon::run_with_shipping`]): board
 //!   drivers, feed reader, snapshot engine, spool and, when a database is
 //!   given, the shipper.
@@ -34,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::board::LinkState;
 use crate::config::{Config, Layout};
 use crate::daemon::{self, DaemonError, Parts, Shipping};
+use crate::sim::audmon_db::{self, AudmonDb, AudmonDbStatus};
 use crate::sim::feed::{partials_for_distance, FeedWriter};
 use crate::sim::{Profile, SimHandle, SimOptions, Simulator};
 
@@ -157,6 +162,8 @@ pub struct Summary {
     pub last_status: String,
     /// Safety violations the simulated boards recorded (a correct host causes none).
     pub violations: usize,
+    /// What the simulated audmon wrote to `controls` and `partials` (with a database).
+    pub audmon: Option<AudmonDbStatus>,
 }
 
 /// The exact command to try against the demo's control socket, quoted for
@@ -212,6 +219,16 @@ impl Summary {
         }
         if let Some(e) = &self.ship_error {
             line("last database error", e.clone());
+        }
+        if let Some(a) = &self.audmon {
+            line(
+                "audmon frames",
+                format!(
+                    "{} written to controls ({} partials rows), {} lost (no database session: \
+                     away, behind, or its tables not created yet)",
+                    a.written, a.partials, a.dropped
+                ),
+            );
         }
         let backlog = self
             .backlog
@@ -333,11 +350,31 @@ pub async fn run(
         }
     }
 
-    let sims = Arc::new(start_simulators(&cfg, scale)?);
-    let feed = match FeedTask::start(&cfg, sims.clone(), scale) {
+    let audmon = match &options.database {
+        Some(db) => Some(AudmonRows::start(&cfg, db)?),
+        None => None,
+    };
+    let sims = match start_simulators(&cfg, scale) {
+        Ok(sims) => Arc::new(sims),
+        Err(e) => {
+            if let Some(a) = audmon {
+                a.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    let feed = match FeedTask::start(
+        &cfg,
+        sims.clone(),
+        scale,
+        audmon.as_ref().map(|a| a.db.clone()),
+    ) {
         Ok(f) => f,
         Err(e) => {
             stop_simulators(sims);
+            if let Some(a) = audmon {
+                a.stop().await;
+            }
             return Err(e);
         }
     };
@@ -346,10 +383,50 @@ pub async fn run(
     let result = drive(&cfg, &options, shipping, Some(touch), stop).await;
 
     feed.stop();
+    let audmon = match audmon {
+        Some(a) => Some(a.stop().await),
+        None => None,
+    };
     let violations = stop_simulators(sims);
     let mut summary = result?;
     summary.violations = violations;
+    summary.audmon = audmon;
     Ok(summary)
+}
+
+/// The simulated audmon's `controls` and `partials` rows: the task of
+/// [`audmon_db::spawn`] and how to stop it.
+struct AudmonRows {
+    db: AudmonDb,
+    task: tokio::task::JoinHandle<()>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl AudmonRows {
+    fn start(cfg: &Config, db: &DatabaseChoice) -> Result<AudmonRows, DemoError> {
+        let target =
+            crate::store::pg::pg_config(&cfg.database).map_err(|e| DemoError::DatabaseUrl {
+                from: db.from,
+                reason: e.to_string(),
+            })?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (db, task) = audmon_db::spawn(target, cfg.host.clone(), shutdown.clone());
+        Ok(AudmonRows { db, task, shutdown })
+    }
+
+    /// Stops the task once the feed has stopped (it writes what is queued)
+    /// and returns what it did.
+    async fn stop(self) -> AudmonDbStatus {
+        self.shutdown.cancel();
+        // The task bounds its own flush; this bounds the wait should that fail.
+        if tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the simulated audmon's database writer did not stop within 10 s");
+        }
+        self.db.status()
+    }
 }
 
 /// A URL the daemon can use, holding no password: the configuration never
@@ -449,7 +526,12 @@ struct FeedTask {
 }
 
 impl FeedTask {
-    fn start(cfg: &Config, sims: Arc<Vec<SimHandle>>, scale: f64) -> Result<FeedTask, DemoError> {
+    fn start(
+        cfg: &Config,
+        sims: Arc<Vec<SimHandle>>,
+        scale: f64,
+        db: Option<AudmonDb>,
+    ) -> Result<FeedTask, DemoError> {
         let dir = cfg.feed.dir.clone();
         let fail = |cause| DemoError::Feed {
             dir: dir.clone(),
@@ -467,7 +549,7 @@ impl FeedTask {
         let (stop, stopped) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("demo audmon".to_string())
-            .spawn(move || feed_loop(writer, &sims, &layout, period, &stopped))
+            .spawn(move || feed_loop(writer, &sims, &layout, period, &stopped, db.as_ref()))
             .map_err(fail)?;
         tracing::info!(dir = %dir.display(), channels = cfg.layout.strings(), partials = PARTIALS, ?period, "simulated audmon feed started");
         Ok(FeedTask { stop, thread, dir })
@@ -501,6 +583,7 @@ fn feed_loop(
     layout: &Layout,
     period: Duration,
     stopped: &std_mpsc::Receiver<()>,
+    db: Option<&AudmonDb>,
 ) -> FeedWriter {
     let mut last_error: Option<String> = None;
     let mut frame_no: u64 = 0;
@@ -521,7 +604,13 @@ fn feed_loop(
             .collect();
         let frame = feed_frame(layout, &distances, frame_no);
         match writer.write_frame(&frame) {
-            Ok(()) => last_error = None,
+            Ok(()) => {
+                last_error = None;
+                // Logged as audmon logs a frame it analysed; never blocks.
+                if let Some(db) = db {
+                    db.offer(chrono::Utc::now(), &frame);
+                }
+            }
             Err(e) => {
                 let text = e.to_string();
                 // Once per distinct error, not every frame.
@@ -692,6 +781,7 @@ async fn drive(
         database: options.database.as_ref().map(|d| d.url.clone()),
         last_status,
         violations: 0,
+        audmon: None,
     })
 }
 

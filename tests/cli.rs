@@ -407,14 +407,14 @@ async fn migrate_creates_the_schema_once_and_says_so() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("applied V1"), "{out}");
-    assert!(out.contains("version 2"), "{out}");
+    assert!(out.contains("version 3"), "{out}");
     let o = bin()
         .args(["migrate", "--config"])
         .arg(&cfg)
         .output()
         .expect("runs");
     let (out, _) = text(&o);
-    assert!(out.contains("schema is current (version 2)"), "{out}");
+    assert!(out.contains("schema is current (version 3)"), "{out}");
     let n: i64 = db
         .client()
         .await

@@ -120,6 +120,36 @@ enum Cmd {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Export a host's recordings over a time window as a dataset for machine
+    /// learning: Parquet (or CSV) frames of audio partials with the machine
+    /// state in force, meta/info.json, meta/episodes.jsonl, meta/stats.json.
+    Export {
+        #[command(flatten)]
+        window: WindowArgs,
+        /// The dataset directory: new or empty.
+        #[arg(long)]
+        out: PathBuf,
+        /// Data file format.
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: stringdriverd::export::Format,
+        /// Oldest machine_state (before the frame) that may describe a frame
+        /// with no state linked to it by controls_id.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        tolerance: Duration,
+        /// Frames per data file before the next file is started.
+        #[arg(long, default_value_t = stringdriverd::export::args::DEFAULT_FRAMES_PER_FILE)]
+        frames_per_file: u64,
+    },
+    /// Write one self-contained HTML page (no network needed to open it) of
+    /// what a host recorded in a time window: positions, voice_count and
+    /// amp_sum with their thresholds, the operations, the gaps.
+    Report {
+        #[command(flatten)]
+        window: WindowArgs,
+        /// The HTML file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve a simulated board on a pseudo-terminal linked at PATH.
     SimController {
         /// Where to put the symlink to the pseudo-terminal.
@@ -178,6 +208,26 @@ enum Cmd {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// What `export` and `report` read: a host's rows in a time window.
+#[derive(clap::Args)]
+struct WindowArgs {
+    /// The TOML file (host, [database]).
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Host to read; default: the configuration's host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Window start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long)]
+    since: chrono::DateTime<chrono::Utc>,
+    /// Window end, exclusive (RFC 3339).
+    #[arg(long)]
+    until: chrono::DateTime<chrono::Utc>,
+    /// PostgreSQL URL (no password in it) instead of the file's [database].
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 /// The firmware profiles as clap's possible values (listed in --help,
@@ -396,6 +446,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serving.await.context("the console task")??;
                 anyhow::Ok(())
             })?;
+        Cmd::Export {
+            window,
+            out,
+            format,
+            tolerance,
+            frames_per_file,
+        } => {
+            let args = stringdriverd::export::ExportArgs {
+                config: window.config,
+                host: window.host,
+                since: window.since,
+                until: window.until,
+                out,
+                format,
+                tolerance,
+                database_url: window.database_url,
+                frames_per_file,
+            };
+            let summary = runtime()?.block_on(stringdriverd::export::run(args))?;
+            print!("{}", summary.render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Report { window, out } => {
+            let args = stringdriverd::report::ReportArgs {
+                config: window.config,
+                host: window.host,
+                since: window.since,
+                until: window.until,
+                out,
+                database_url: window.database_url,
+            };
+            let summary = runtime()?.block_on(stringdriverd::report::run(args))?;
+            print!("{}", summary.render());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::SimController {

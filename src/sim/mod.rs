@@ -34,6 +34,7 @@
 //! every safety violation in a separate list, both readable through
 //! [`SimHandle`] while the simulator runs.
 
+pub mod audmon_db;
 pub mod feed;
 pub mod firmware;
 pub mod jog;

@@ -448,7 +448,7 @@ mod tests {
     fn migrations_are_embedded_in_order_without_gaps() {
         let versions: Vec<i32> = embedded().iter().map(|m| m.version).collect();
         assert_eq!(versions, (1..=latest_version()).collect::<Vec<_>>());
-        assert_eq!(latest_version(), 2);
+        assert_eq!(latest_version(), 3);
         assert_eq!(embedded()[0].name, "machine_state_and_operations");
     }
 

@@ -11,6 +11,7 @@ pub mod pg;
 pub mod procstat;
 pub mod proxy;
 pub mod raw;
+pub mod recordings;
 pub mod records;
 pub mod shipping;
 
