@@ -110,17 +110,17 @@ pub async fn connected(board: &BoardHandle) -> Vec<i32> {
     s.positions.unwrap_or_default()
 }
 
-/// `config/demo.toml` with its files under `dir` and its database at
-/// `db_url`, written to `dir/stringdriver.toml`.
+/// `config/demo.toml` with its files under `dir` and a `[database]` at
+/// `db_url` that creates its tables (the demo file names no database), written
+/// to `dir/stringdriver.toml`.
 pub fn demo_config(dir: &std::path::Path, db_url: &str) -> PathBuf {
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
-    let cfg = std::fs::read_to_string(demo)
+    let mut cfg = std::fs::read_to_string(demo)
         .expect("demo config")
-        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
-        .replace(
-            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
-            db_url,
-        );
+        .replace("/tmp/stringdriverd-demo", &dir.display().to_string());
+    cfg.push_str(&format!(
+        "\n[database]\nurl = \"{db_url}\"\nauto_migrate = true\n"
+    ));
     let f = dir.join("stringdriver.toml");
     std::fs::write(&f, cfg).expect("write");
     f
