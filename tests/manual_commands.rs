@@ -368,6 +368,61 @@ async fn ctrl_c_during_op_run_wait_cancels_the_operation_it_started() {
     run.stop().await;
 }
 
+/// Issue 16 item 1: `op wait` did not start the operation, so Ctrl-C leaves
+/// it running and says how to cancel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_op_wait_leaves_the_operation_running_and_says_how_to_cancel_it() {
+    let mut o = MachineOptions::new(HOST);
+    o.sensors = true;
+    o.demo_physics = true;
+    // Long enough that the calibration still runs when the waiter leaves.
+    o.z_rest = 0.3;
+    let (rig, run) = started(o).await;
+    let socket = rig.socket();
+    let r = request(
+        &socket,
+        json!({"v": 1, "cmd": "op_run", "kind": "z_calibrate"}),
+        WAIT,
+    )
+    .await
+    .expect("started");
+    assert_eq!(r["started"], json!("z_calibrate"), "{r}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["op", "wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("stringdriverctl runs");
+    // Ready when its Ctrl-C handler is installed (before it sends op_wait).
+    let pid = child.id();
+    assert!(
+        eventually(|| common::control::catches(pid, nix::sys::signal::Signal::SIGINT)).await,
+        "stringdriverctl never handled SIGINT"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("Ctrl-C");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("the operation goes on"), "{err}");
+    assert!(err.contains("`stringdriverctl op cancel`"), "{err}");
+    // Still running: the waiter did not cancel what it did not start.
+    assert_eq!(run.parts.gate.running(), Some("z_calibrate".into()));
+    let r = request(&socket, json!({"v": 1, "cmd": "op_cancel"}), WAIT)
+        .await
+        .expect("cancel");
+    assert_eq!(r["cancelled"], json!(true), "{r}");
+    run.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_drops_a_move_waiting_for_its_rest_and_answers_when_nothing_moves() {
     let mut o = MachineOptions::new(HOST);

@@ -782,10 +782,15 @@ mod daemon_level {
         .await;
         assert_eq!(st["operation"]["repeat"], json!(true), "{st}");
         assert_eq!(st["operation"]["running"], json!("bump_check"), "{st}");
+        // The running run's id: its operations row is written before its steps.
+        let id = st["operation"]["running_id"].as_str().expect("running_id");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{st}");
         let shown = ctl(&sock, &["status"]).await;
-        let shown = String::from_utf8_lossy(&shown.stdout);
+        let shown = String::from_utf8_lossy(&shown.stdout).replace("\n  ", " ");
         assert!(
-            shown.contains("operation: bump_check running for ") && shown.contains("(repeat, run "),
+            shown.contains("operation: bump_check running for ")
+                && shown.contains("(repeat, run ")
+                && shown.contains(", id "),
             "{shown}"
         );
         let mut c = Client::connect(&sock).await;

@@ -92,6 +92,10 @@ fn summary(s: &Value, now: DateTime<Utc>, out: &mut Vec<String>) {
     } else {
         running
     };
+    let running = match op["running_id"].as_str() {
+        Some(id) if op["running"].is_string() => format!("{running}, id {id}"),
+        _ => running,
+    };
     let last = &op["last"];
     let last = if last.is_null() {
         String::new()
@@ -288,6 +292,7 @@ mod tests {
             "spool": {"backlog": 3, "used_bytes": 12800, "limit_bytes": 1073741824u64},
             "shipper": {"connected": true, "shipped": 1234},
             "operation": {"running": "z_calibrate", "running_since": "2026-12-04T04:59:48Z",
+                          "running_id": "01feff6a-db9f-4d89-8886-6b83d5a93cd6",
                           "last": {"kind": "bump_check", "status": "completed", "message": "lifted [3]"},
                           "last_ended_at": "2026-12-04T04:59:40Z"},
             "snapshots": {"timer": 100, "events": 4, "last_at": "2026-12-04T04:59:59.700Z"},
@@ -315,7 +320,14 @@ mod tests {
             }
             // Wrapped lines read as one.
             let joined = text.replace("\n  ", " ");
-            assert!(joined.contains("operation: z_calibrate running for 12 s; last: bump_check completed 20 s ago: lifted [3]"), "{text}");
+            assert!(
+                joined.contains(
+                    "operation: z_calibrate running for 12 s, id \
+                     01feff6a-db9f-4d89-8886-6b83d5a93cd6; last: bump_check completed 20 s ago: \
+                     lifted [3]"
+                ),
+                "{text}"
+            );
             assert!(joined.contains("storage: spool backlog 3 (12.5 KiB of 1.0 GiB); database connected, 1234 shipped"), "{text}");
             assert!(
                 text.contains(

@@ -20,6 +20,9 @@ pub enum Progress {
     Sweep(SweepProgress),
     /// One step of an operation.
     Step(Step),
+    /// The operation's `started` row is written: its id, which `status`
+    /// shows while it runs (a repetition's every run has its own).
+    Recorded(uuid::Uuid),
 }
 
 /// One step of an operation, on one stepper where it has one.
