@@ -416,10 +416,23 @@ async fn ctrl_c_during_op_wait_leaves_the_operation_running_and_says_how_to_canc
     assert!(err.contains("`stringdriverctl op cancel`"), "{err}");
     // Still running: the waiter did not cancel what it did not start.
     assert_eq!(run.parts.gate.running(), Some("z_calibrate".into()));
+    // status names it by the id of its own row, not of the bump_check it nests.
+    let st = common::control::wait_status(&socket, "the running id", |st| {
+        st["operation"]["running_id"].is_string()
+    })
+    .await;
     let r = request(&socket, json!({"v": 1, "cmd": "op_cancel"}), WAIT)
         .await
         .expect("cancel");
     assert_eq!(r["cancelled"], json!(true), "{r}");
+    let outcome = request(&socket, json!({"v": 1, "cmd": "op_wait"}), WAIT)
+        .await
+        .expect("the outcome");
+    assert_eq!(outcome["status"], json!("cancelled"), "{outcome}");
+    assert_eq!(
+        outcome["operation_id"], st["operation"]["running_id"],
+        "{outcome} {st}"
+    );
     run.stop().await;
 }
 

@@ -765,10 +765,17 @@ fn publish_progress(sh: &Shared, p: &crate::ops::progress::Progress) {
         Progress::Sweep(p) => (serde_json::to_value(p), "progress"),
         Progress::Step(s) => (serde_json::to_value(s), "step"),
         // Not an event: the `started`/`ended` events carry the kind, and
-        // `status` the id.
-        Progress::Recorded(id) => {
+        // `status` the id, that of the operation started here (not of one
+        // it nests, such as z_calibrate's bump_check).
+        Progress::Recorded(kind, id) => {
             let id = *id;
-            sh.op.send_modify(|st| st.running_id = Some(id));
+            sh.op.send_if_modified(|st| {
+                let ours = st.running.as_deref() == Some(kind.as_str());
+                if ours {
+                    st.running_id = Some(id);
+                }
+                ours
+            });
             return;
         }
     };

@@ -25,7 +25,7 @@ pub fn render(status: &Value, now: DateTime<Utc>) -> String {
     channels(status, &mut out);
     let mut text = String::new();
     for line in out {
-        for l in wrap(&line, WIDTH) {
+        for l in wrap(line.trim_end(), WIDTH) {
             text.push_str(&l);
             text.push('\n');
         }
