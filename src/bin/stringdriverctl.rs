@@ -352,6 +352,8 @@ fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
+        // Lists read as everywhere else: `0, 20, 20`, not `[0,20,20]`.
+        Value::Array(items) => items.iter().map(show).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
 }

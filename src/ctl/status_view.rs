@@ -10,6 +10,21 @@ use super::fmt::{ago, scalar, since, size, span, yes_no};
 /// The width every line fits in.
 pub const WIDTH: usize = 80;
 
+/// Most characters of the last operation's message shown: two lines at a
+/// glance (a z_calibrate names all its steppers; `status --json` and
+/// `op wait` have it whole).
+const LAST_MESSAGE: usize = 120;
+
+/// `text` cut to `max` characters at a word, marked with " …" when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max).collect();
+    let cut = cut.rfind(' ').map_or(cut.as_str(), |i| &cut[..i]);
+    format!("{} …", cut.trim_end_matches([',', ';', ':']))
+}
+
 /// Whether the daemon captures rows now (`status --check` exits 0 only then).
 pub fn capturing(status: &Value) -> bool {
     status["health"]["capturing"].as_bool() == Some(true)
@@ -111,7 +126,7 @@ fn summary(s: &Value, now: DateTime<Utc>, out: &mut Vec<String>) {
                 .as_str()
                 .or(last["error"]["message"].as_str())
             {
-                Some(m) if !m.is_empty() => format!(": {m}"),
+                Some(m) if !m.is_empty() => format!(": {}", clip(m, LAST_MESSAGE)),
                 _ => String::new(),
             }
         )
@@ -348,6 +363,18 @@ mod tests {
             );
             assert!(!text.contains("50.123"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_long_last_message_is_clipped_at_a_word() {
+        let m = "1 (z0in): counter was right; ".repeat(12);
+        let c = clip(m.trim_end(), LAST_MESSAGE);
+        assert!(c.chars().count() <= LAST_MESSAGE + 2, "{c}");
+        assert!(
+            c.ends_with(" …") && m.starts_with(c.trim_end_matches(" …")),
+            "{c}"
+        );
+        assert_eq!(clip("short", LAST_MESSAGE), "short");
     }
 
     #[test]
