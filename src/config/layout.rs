@@ -630,19 +630,9 @@ pub(crate) fn build(raw: &RawLayout, boards: &[BoardConfig]) -> Result<Layout, I
         for g in first..first + board.steppers {
             let (lo, hi) = limits[g];
             for (v, src) in [(lo, &sources[g].0), (hi, &sources[g].1)] {
-                if !width.fits(v) {
-                    let (a, b) = width.range();
-                    return Err(Invalid::new(
-                        src.key(),
-                        format!(
-                            "{v} does not fit the {}-byte ints of board `{}` (stepper {g}, {}): \
-                             it takes {a} to {b}",
-                            width.bytes(),
-                            board.name,
-                            roles[g]
-                        ),
-                    ));
-                }
+                let context = || format!("stepper {g}, {}", roles[g]);
+                fits_board(v, width, "ints", board, context)
+                    .map_err(|m| Invalid::new(src.key(), m))?;
             }
         }
         first += board.steppers;
@@ -658,6 +648,29 @@ pub(crate) fn build(raw: &RawLayout, boards: &[BoardConfig]) -> Result<Layout, I
         roles,
         limits,
     })
+}
+
+/// Whether `v` fits `width`, the width board `board` reads `what` at (its
+/// ints, or one command's argument); otherwise what to say, with `context`
+/// (the stepper, or the firmware) in brackets. The one check of a value
+/// against a board's width, for the layout's limits and the motor parameters.
+pub(super) fn fits_board(
+    v: i32,
+    width: IntWidth,
+    what: &str,
+    board: &BoardConfig,
+    context: impl FnOnce() -> String,
+) -> Result<(), String> {
+    if width.fits(v) {
+        return Ok(());
+    }
+    let (lo, hi) = width.range();
+    Err(format!(
+        "{v} does not fit the {}-byte {what} of board `{}` ({}): it takes {lo} to {hi}",
+        width.bytes(),
+        board.name,
+        context()
+    ))
 }
 
 #[cfg(test)]
