@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stringdriverd::board::{self, BoardHandle, BoardSpec, KnownCounters, SerialConnector};
-use stringdriverd::protocol::Firmware;
-use stringdriverd::sim::{Profile, SimHandle, SimOptions, Simulator};
+use stringdriverd::protocol::{Firmware, Op};
+use stringdriverd::sim::{Profile, SimHandle, SimOptions, Simulator, TraceEntry, TraceEvent};
 use tokio_util::sync::CancellationToken;
 
 /// Speed scale of test simulators: moves, pacing and the reset window run 20 times faster.
@@ -156,4 +156,39 @@ pub fn spawn_demo_with(
         .spawn()
         .expect("demo starts");
     (child, socket)
+}
+
+/// The messages of `op` the simulator received, with their arguments as read.
+pub fn received_args(sim: &SimHandle, op: Op) -> Vec<Vec<i32>> {
+    sim.received(op)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TraceEvent::Message { args, .. } => Some(args),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The moves (`amove`, `rmove`) the simulator received: when, and their
+/// arguments (stepper, target or delta).
+pub fn moves(sim: &SimHandle) -> Vec<(std::time::Instant, Vec<i32>)> {
+    sim.trace()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TraceEvent::Message {
+                op: Some(Op::Amove | Op::Rmove),
+                args,
+                ..
+            } => Some((e.at, args)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many messages of `op` are in `trace` (for `wait_for_trace`).
+pub fn count_of(trace: &[TraceEntry], op: Op) -> usize {
+    trace
+        .iter()
+        .filter(|e| matches!(&e.event, TraceEvent::Message { op: Some(o), .. } if *o == op))
+        .count()
 }
