@@ -641,7 +641,16 @@ fn the_demo_serves_the_control_socket_where_asked_and_stringdriverctl_reads_it()
     wait_boards_ready(&socket);
     let o = ctl_status(&socket, false);
     assert!(o.status.success(), "{o:?}");
-    assert!(String::from_utf8_lossy(&o.stdout).contains("carriage"));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("carriage"));
+    // Issue 16: status of a real daemon fits 80 columns, every line.
+    for l in shown.lines() {
+        assert!(
+            l.chars().count() <= 80,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
     // The stepper GUI's socket answers as the older tools ask: the
     // starting pose (X 0, Z 20) of the carriage board.
     let gui = dir.path().join("stepper_gui__dev_ttyACM0.sock");

@@ -156,3 +156,99 @@ fn check_config_says_a_build_without_gpio_cannot_read_the_examples_sensors() {
     assert!(err.contains("sensors.backend"), "{err}");
     assert!(err.contains("cannot read GPIO"), "{err}");
 }
+
+/// The demo's configuration with `edits` (`from` → `to`, each the start of a
+/// line) written to `dir`, and its text.
+fn demo_with(dir: &Path, edits: &[(&str, &str)]) -> (PathBuf, String) {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
+    let mut text = std::fs::read_to_string(demo).expect("demo config");
+    for (from, to) in edits {
+        let at = text
+            .find(&format!("\n{from}"))
+            .unwrap_or_else(|| panic!("no line starts with `{from}`"));
+        text.replace_range(at + 1..at + 1 + from.len(), to);
+    }
+    let p = dir.join("three.toml");
+    std::fs::write(&p, &text).expect("write");
+    (p, text)
+}
+
+/// `file:line:column` of the start of the line that starts with `needle`.
+fn at(file: &Path, text: &str, needle: &str, column: usize) -> String {
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with(needle))
+        .unwrap_or_else(|| panic!("no line starts with `{needle}`"));
+    format!("{}:{line}:{column}", file.display())
+}
+
+/// Issue 16 item 8: one run of check-config names every mistake, in file
+/// order, each with its line and column, key and what to do.
+#[test]
+fn check_config_reports_three_mistakes_in_one_run_in_file_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, text) = demo_with(
+        dir.path(),
+        &[
+            // A layout error (past the boards), an unknown key, a range error.
+            ("x_index = 0", "x_index = 40"),
+            ("tune_rest = 0.5", "tune_rset = 0.5"),
+            (
+                "level = \"info\"",
+                "level = \"info\"\n[snapshot]\ninterval = \"1ms\"",
+            ),
+        ],
+    );
+    let (o, _) = run_with(&["check-config", "--quiet"], &p);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "three errors and the count: {err}");
+    let x_index = at(&p, &text, "x_index", 11);
+    assert!(
+        lines[0].starts_with(&format!("stringdriverd: {x_index}: layout.x_index: ")),
+        "{err}"
+    );
+    assert!(lines[0].contains("stepper 40"), "{err}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "stringdriverd: {}: operations.tune_rset: unknown field `tune_rset`, \
+             did you mean `tune_rest`?",
+            at(&p, &text, "tune_rset", 1)
+        )),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "stringdriverd: {}: snapshot.interval: ",
+            at(&p, &text, "interval", 12)
+        )),
+        "{err}"
+    );
+    assert!(lines[2].contains("at least 10ms"), "{err}");
+    assert_eq!(lines[3], format!("{}: 3 errors", p.display()), "{err}");
+}
+
+/// A value of the wrong type in a key that has a default is one error; the
+/// check goes on past it (it blanks the value and checks the rest).
+#[test]
+fn check_config_goes_on_past_a_wrong_type_and_an_unknown_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, _) = demo_with(
+        dir.path(),
+        &[("x_max = 2600", "x_max = \"big\""), ("[log]", "[logg]")],
+    );
+    let (o, _) = run_with(&["check-config", "--quiet"], &p);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].ends_with("layout.x_max: invalid type: string \"big\", expected an integer"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("logg: unknown field `logg`, did you mean `log`?"),
+        "{err}"
+    );
+}

@@ -157,8 +157,10 @@ async fn events_are_readable_lines_with_snapshots_off_unless_asked_for() {
     run.stop().await;
 }
 
+/// Issue 16 item 5: a manual move that must wait for its rest says so when
+/// the wait starts, before anything moves, not after the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manual_move_that_waited_for_its_rest_says_so() {
+async fn a_manual_move_that_must_wait_for_its_rest_says_so_before_waiting() {
     let (rig, run) = started(MachineOptions::new(HOST)).await;
     let socket = rig.socket();
     // Long enough that the second stringdriverctl starts within it even on
@@ -167,22 +169,44 @@ async fn a_manual_move_that_waited_for_its_rest_says_so() {
     assert!(set.status.success(), "{set:?}");
     let first = ctl(&socket, &["--json", "move", "x", "1"]).await;
     assert!(first.status.success(), "{first:?}");
-    let second = ctl(&socket, &["move", "x", "-1"]).await;
-    let (stdout, stderr) = text(&second);
-    assert!(second.status.success(), "{stdout}{stderr}");
-    let waited: f64 = stderr
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["move", "x", "-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("stringdriverctl runs");
+    let stderr = second.stderr.take().expect("stderr");
+    let note = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .expect("join")
+    .expect("reads stderr");
+    // Said before the move: the counter still stands where the first left it.
+    let st = common::control::status(&socket).await.expect("status");
+    assert_eq!(st["steppers"][0]["position"], json!(101), "{note}");
+    let waiting: f64 = note
         .trim()
-        .strip_prefix("waited ")
-        .and_then(|r| r.strip_suffix(" s (x_rest) before moving stepper 0"))
+        .strip_prefix("waiting ")
+        .and_then(|r| r.strip_suffix(" s (x_rest) before moving stepper 0 (X)"))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("a rest note: {stderr}"));
-    assert!(waited > 0.0 && waited <= 8.0, "{stderr}");
+        .unwrap_or_else(|| panic!("a rest note first: {note}"));
+    assert!(waiting > 0.0 && waiting <= 8.0, "{note}");
+    let out = tokio::task::spawn_blocking(move || second.wait_with_output())
+        .await
+        .expect("join")
+        .expect("exits");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
     assert!(stdout.starts_with("stepper 0 at 100 "), "{stdout}");
-    // A move with no rest due says nothing of one.
-    let r: Value = {
-        let o = ctl(&socket, &["--json", "move", "tuner3", "1"]).await;
-        serde_json::from_slice(&o.stdout).expect("JSON")
-    };
+    // A move with no rest due says nothing of one, and no interim line
+    // reaches a --json reader.
+    let o = ctl(&socket, &["--json", "move", "tuner3", "1"]).await;
+    assert!(o.stderr.is_empty(), "{o:?}");
+    let r: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(r["rest"], Value::Null, "{r}");
     run.stop().await;
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::control::{ctl, request, Client};
-use common::machine::{pose, started, MachineOptions, WAIT};
+use common::machine::{pose, started, InProcess, MachineOptions, SimMachine, WAIT};
 use serde_json::json;
 use stringdriverd::protocol::{Firmware, Op};
 use tokio::io::AsyncWriteExt;
@@ -319,38 +319,56 @@ async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_during_op_run_wait_cancels_the_operation_it_started() {
+/// A machine with touch sensors whose z_calibrate takes long enough to be
+/// interrupted: mechanisms start clear of their strings (at 0 every sensor
+/// would touch), and z_rest makes each step slow.
+async fn slow_calibration() -> (SimMachine, InProcess) {
     let mut o = MachineOptions::new(HOST);
     o.sensors = true;
-    // Mechanisms start clear of their strings (at 0 every sensor would touch).
     o.demo_physics = true;
-    // Long enough that the calibration is still descending when Ctrl-C comes.
     o.z_rest = 0.3;
-    let (rig, run) = started(o).await;
-    let before = moves_of(&rig.sims[0], 1);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
+    started(o).await
+}
+
+/// `stringdriverctl --socket SOCKET ARGS...` running, its output piped.
+fn spawn_ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stringdriverctl"))
         .arg("--socket")
-        .arg(rig.socket())
-        .args(["--json", "op", "run", "z_calibrate", "--wait"])
+        .arg(socket)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("stringdriverctl runs");
-    // Descending: the first stepper's first move reached the board.
-    if !eventually(|| moves_of(&rig.sims[0], 1) > before).await {
-        let out = child.wait_with_output().expect("exits");
-        panic!("z_calibrate never moved: {out:?}");
-    }
+        .expect("stringdriverctl runs")
+}
+
+/// Ctrl-C to `child`, and what it printed until it exited.
+async fn interrupt(child: std::process::Child) -> std::process::Output {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .expect("Ctrl-C");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+    tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
-        .expect("exits");
+        .expect("exits")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_op_run_wait_cancels_the_operation_it_started() {
+    let (rig, run) = slow_calibration().await;
+    let before = moves_of(&rig.sims[0], 1);
+    let child = spawn_ctl(
+        &rig.socket(),
+        &["--json", "op", "run", "z_calibrate", "--wait"],
+    );
+    // Descending: the first stepper's first move reached the board.
+    if !eventually(|| moves_of(&rig.sims[0], 1) > before).await {
+        let out = child.wait_with_output().expect("exits");
+        panic!("z_calibrate never moved: {out:?}");
+    }
+    let out = interrupt(child).await;
     let (text, err) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -365,6 +383,54 @@ async fn ctrl_c_during_op_run_wait_cancels_the_operation_it_started() {
     assert_eq!(outcome["status"], "cancelled", "{outcome}");
     // The operation is over: nothing runs, so nothing of it can move any more.
     assert_eq!(run.parts.gate.running(), None);
+    run.stop().await;
+}
+
+/// Issue 16 item 1: `op wait` did not start the operation, so Ctrl-C leaves
+/// it running and says how to cancel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_op_wait_leaves_the_operation_running_and_says_how_to_cancel_it() {
+    let (rig, run) = slow_calibration().await;
+    let socket = rig.socket();
+    let r = request(
+        &socket,
+        json!({"v": 1, "cmd": "op_run", "kind": "z_calibrate"}),
+        WAIT,
+    )
+    .await
+    .expect("started");
+    assert_eq!(r["started"], json!("z_calibrate"), "{r}");
+    let child = spawn_ctl(&socket, &["op", "wait"]);
+    // Ready when its Ctrl-C handler is installed (before it sends op_wait).
+    let pid = child.id();
+    assert!(
+        eventually(|| common::control::catches(pid, nix::sys::signal::Signal::SIGINT)).await,
+        "stringdriverctl never handled SIGINT"
+    );
+    let out = interrupt(child).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("the operation goes on"), "{err}");
+    assert!(err.contains("`stringdriverctl op cancel`"), "{err}");
+    // Still running: the waiter did not cancel what it did not start.
+    assert_eq!(run.parts.gate.running(), Some("z_calibrate".into()));
+    // status names it by the id of its own row, not of the bump_check it nests.
+    let st = common::control::wait_status(&socket, "the running id", |st| {
+        st["operation"]["running_id"].is_string()
+    })
+    .await;
+    let r = request(&socket, json!({"v": 1, "cmd": "op_cancel"}), WAIT)
+        .await
+        .expect("cancel");
+    assert_eq!(r["cancelled"], json!(true), "{r}");
+    let outcome = request(&socket, json!({"v": 1, "cmd": "op_wait"}), WAIT)
+        .await
+        .expect("the outcome");
+    assert_eq!(outcome["status"], json!("cancelled"), "{outcome}");
+    assert_eq!(
+        outcome["operation_id"], st["operation"]["running_id"],
+        "{outcome} {st}"
+    );
     run.stop().await;
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use stringdriverd::board::{self, BoardHandle, SerialConnector};
 use stringdriverd::motion::{GateError, MotionGate, Origin};
-use stringdriverd::protocol::{Firmware, Op};
-use stringdriverd::sim::{SimHandle, TraceEvent};
+use stringdriverd::protocol::Firmware;
+use stringdriverd::sim::SimHandle;
 use stringdriverd::snapshot::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -89,20 +89,6 @@ async fn gate() -> Gate {
         settings: tx,
         _shutdown: shutdown,
     }
-}
-
-fn moves(sim: &SimHandle) -> Vec<(std::time::Instant, Vec<i32>)> {
-    sim.trace()
-        .into_iter()
-        .filter_map(|e| match e.event {
-            TraceEvent::Message {
-                op: Some(Op::Amove | Op::Rmove),
-                args,
-                ..
-            } => Some((e.at, args)),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -61,16 +61,6 @@ fn sim_busy(steps: u64, speed: f64) -> Duration {
     (LOOP_TIME + move_time(steps, speed, ACCEL)).div_f64(SCALE)
 }
 
-fn messages(sim: &SimHandle, op: Op) -> Vec<Vec<i32>> {
-    sim.received(op)
-        .into_iter()
-        .filter_map(|e| match e.event {
-            TraceEvent::Message { args, .. } => Some(args),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boards_hold_the_configured_parameters_after_connect_and_again_after_a_reset() {
     let db = TestDb::create().await;
@@ -88,7 +78,7 @@ async fn boards_hold_the_configured_parameters_after_connect_and_again_after_a_r
     assert_eq!(tuner.speeds(), vec![TUNER_SPEED; 6]);
     assert_eq!(tuner.limits(), vec![(-100_000, 100_000)]);
     // set_min/set_max on the v2 carriage with axis 0 = X, 1 = Z only.
-    let axes: Vec<i32> = messages(carriage, Op::SetMin)
+    let axes: Vec<i32> = common::received_args(carriage, Op::SetMin)
         .iter()
         .map(|a| a[0])
         .collect();

@@ -115,13 +115,7 @@ async fn z_adjust_moves_the_right_stepper_the_right_way() {
     // Clear of the strings everywhere; counters equal physical positions.
     let r = rig([0, 10, 20, 30, 35], [0, 10, 20, 30, 35]).await;
     // Channel 0 too close (13 voices > 12), channel 1 too far (2 voices < 4).
-    r.feed
-        .send_replace(feed_with(vec![13, 2], vec![50.0, 50.0]));
-    let out = r
-        .machine
-        .run(OperationType::ZAdjust, None)
-        .await
-        .expect("runs");
+    let out = r.z_adjust(vec![13, 2]).await;
     assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
     let p = r.board.status().positions.expect("read");
     assert_eq!(
@@ -144,12 +138,7 @@ async fn z_adjust_moves_the_right_stepper_the_right_way() {
         .expect("runs");
     assert_eq!(moves(&r.sims[0]), before);
     r.settings.send_modify(|s| s.enabled[1] = false);
-    r.feed
-        .send_replace(feed_with(vec![13, 6], vec![50.0, 50.0]));
-    r.machine
-        .run(OperationType::ZAdjust, None)
-        .await
-        .expect("runs");
+    r.z_adjust(vec![13, 6]).await;
     let p = r.board.status().positions.expect("read");
     assert_eq!(
         (p[1], p[2]),
@@ -214,12 +203,7 @@ async fn an_operation_is_refused_without_a_row_while_its_board_is_not_connected(
 async fn z_adjust_breaks_ties_by_channel_parity() {
     let r = rig([0, 20, 20, 30, 30], [0, 20, 20, 30, 30]).await;
     // Too far on both channels (2 voices < voice_count_min 4).
-    r.feed.send_replace(feed_with(vec![2, 2], vec![50.0, 50.0]));
-    let out = r
-        .machine
-        .run(OperationType::ZAdjust, None)
-        .await
-        .expect("runs");
+    let out = r.z_adjust(vec![2, 2]).await;
     assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
     let p = r.board.status().positions.expect("read");
     assert_eq!((p[1], p[2]), (20, 18), "too far, even channel: out moves");
@@ -230,13 +214,7 @@ async fn z_adjust_breaks_ties_by_channel_parity() {
     r.board.set_stepper(2, 20).await.expect("set");
     r.board.set_stepper(3, 30).await.expect("set");
     r.sims[0].set_physical(&[0, 20, 20, 30, 30]);
-    r.feed
-        .send_replace(feed_with(vec![13, 13], vec![50.0, 50.0]));
-    let out = r
-        .machine
-        .run(OperationType::ZAdjust, None)
-        .await
-        .expect("runs");
+    let out = r.z_adjust(vec![13, 13]).await;
     assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
     let p = r.board.status().positions.expect("read");
     assert_eq!((p[1], p[2]), (22, 20), "too close, even channel: in moves");
@@ -250,13 +228,7 @@ async fn z_adjust_breaks_ties_by_channel_parity() {
 async fn z_adjust_skips_a_channel_at_its_limit_and_still_runs_the_final_bump_check() {
     // Channel 0's pair at the Z max 40: "too close" would take one to 42.
     let r = rig([0, 40, 40, 30, 34], [0, 40, 40, 30, 34]).await;
-    r.feed
-        .send_replace(feed_with(vec![13, 2], vec![50.0, 50.0]));
-    let out = r
-        .machine
-        .run(OperationType::ZAdjust, None)
-        .await
-        .expect("runs");
+    let out = r.z_adjust(vec![13, 2]).await;
     assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
     assert!(
         out.message.contains("channel 0: stepper 1 at its limit"),
@@ -302,12 +274,7 @@ async fn z_adjust_rests_z_rest_then_lap_rest_after_a_move() {
         s.operations.lap_rest = 0.3;
     });
     // Too far on both: the higher counter of each pair (2, then 4) moves down.
-    r.feed.send_replace(feed_with(vec![2, 2], vec![50.0, 50.0]));
-    let out = r
-        .machine
-        .run(OperationType::ZAdjust, None)
-        .await
-        .expect("runs");
+    let out = r.z_adjust(vec![2, 2]).await;
     assert_eq!(out.status, OperationStatus::Completed, "{}", out.message);
     let first = writes_to(&r.sims[0], 2);
     let second = writes_to(&r.sims[0], 4);
@@ -782,10 +749,15 @@ mod daemon_level {
         .await;
         assert_eq!(st["operation"]["repeat"], json!(true), "{st}");
         assert_eq!(st["operation"]["running"], json!("bump_check"), "{st}");
+        // The running run's id: its operations row is written before its steps.
+        let id = st["operation"]["running_id"].as_str().expect("running_id");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{st}");
         let shown = ctl(&sock, &["status"]).await;
-        let shown = String::from_utf8_lossy(&shown.stdout);
+        let shown = String::from_utf8_lossy(&shown.stdout).replace("\n  ", " ");
         assert!(
-            shown.contains("operation: bump_check running for ") && shown.contains("(repeat, run "),
+            shown.contains("operation: bump_check running for ")
+                && shown.contains("(repeat, run ")
+                && shown.contains(", id "),
             "{shown}"
         );
         let mut c = Client::connect(&sock).await;

@@ -20,16 +20,15 @@ fn manifest(p: &str) -> PathBuf {
 
 /// The demo configuration moved into `dir`, with a database nobody serves.
 fn config_in(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(manifest("config/demo.toml"))
+    let mut text = std::fs::read_to_string(manifest("config/demo.toml"))
         .expect("demo config")
         .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
-        .replace(
-            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
-            "postgres://postgres@127.0.0.1:1/none",
-        )
         .replace("backend = \"simulated\"", "backend = \"none\"")
         // The simulated X switches go with the simulated backend.
         .replace("x_switches = \"two\"\n", "");
+    text.push_str(
+        "\n[database]\nurl = \"postgres://postgres@127.0.0.1:1/none\"\nauto_migrate = true\n",
+    );
     let f = dir.join("stringdriver.toml");
     std::fs::write(&f, text).expect("write");
     f

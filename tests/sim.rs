@@ -84,19 +84,7 @@ fn during_a_move_only_63_bytes_of_input_survive() {
     // buffer is full until it has answered them, so wait for that before
     // the sentinel. The half poll sticks to the front of what comes next: a
     // lone `;` completes it into a 32nd poll.
-    let polls = |t: &[stringdriverd::sim::TraceEntry]| {
-        t.iter()
-            .filter(|e| {
-                matches!(
-                    &e.event,
-                    TraceEvent::Message {
-                        op: Some(Op::Positions),
-                        ..
-                    }
-                )
-            })
-            .count()
-    };
+    let polls = |t: &[stringdriverd::sim::TraceEntry]| common::count_of(t, Op::Positions);
     assert!(sim.wait_for_trace(WAIT, |t| polls(t) == 31));
     let r = exchange(&mut f, b";");
     assert_eq!(r.len(), 32, "replies: {}", r.len());

@@ -12,20 +12,9 @@ use std::time::Duration;
 use common::*;
 use stringdriverd::board::{BoardError, LinkState};
 use stringdriverd::protocol::{Firmware, IntWidth, Op};
-use stringdriverd::sim::{Outcome, SimHandle, TraceEvent};
+use stringdriverd::sim::{Outcome, TraceEvent};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The messages of `op` the simulator received, with their arguments as read.
-fn received_args(sim: &SimHandle, op: Op) -> Vec<Vec<i32>> {
-    sim.received(op)
-        .into_iter()
-        .filter_map(|e| match e.event {
-            TraceEvent::Message { args, .. } => Some(args),
-            _ => None,
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn negative_and_large_values_round_trip_on_a_v1_board_through_set_stepper_and_amove() {

@@ -62,16 +62,10 @@ async fn op(c: &mut Client, kind: &str) -> Value {
 
 /// The X moves the carriage board received: when, and the target.
 fn x_moves(sim: &SimHandle) -> Vec<(Instant, i32)> {
-    sim.trace()
+    common::moves(sim)
         .into_iter()
-        .filter_map(|e| match e.event {
-            TraceEvent::Message {
-                op: Some(Op::Amove | Op::Rmove),
-                args,
-                ..
-            } if args.first() == Some(&0) => Some((e.at, args.get(1).copied().unwrap_or(0))),
-            _ => None,
-        })
+        .filter(|(_, args)| args.first() == Some(&0))
+        .map(|(at, args)| (at, args.get(1).copied().unwrap_or(0)))
         .collect()
 }
 
@@ -383,20 +377,7 @@ async fn cancel_mid_x_home_ends_cancelled_and_moves_no_more() {
     let polls = rig.sims[0].received(Op::Positions).len();
     let sims = rig.sims.clone();
     let polled = tokio::task::spawn_blocking(move || {
-        sims[0].wait_for_trace(WAIT, |t| {
-            t.iter()
-                .filter(|e| {
-                    matches!(
-                        &e.event,
-                        TraceEvent::Message {
-                            op: Some(Op::Positions),
-                            ..
-                        }
-                    )
-                })
-                .count()
-                >= polls + 5
-        })
+        sims[0].wait_for_trace(WAIT, |t| common::count_of(t, Op::Positions) >= polls + 5)
     });
     assert!(polled.await.expect("join"), "the board is still polled");
     assert_eq!(

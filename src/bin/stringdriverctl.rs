@@ -266,12 +266,16 @@ fn request(cmd: &Cmd) -> Value {
             abs: false,
             stepper,
             value,
-        } => json!({"cmd": "move", "stepper": stepper_value(stepper), "delta": value}),
+        } => {
+            json!({"cmd": "move", "stepper": stepper_value(stepper), "delta": value, "announce": true})
+        }
         Cmd::Move {
             abs: true,
             stepper,
             value,
-        } => json!({"cmd": "move", "stepper": stepper_value(stepper), "position": value}),
+        } => {
+            json!({"cmd": "move", "stepper": stepper_value(stepper), "position": value, "announce": true})
+        }
         Cmd::SetPosition { stepper, position } => {
             json!({"cmd": "set_position", "stepper": stepper_value(stepper), "position": position})
         }
@@ -348,6 +352,8 @@ fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
+        // Lists read as everywhere else: `0, 20, 20`, not `[0,20,20]`.
+        Value::Array(items) => items.iter().map(show).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
 }
@@ -395,6 +401,20 @@ fn print_motor(r: &Value) {
     }
 }
 
+/// An interim line of the daemon, said when the wait starts: "waiting 4.7 s
+/// (x_rest) before moving stepper 0 (X)".
+fn print_interim(note: &Value) {
+    if let Some(w) = note["waiting_s"].as_f64() {
+        eprintln!(
+            "waiting {:.1} s ({}) before moving stepper {} ({})",
+            w,
+            show(&note["setting"]),
+            show(&note["stepper"]),
+            show(&note["role"])
+        );
+    }
+}
+
 fn print_readable(cmd: &Cmd, r: &Value) {
     match cmd {
         Cmd::Motor { .. } => print_motor(r),
@@ -405,14 +425,6 @@ fn print_readable(cmd: &Cmd, r: &Value) {
         Cmd::Steppers => print_steppers(r),
         Cmd::Snapshot => println!("snapshot {}", show(&r["state_id"])),
         Cmd::Move { .. } => {
-            if let Some(w) = r["rest"]["waited_s"].as_f64() {
-                eprintln!(
-                    "waited {:.1} s ({}) before moving stepper {}",
-                    w,
-                    show(&r["rest"]["setting"]),
-                    show(&r["stepper"])
-                );
-            }
             println!(
                 "stepper {} at {} (board: {})",
                 show(&r["stepper"]),
@@ -800,24 +812,33 @@ fn main() -> ExitCode {
             ),
         )
     };
-    match reader.read_line(&mut reply) {
-        Ok(0) => {
-            return closed(written.err().unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream")
-            }))
+    let reply: Value = loop {
+        reply.clear();
+        match reader.read_line(&mut reply) {
+            Ok(0) => {
+                return closed(written.err().unwrap_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream")
+                }))
+            }
+            Ok(_) => {}
+            Err(e) => return closed(written.err().unwrap_or(e)),
         }
-        Ok(_) => {}
-        Err(e) => return closed(written.err().unwrap_or(e)),
-    }
-    let reply: Value = match serde_json::from_str(&reply) {
-        Ok(v) => v,
-        Err(e) => {
-            return fail(
-                cli.json,
-                2,
-                "bad_reply",
-                &format!("the daemon's reply is not JSON: {e}: {}", reply.trim_end()),
-            );
+        let v: Value = match serde_json::from_str(&reply) {
+            Ok(v) => v,
+            Err(e) => {
+                return fail(
+                    cli.json,
+                    2,
+                    "bad_reply",
+                    &format!("the daemon's reply is not JSON: {e}: {}", reply.trim_end()),
+                );
+            }
+        };
+        // Said before the daemon waits (a move's rest), on stderr in both
+        // modes like progress; the reply follows.
+        match v.get("interim") {
+            Some(note) => print_interim(note),
+            None => break v,
         }
     };
     if reply["ok"].as_bool() != Some(true) {

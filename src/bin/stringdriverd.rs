@@ -284,7 +284,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig { config, quiet } => {
-            let cfg = stringdriverd::config::load(&config)?;
+            let cfg = match stringdriverd::config::load_all(&config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    // Every mistake at once, each on its own line as `run` says the first.
+                    for e in &errors {
+                        eprintln!("stringdriverd: {e}");
+                    }
+                    let n = errors.len();
+                    let s = if n == 1 { "" } else { "s" };
+                    eprintln!("{}: {n} error{s}", config.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             // A backend this build cannot run is a configuration it cannot use.
             stringdriverd::sensors::check_buildable(&cfg)
                 .with_context(|| format!("{}: sensors.backend", config.display()))?;
@@ -446,6 +458,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serving.await.context("the console task")??;
                 anyhow::Ok(())
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Export {
             window,
             out,

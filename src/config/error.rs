@@ -189,25 +189,35 @@ impl Invalid {
 /// gone, so that validation errors can still point at a line.
 pub(crate) fn span_of(text: &str, path: &str) -> Option<Range<usize>> {
     let root = DeTable::parse(text).ok()?;
-    let mut table: &DeTable<'_> = root.get_ref();
-    let mut current: Option<&Spanned<DeValue<'_>>> = None;
+    find(root.get_ref(), path).map(|(_, v)| v.span())
+}
+
+/// The entry at `path` in `root`: the span of its key (`None` for an array
+/// element, which has no key of its own) and its value.
+pub(crate) fn find<'a, 'i>(
+    root: &'a DeTable<'i>,
+    path: &str,
+) -> Option<(Option<Range<usize>>, &'a Spanned<DeValue<'i>>)> {
+    let mut table = root;
+    let mut current: Option<(Option<Range<usize>>, &Spanned<DeValue<'_>>)> = None;
     for part in path.split('.') {
         let (name, mut rest) = match part.find('[') {
             Some(i) => part.split_at(i),
             None => (part, ""),
         };
-        if let Some(v) = current {
+        if let Some((_, v)) = current {
             table = v.get_ref().as_table()?;
         }
-        current = Some(table.get(name)?);
+        let (key, value) = table.get_key_value(name)?;
+        current = Some((Some(key.span()), value));
         while let Some(after) = rest.strip_prefix('[') {
             let close = after.find(']')?;
             let index: usize = after[..close].parse().ok()?;
-            current = Some(current?.get_ref().as_array()?.get(index)?);
+            current = Some((None, current?.1.get_ref().as_array()?.get(index)?));
             rest = &after[close + 1..];
         }
     }
-    current.map(|v| v.span())
+    current
 }
 
 #[cfg(test)]

@@ -186,16 +186,36 @@ impl Layout {
             .iter()
             .position(|r| r.name().as_deref() == Some(wanted.as_str()))
             .ok_or_else(|| {
-                let names: Vec<String> = self.roles.iter().filter_map(|r| r.name()).collect();
-                let shown = match names.as_slice() {
-                    [] => String::new(),
-                    [one] => one.clone(),
-                    [first, .., last] => format!("{first}, ..., {last}"),
+                // Runs of names of one kind (x; the Z steppers; the tuners), each
+                // as its first and last: "x, z0in to z5out, tuner0 to tuner5".
+                let kind = |r: &Role| match r {
+                    Role::ZIn { .. } | Role::ZOut { .. } => 1,
+                    Role::Tuner { .. } => 2,
+                    _ => 0,
                 };
+                let mut runs: Vec<(u8, String, String)> = Vec::new();
+                for r in &self.roles {
+                    let Some(name) = r.name() else { continue };
+                    match runs.last_mut() {
+                        Some((k, _, last)) if *k == kind(r) => *last = name,
+                        _ => runs.push((kind(r), name.clone(), name)),
+                    }
+                }
+                let shown: Vec<String> = runs
+                    .into_iter()
+                    .map(|(_, first, last)| {
+                        if first == last {
+                            first
+                        } else {
+                            format!("{first} to {last}")
+                        }
+                    })
+                    .collect();
                 format!(
-                    "no stepper is named `{spec}`: give an index from 0 to {} or a name \
-                     ({shown}; x, z<string>in, z<string>out, tuner<string>, strings from 0)",
-                    self.roles.len().saturating_sub(1)
+                    "no stepper is named `{spec}`: give an index from 0 to {} or a name: {} \
+                     (x, z<string>in, z<string>out, tuner<string>)",
+                    self.roles.len().saturating_sub(1),
+                    shown.join(", ")
                 )
             })
     }
@@ -610,19 +630,9 @@ pub(crate) fn build(raw: &RawLayout, boards: &[BoardConfig]) -> Result<Layout, I
         for g in first..first + board.steppers {
             let (lo, hi) = limits[g];
             for (v, src) in [(lo, &sources[g].0), (hi, &sources[g].1)] {
-                if !width.fits(v) {
-                    let (a, b) = width.range();
-                    return Err(Invalid::new(
-                        src.key(),
-                        format!(
-                            "{v} does not fit the {}-byte ints of board `{}` (stepper {g}, {}): \
-                             it takes {a} to {b}",
-                            width.bytes(),
-                            board.name,
-                            roles[g]
-                        ),
-                    ));
-                }
+                let context = || format!("stepper {g}, {}", roles[g]);
+                fits_board(v, width, "ints", board, context)
+                    .map_err(|m| Invalid::new(src.key(), m))?;
             }
         }
         first += board.steppers;
@@ -638,6 +648,29 @@ pub(crate) fn build(raw: &RawLayout, boards: &[BoardConfig]) -> Result<Layout, I
         roles,
         limits,
     })
+}
+
+/// Whether `v` fits `width`, the width board `board` reads `what` at (its
+/// ints, or one command's argument); otherwise what to say, with `context`
+/// (the stepper, or the firmware) in brackets. The one check of a value
+/// against a board's width, for the layout's limits and the motor parameters.
+pub(super) fn fits_board(
+    v: i32,
+    width: IntWidth,
+    what: &str,
+    board: &BoardConfig,
+    context: impl FnOnce() -> String,
+) -> Result<(), String> {
+    if width.fits(v) {
+        return Ok(());
+    }
+    let (lo, hi) = width.range();
+    Err(format!(
+        "{v} does not fit the {}-byte {what} of board `{}` ({}): it takes {lo} to {hi}",
+        width.bytes(),
+        board.name,
+        context()
+    ))
 }
 
 #[cfg(test)]
@@ -726,7 +759,10 @@ mod tests {
         assert_eq!(l.stepper("tuner3"), Ok(16));
         let e = l.stepper("z9in").unwrap_err();
         assert!(e.contains("`z9in`") && e.contains("0 to 18"), "{e}");
-        assert!(e.contains("x, ..., tuner5"), "{e}");
+        assert!(
+            e.contains("a name: x, z0in to z5out, tuner0 to tuner5 ("),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! in the file, its line and column. `config/stringdriver.example.toml`
 //! documents every key.
 
+mod all_errors;
 mod error;
+mod hint;
 mod layout;
 mod motor;
 mod resolve;
@@ -21,6 +23,7 @@ mod sections;
 use std::fmt::Write as _;
 use std::path::Path;
 
+pub use all_errors::MAX_ERRORS;
 pub use error::{ConfigError, Position};
 pub use layout::{Layout, Role, StepperOverride, StepperRange, MAX_STRINGS, UNUSED_LIMITS};
 pub use motor::{
@@ -100,6 +103,26 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path)
 }
 
+/// Reads and checks the configuration file at `path` like [`load`], but
+/// reports every mistake in the file, in file order, not only the first
+/// (`check-config`; see `all_errors.rs` for how far the check goes past a
+/// mistake).
+pub fn load_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let bytes = crate::files::read_regular(path, MAX_CONFIG_BYTES).map_err(|error| {
+        vec![ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        }]
+    })?;
+    let text = utf8(bytes, path).map_err(|e| vec![e])?;
+    parse_all(&text, path)
+}
+
+/// [`parse`], reporting every mistake (see [`load_all`]).
+pub fn parse_all(text: &str, origin: &Path) -> Result<Config, Vec<ConfigError>> {
+    all_errors::parse_all(text, origin, system_host_name)
+}
+
 /// `bytes` as text, or where the first byte that is not UTF-8 is.
 fn utf8(bytes: Vec<u8>, origin: &Path) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|e| {
@@ -174,7 +197,7 @@ fn deserialize(text: &str, origin: &Path) -> Result<schema::RawConfig, ConfigErr
             };
             return parse_error(None, Some(key), "required, but not set".to_string());
         }
-        parse_error(position(&inner), parent, message.to_string())
+        parse_error(position(&inner), parent, hint::plain(message))
     })
 }
 

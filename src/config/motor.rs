@@ -374,20 +374,11 @@ impl MotorParams {
         let fits = |key: String, v: i32, boards_idx: &[usize], op: Op| -> Result<(), Invalid> {
             for &bi in boards_idx {
                 let Some(b) = boards.get(bi) else { continue };
-                let w = width_of(b, op);
-                if !w.fits(v) {
-                    let (lo, hi) = w.range();
-                    return Err(Invalid::new(
-                        key,
-                        format!(
-                            "{v} does not fit the {}-byte {} argument of board `{}` ({} firmware): it takes {lo} to {hi}",
-                            w.bytes(),
-                            op,
-                            b.name,
-                            b.firmware
-                        ),
-                    ));
-                }
+                let what = format!("{op} argument");
+                super::layout::fits_board(v, width_of(b, op), &what, b, || {
+                    format!("{} firmware", b.firmware)
+                })
+                .map_err(|m| Invalid::new(key.clone(), m))?;
             }
             Ok(())
         };

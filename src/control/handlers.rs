@@ -32,6 +32,9 @@ pub struct OpState {
     pub last: Option<Result<Value, ApiError>>,
     /// When the running one started.
     pub running_since: Option<DateTime<Utc>>,
+    /// The running one's operation id, once its `started` row is written
+    /// (of the current run in a repetition).
+    pub running_id: Option<Uuid>,
     /// When the last one ended.
     pub last_ended_at: Option<DateTime<Utc>>,
 }
@@ -306,6 +309,7 @@ pub async fn status(sh: &Shared) -> Value {
         "operation": {
             "running": p.gate.running(),
             "running_since": op.running_since,
+            "running_id": op.running_id,
             "repeat": op.running.is_some() && op.repeat,
             "run": op.running.as_ref().map(|_| op.run),
             "last": op.last.map(outcome_json),
@@ -345,10 +349,32 @@ fn moved(sh: &Shared, stepper: usize, board_positions: Vec<i32>) -> Value {
     })
 }
 
+/// What a request that asked for it (`move` with `announce: true`) is about
+/// to wait for, said before the wait: the stepper's rest still due
+/// (`{waiting_s, setting, stepper, name, role}`). `None` when nothing is due
+/// or the request did not ask (a bad request gets its error in the reply).
+pub fn announce(sh: &Shared, req: &Request) -> Option<Value> {
+    if req.cmd != "move" || req.flag("announce").ok() != Some(true) {
+        return None;
+    }
+    let stepper = stepper_of(sh, req, "stepper").ok()?;
+    let (left, setting) = sh.parts.gate.rest_left(stepper)?;
+    let role = sh.parts.machine.layout.role(stepper);
+    Some(json!({
+        "waiting_s": left.as_secs_f64(),
+        "setting": setting,
+        "stepper": stepper,
+        "name": role.name(),
+        "role": role.to_string(),
+    }))
+}
+
 async fn move_(sh: &Shared, req: &Request) -> Result<Value, ApiError> {
     let stepper = stepper_of(sh, req, "stepper")?;
     let delta = req.opt_i32("delta")?;
     let position = req.opt_i32("position")?;
+    // Already acted on by `announce`; checked here so a wrong type is said.
+    req.flag("announce")?;
     let gate = &sh.parts.gate;
     // The rest still due when the request came: the move waits it (at
     // least), and the reply says so (`rest`), so a slow move is explained.
@@ -708,6 +734,7 @@ async fn op_run(sh: &Arc<Shared>, req: &Request) -> Result<Value, ApiError> {
             sh.op.send_modify(|st| {
                 st.running = None;
                 st.running_since = None;
+                st.running_id = None;
                 st.repeat = false;
                 st.last = Some(last);
                 st.last_ended_at = Some(Utc::now());
@@ -737,6 +764,20 @@ fn publish_progress(sh: &Shared, p: &crate::ops::progress::Progress) {
     let (v, phase) = match p {
         Progress::Sweep(p) => (serde_json::to_value(p), "progress"),
         Progress::Step(s) => (serde_json::to_value(s), "step"),
+        // Not an event: the `started`/`ended` events carry the kind, and
+        // `status` the id, that of the operation started here (not of one
+        // it nests, such as z_calibrate's bump_check).
+        Progress::Recorded(kind, id) => {
+            let id = *id;
+            sh.op.send_if_modified(|st| {
+                let ours = st.running.as_deref() == Some(kind.as_str());
+                if ours {
+                    st.running_id = Some(id);
+                }
+                ours
+            });
+            return;
+        }
     };
     let mut m = match v {
         Ok(Value::Object(m)) => m,

@@ -44,7 +44,7 @@
 //! |---|---|---|
 //! | `status` | | boards, enables, settings, feed, spool, shipper, operation, snapshots |
 //! | `snapshot` | | `{state_id}` of an event snapshot, or `no_snapshot` with the reason |
-//! | `move` | `stepper`, `delta` or `position` | `{stepper, position, board_positions, rest}` (`rest`: `{waited_s, setting}`, the stepper's rest — `x_rest`, `z_rest` or `tune_rest` — still due when the request came, which the move waited before it was sent; null when none was due) |
+//! | `move` | `stepper`, `delta` or `position`, `announce`? | `{stepper, position, board_positions, rest}` (`rest`: `{waited_s, setting}`, the stepper's rest — `x_rest`, `z_rest` or `tune_rest` — still due when the request came, which the move waited before it was sent; null when none was due). With `announce: true` and a rest due, an interim line `{"v": 1, "id", "interim": {waiting_s, setting, stepper, name, role}}` comes first, as the wait starts (`stringdriverctl move` prints it: "waiting 4.7 s (x_rest) before moving stepper 0 (X)") |
 //! | `stop` | — | the emergency stop: cancels the running operation, drops every move waiting in the gate, answers `{operation_cancelled, operation_ended, still_moving, waited_s}` once nothing of ours moves |
 //! | `steppers` | — | `{steppers: [{index, name, role, board, board_index, min, max, position, trusted, enabled, touching}]}` |
 //! | `set_position` | `stepper`, `position` | as `move` (sets the counter, nothing moves) |

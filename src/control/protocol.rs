@@ -136,6 +136,13 @@ pub fn reply(id: &Value, result: Result<Value, ApiError>) -> String {
     v.to_string()
 }
 
+/// A line sent before the reply to a request that asked for it (`move` with
+/// `announce`): what the request is waiting for, so that a client can say
+/// so before the wait rather than after. It has no `ok`: the reply follows.
+pub fn interim(id: &Value, body: Value) -> String {
+    json!({"v": VERSION, "id": id, "interim": body}).to_string()
+}
+
 /// An event line (without newline) of an `events` stream.
 pub fn event(name: &str, mut body: Map<String, Value>) -> String {
     body.insert("v".into(), json!(VERSION));

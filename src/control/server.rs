@@ -468,6 +468,11 @@ async fn serve_client(
             }
             return;
         }
+        if let Some(note) = handlers::announce(shared, &req) {
+            if !push(out, protocol::interim(&req.id, note), cancel) {
+                return;
+            }
+        }
         let result = {
             let work = handlers::handle(shared, &req);
             tokio::pin!(work);

@@ -10,6 +10,21 @@ use super::fmt::{ago, scalar, since, size, span, yes_no};
 /// The width every line fits in.
 pub const WIDTH: usize = 80;
 
+/// Most characters of the last operation's message shown: two lines at a
+/// glance (a z_calibrate names all its steppers; `status --json` and
+/// `op wait` have it whole).
+const LAST_MESSAGE: usize = 120;
+
+/// `text` cut to `max` characters at a word, marked with " …" when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max).collect();
+    let cut = cut.rfind(' ').map_or(cut.as_str(), |i| &cut[..i]);
+    format!("{} …", cut.trim_end_matches([',', ';', ':']))
+}
+
 /// Whether the daemon captures rows now (`status --check` exits 0 only then).
 pub fn capturing(status: &Value) -> bool {
     status["health"]["capturing"].as_bool() == Some(true)
@@ -25,7 +40,7 @@ pub fn render(status: &Value, now: DateTime<Utc>) -> String {
     channels(status, &mut out);
     let mut text = String::new();
     for line in out {
-        for l in wrap(&line, WIDTH) {
+        for l in wrap(line.trim_end(), WIDTH) {
             text.push_str(&l);
             text.push('\n');
         }
@@ -92,6 +107,10 @@ fn summary(s: &Value, now: DateTime<Utc>, out: &mut Vec<String>) {
     } else {
         running
     };
+    let running = match op["running_id"].as_str() {
+        Some(id) if op["running"].is_string() => format!("{running}, id {id}"),
+        _ => running,
+    };
     let last = &op["last"];
     let last = if last.is_null() {
         String::new()
@@ -107,7 +126,7 @@ fn summary(s: &Value, now: DateTime<Utc>, out: &mut Vec<String>) {
                 .as_str()
                 .or(last["error"]["message"].as_str())
             {
-                Some(m) if !m.is_empty() => format!(": {m}"),
+                Some(m) if !m.is_empty() => format!(": {}", clip(m, LAST_MESSAGE)),
                 _ => String::new(),
             }
         )
@@ -288,6 +307,7 @@ mod tests {
             "spool": {"backlog": 3, "used_bytes": 12800, "limit_bytes": 1073741824u64},
             "shipper": {"connected": true, "shipped": 1234},
             "operation": {"running": "z_calibrate", "running_since": "2026-12-04T04:59:48Z",
+                          "running_id": "01feff6a-db9f-4d89-8886-6b83d5a93cd6",
                           "last": {"kind": "bump_check", "status": "completed", "message": "lifted [3]"},
                           "last_ended_at": "2026-12-04T04:59:40Z"},
             "snapshots": {"timer": 100, "events": 4, "last_at": "2026-12-04T04:59:59.700Z"},
@@ -315,7 +335,14 @@ mod tests {
             }
             // Wrapped lines read as one.
             let joined = text.replace("\n  ", " ");
-            assert!(joined.contains("operation: z_calibrate running for 12 s; last: bump_check completed 20 s ago: lifted [3]"), "{text}");
+            assert!(
+                joined.contains(
+                    "operation: z_calibrate running for 12 s, id \
+                     01feff6a-db9f-4d89-8886-6b83d5a93cd6; last: bump_check completed 20 s ago: \
+                     lifted [3]"
+                ),
+                "{text}"
+            );
             assert!(joined.contains("storage: spool backlog 3 (12.5 KiB of 1.0 GiB); database connected, 1234 shipped"), "{text}");
             assert!(
                 text.contains(
@@ -336,6 +363,18 @@ mod tests {
             );
             assert!(!text.contains("50.123"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_long_last_message_is_clipped_at_a_word() {
+        let m = "1 (z0in): counter was right; ".repeat(12);
+        let c = clip(m.trim_end(), LAST_MESSAGE);
+        assert!(c.chars().count() <= LAST_MESSAGE + 2, "{c}");
+        assert!(
+            c.ends_with(" …") && m.starts_with(c.trim_end_matches(" …")),
+            "{c}"
+        );
+        assert_eq!(clip("short", LAST_MESSAGE), "short");
     }
 
     #[test]

@@ -487,6 +487,9 @@ impl Machine {
             completed_at: None,
         };
         self.record(started.clone()).await?;
+        let _ = self
+            .progress
+            .send(progress::Progress::Recorded(kind, operation_id));
         tracing::info!(%operation_id, operation = kind.as_str(), steppers = ?indices, "operation started");
         let mut touching = Vec::new();
         let result = match kind {

@@ -16,6 +16,7 @@
 
 use chrono::Utc;
 
+use super::sweep::Reading;
 use super::{Machine, OpError};
 use crate::store::OperationType;
 
@@ -107,17 +108,32 @@ pub fn check(m: &Machine, kind: OperationType, only: Option<usize>) -> Result<()
         });
     }
     if n.feed {
-        let feed = m.feed.borrow().clone();
-        let values = feed
-            .usable_at(Utc::now())
-            .map_err(|e| refuse(format!("it needs the audmon feed, which is {e}")))?;
-        let strings = m.layout.strings();
-        if values.voice_count.len() < strings || values.amp_sum.len() < strings {
-            return Err(refuse(format!(
-                "it needs the audmon feed's {strings} channels (one per string), which has {}",
-                values.voice_count.len().min(values.amp_sum.len())
-            )));
-        }
+        feed_reading(m).map_err(refuse)?;
     }
     Ok(())
+}
+
+/// The audmon feed's values for the machine's strings (one channel each),
+/// or why there are none ("it needs the audmon feed, which is absent"): the
+/// one feed check, before an operation that judges the sound and at each of
+/// a sweep's readings.
+pub(super) fn feed_reading(m: &Machine) -> Result<Reading, String> {
+    let feed = m.feed.borrow().clone();
+    let values = feed
+        .usable_at(Utc::now())
+        .map_err(|e| format!("it needs the audmon feed, which is {e}"))?;
+    let strings = m.layout.strings();
+    match (
+        values.voice_count.get(..strings),
+        values.amp_sum.get(..strings),
+    ) {
+        (Some(voice_count), Some(amp_sum)) => Ok(Reading {
+            voice_count: voice_count.to_vec(),
+            amp_sum: amp_sum.to_vec(),
+        }),
+        _ => Err(format!(
+            "it needs the audmon feed's {strings} channels (one per string), which has {}",
+            values.voice_count.len().min(values.amp_sum.len())
+        )),
+    }
 }

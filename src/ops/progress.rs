@@ -20,6 +20,10 @@ pub enum Progress {
     Sweep(SweepProgress),
     /// One step of an operation.
     Step(Step),
+    /// An operation's `started` row is written: its kind and id, which
+    /// `status` shows while it runs (a repetition's every run has its own;
+    /// a nested operation, such as z_calibrate's bump_check, its own kind).
+    Recorded(OperationType, uuid::Uuid),
 }
 
 /// One step of an operation, on one stepper where it has one.

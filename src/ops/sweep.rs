@@ -470,21 +470,8 @@ pub(super) fn preconditions(m: &Machine, kind: OperationType) -> Result<(), OpEr
 
 /// The feed now, for `strings` channels; a clear error otherwise.
 fn reading(m: &Machine) -> Result<Reading, OpError> {
-    let feed = m.feed.borrow().clone();
-    let v = feed
-        .usable_at(chrono::Utc::now())
-        .map_err(|e| OpError::Sweep(format!("the sweep needs the audmon feed: it is {e}")))?;
-    let n = m.layout.strings();
-    if v.voice_count.len() < n || v.amp_sum.len() < n {
-        return Err(OpError::Sweep(format!(
-            "the audmon feed has {} channels, the machine {n} strings",
-            v.voice_count.len().min(v.amp_sum.len())
-        )));
-    }
-    Ok(Reading {
-        voice_count: v.voice_count[..n].to_vec(),
-        amp_sum: v.amp_sum[..n].to_vec(),
-    })
+    super::preconditions::feed_reading(m)
+        .map_err(|why| OpError::Sweep(format!("the sweep stopped: {why}")))
 }
 
 /// A nested operation's outcome as a result: a cancelled one cancels the

@@ -258,18 +258,6 @@ fn open_gpio(
     Err(SensorError::GpioNotBuilt)
 }
 
-/// Whether the sensors of `steppers` — two or more — all read touching
-/// (`false` as soon as one reads "not touching" or cannot be read). At rest
-/// that is the sign of sensors wired or configured the wrong way round
-/// (`reference/hosts.md`, "electrical sense"); one sensor alone proves
-/// nothing.
-pub fn all_touching(sensors: &dyn TouchSensors, steppers: &[usize]) -> bool {
-    steppers.len() >= 2
-        && steppers
-            .iter()
-            .all(|s| matches!(sensors.read(*s), Ok(true)))
-}
-
 /// Whether this build can run the backend `cfg.sensors` selects, checked
 /// without touching any hardware (for `check-config`):
 /// [`SensorError::GpioNotBuilt`] for `gpio` in a build without the `gpio`
@@ -335,31 +323,6 @@ mod tests {
             &order[..6],
             &[None, Some(0), Some(1), Some(2), Some(3), None]
         );
-    }
-
-    /// Sensors whose readings a test sets.
-    struct Fixed(Vec<Result<bool, ()>>);
-
-    impl TouchSensors for Fixed {
-        fn read(&self, stepper: usize) -> Result<bool, SensorError> {
-            match self.0.get(stepper) {
-                Some(Ok(t)) => Ok(*t),
-                _ => Err(SensorError::NoSensor { stepper }),
-            }
-        }
-        fn describe(&self) -> String {
-            "fixed".into()
-        }
-    }
-
-    #[test]
-    fn all_touching_needs_two_sensors_all_read_touching() {
-        let s = Fixed(vec![Ok(true), Ok(true), Ok(false), Err(())]);
-        assert!(all_touching(&s, &[0, 1]));
-        assert!(!all_touching(&s, &[0]), "one sensor proves nothing");
-        assert!(!all_touching(&s, &[]), "no sensor proves nothing");
-        assert!(!all_touching(&s, &[0, 1, 2]));
-        assert!(!all_touching(&s, &[0, 1, 3]), "unreadable is not touching");
     }
 
     #[cfg(not(feature = "gpio"))]

@@ -172,3 +172,16 @@ pub async fn wait_status(socket: &Path, what: &str, pred: impl Fn(&Value) -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Whether process `pid` has a handler installed for `signal` (the `SigCgt`
+/// mask of /proc/PID/status): the readiness to wait for before sending it a
+/// signal it must handle, which no output says reliably.
+pub fn catches(pid: u32, signal: nix::sys::signal::Signal) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
+}

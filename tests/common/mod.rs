@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stringdriverd::board::{self, BoardHandle, BoardSpec, KnownCounters, SerialConnector};
-use stringdriverd::protocol::Firmware;
-use stringdriverd::sim::{Profile, SimHandle, SimOptions, Simulator};
+use stringdriverd::protocol::{Firmware, Op};
+use stringdriverd::sim::{Profile, SimHandle, SimOptions, Simulator, TraceEntry, TraceEvent};
 use tokio_util::sync::CancellationToken;
 
 /// Speed scale of test simulators: moves, pacing and the reset window run 20 times faster.
@@ -112,17 +112,17 @@ pub async fn connected(board: &BoardHandle) -> Vec<i32> {
     s.positions.unwrap_or_default()
 }
 
-/// `config/demo.toml` with its files under `dir` and its database at
-/// `db_url`, written to `dir/stringdriver.toml`.
+/// `config/demo.toml` with its files under `dir` and a `[database]` at
+/// `db_url` that creates its tables (the demo file names no database), written
+/// to `dir/stringdriver.toml`.
 pub fn demo_config(dir: &std::path::Path, db_url: &str) -> PathBuf {
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
-    let cfg = std::fs::read_to_string(demo)
+    let mut cfg = std::fs::read_to_string(demo)
         .expect("demo config")
-        .replace("/tmp/stringdriverd-demo", &dir.display().to_string())
-        .replace(
-            "postgres://postgres@127.0.0.1:5432/stringdriver_demo",
-            db_url,
-        );
+        .replace("/tmp/stringdriverd-demo", &dir.display().to_string());
+    cfg.push_str(&format!(
+        "\n[database]\nurl = \"{db_url}\"\nauto_migrate = true\n"
+    ));
     let f = dir.join("stringdriver.toml");
     std::fs::write(&f, cfg).expect("write");
     f
@@ -158,4 +158,39 @@ pub fn spawn_demo_with(
         .spawn()
         .expect("demo starts");
     (child, socket)
+}
+
+/// The messages of `op` the simulator received, with their arguments as read.
+pub fn received_args(sim: &SimHandle, op: Op) -> Vec<Vec<i32>> {
+    sim.received(op)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TraceEvent::Message { args, .. } => Some(args),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The moves (`amove`, `rmove`) the simulator received: when, and their
+/// arguments (stepper, target or delta).
+pub fn moves(sim: &SimHandle) -> Vec<(std::time::Instant, Vec<i32>)> {
+    sim.trace()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            TraceEvent::Message {
+                op: Some(Op::Amove | Op::Rmove),
+                args,
+                ..
+            } => Some((e.at, args)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many messages of `op` are in `trace` (for `wait_for_trace`).
+pub fn count_of(trace: &[TraceEntry], op: Op) -> usize {
+    trace
+        .iter()
+        .filter(|e| matches!(&e.event, TraceEvent::Message { op: Some(o), .. } if *o == op))
+        .count()
 }

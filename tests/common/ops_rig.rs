@@ -98,6 +98,19 @@ pub struct Rig {
     pub sensors: Arc<RecordingSensors>,
 }
 
+impl Rig {
+    /// Runs z_adjust on a feed whose channels sound `voices` partials each
+    /// (every amp_sum a mid-range 50).
+    pub async fn z_adjust(&self, voices: Vec<i32>) -> stringdriverd::ops::Outcome {
+        let amps = vec![50.0; voices.len()];
+        self.feed.send_replace(feed_with(voices, amps));
+        self.machine
+            .run(stringdriverd::store::OperationType::ZAdjust, None)
+            .await
+            .expect("runs")
+    }
+}
+
 /// An `ok` feed with these values.
 pub fn feed_with(voices: Vec<i32>, amps: Vec<f32>) -> FeedStatus {
     FeedStatus {
