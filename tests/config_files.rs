@@ -193,10 +193,7 @@ fn check_config_reports_three_mistakes_in_one_run_in_file_order() {
             // A layout error (past the boards), an unknown key, a range error.
             ("x_index = 0", "x_index = 40"),
             ("tune_rest = 0.5", "tune_rset = 0.5"),
-            (
-                "level = \"info\"",
-                "level = \"info\"\n[snapshot]\ninterval = \"1ms\"",
-            ),
+            ("link = \"latest\"", "link = \"latest\"\ninterval = \"1ms\""),
         ],
     );
     let (o, _) = run_with(&["check-config", "--quiet"], &p);
